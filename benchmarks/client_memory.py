@@ -1,0 +1,121 @@
+"""Peak RSS of one client's local round: FedMeZO (ZO) against backprop FedAvg, LoRA and full-parameter.
+
+Each case runs in a fresh process: the model is loaded, the peak-memory window is reset, and the
+client trains for a few local steps; the reported peak is that window's VmHWM, so it holds the
+resident model plus everything the client's training added. `inference` runs forward passes
+only, the floor every ZO client should stay close to.
+
+    .venv/bin/python benchmarks/client_memory.py [--config configs/quickstart.yaml] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+CASES = [
+    ("inference", "lora"),
+    ("fedmezo", "lora"),
+    ("fedavg", "lora"),
+    ("inference", "full"),
+    ("fedmezo", "full"),
+    ("fedavg", "full"),
+]
+
+
+def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
+    import torch
+
+    from zofed.algorithms import build_algorithm
+    from zofed.config import load_config
+    from zofed.metrics import peak_rss_mb, reset_peak_rss
+    from zofed.runtime.codec import decode, encode
+    from zofed.runtime.experiment import build_experiment
+    from zofed.runtime.local import client_env
+
+    chosen = "fedmezo" if algorithm == "inference" else algorithm
+    overrides = [f"algorithm={chosen}", f"trainable.mode={mode}", f"local.local_steps={steps}"]
+    if chosen == "fedavg":
+        overrides.append("fedavg.optimizer=adamw")
+    config = load_config(config_path, overrides)
+    experiment = build_experiment(config)
+    method = build_algorithm(config.algorithm, config.algorithm_settings)
+    message = method.configure(method.init(experiment.view.state_dict(), config.seed), 1, [0])[0]
+    env = client_env(experiment, 1, 0)
+    downlink = decode(encode(message))
+    resident_mb = peak_rss_mb()
+    reset_peak_rss()
+    if algorithm == "inference":
+        for batch in env.batches:
+            env.loss(batch)
+            env.loss(batch)
+    else:
+        method.train(downlink, env)
+    return {
+        "algorithm": algorithm,
+        "mode": mode,
+        "model": config.model,
+        "dtype": config.dtype,
+        "trainable_params": experiment.view.numel(),
+        "batch_size": config.local.batch_size,
+        "local_steps": steps,
+        "resident_before_mb": round(resident_mb, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--one", nargs=2, metavar=("ALGORITHM", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="benchmarks/results/client_memory.json")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.config, *args.one, args.steps)))
+        return
+    rows = []
+    for algorithm, mode in CASES:
+        output = subprocess.run(
+            [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--one", algorithm, mode],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+        print(f"{algorithm:10s} {mode:5s} peak RSS {rows[-1]['peak_rss_mb']:8.1f} MB", flush=True)
+    by_case = {(row["algorithm"], row["mode"]): row["peak_rss_mb"] for row in rows}
+    ratios = {
+        f"{mode}: fedavg/fedmezo": round(by_case[("fedavg", mode)] / by_case[("fedmezo", mode)], 3)
+        for mode in ("lora", "full")
+    } | {
+        f"{mode}: fedmezo/inference": round(by_case[("fedmezo", mode)] / by_case[("inference", mode)], 3)
+        for mode in ("lora", "full")
+    }
+    for name, value in ratios.items():
+        print(f"{name:28s} {value}")
+    result = {"machine": machine(), "config": args.config, "cases": rows, "ratios": ratios}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+if __name__ == "__main__":
+    main()

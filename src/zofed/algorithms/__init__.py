@@ -1,0 +1,26 @@
+"""Federated methods behind one Protocol; importing this package registers every method once."""
+
+from zofed.algorithms import fedavg, fedmezo  # noqa: F401  (registration side effect)
+from zofed.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmEntry,
+    ClientEnv,
+    ServerState,
+    Settings,
+    build_algorithm,
+    get_algorithm,
+    register,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "AlgorithmEntry",
+    "ClientEnv",
+    "ServerState",
+    "Settings",
+    "build_algorithm",
+    "get_algorithm",
+    "register",
+]

@@ -1,0 +1,91 @@
+"""Backprop FedAvg on the same trainable tensors: the first-order baseline ("BP-based FedAvg").
+
+Each client runs its local steps with a fresh torch.optim optimiser (SGD or AdamW) from the
+global weights and uploads its weights; the server takes the sample-weighted mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from zofed.algorithms.base import (
+    AlgorithmEntry,
+    ClientEnv,
+    ServerState,
+    Settings,
+    current_weights,
+    load_weights_,
+    register,
+    sample_weighted_mean,
+)
+from zofed.messages import Message
+
+
+class FedAvgSettings(Settings):
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0)
+
+
+OPTIMIZERS = {
+    "sgd": lambda params, s: torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay),
+    "adamw": lambda params, s: torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay),
+}
+
+
+class FedAvg:
+    def __init__(self, settings: FedAvgSettings) -> None:
+        self.settings = settings
+
+    def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
+        return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()})
+
+    def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
+        return [Message(kind="weights", round=round, tensors=state.weights) for _ in clients]
+
+    def train(self, message: Message, env: ClientEnv) -> Message:
+        load_weights_(env, message.tensors)
+        optimizer = OPTIMIZERS[self.settings.optimizer](env.parameters, self.settings)
+        losses, skipped = [], 0
+        for batch in env.batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = env.loss_for_backward(batch)
+            if not torch.isfinite(loss):
+                skipped += 1
+                continue
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        optimizer.zero_grad(set_to_none=True)
+        steps = len(losses) + skipped
+        metrics = {
+            "train_loss": sum(losses) / len(losses) if losses else math.nan,
+            "steps": float(steps),
+            "skipped_steps": float(skipped),
+            "forward_passes": float(steps),
+            "backward_passes": float(len(losses)),
+            "num_examples": float(env.num_examples),
+        }
+        return Message(kind="weights", round=message.round, tensors=current_weights(env), metrics=metrics)
+
+    def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
+        if not replies:
+            return state
+        sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
+        return ServerState(weights=sample_weighted_mean([reply.tensors for _, reply in replies], sizes))
+
+
+ENTRY = register(
+    AlgorithmEntry(
+        name="fedavg",
+        description="FedAvg with backprop (SGD/AdamW) on the same trainable tensors: the first-order baseline",
+        settings=FedAvgSettings,
+        build=FedAvg,
+    )
+)

@@ -1,0 +1,207 @@
+"""FedMeZO (Ling et al., KDD 2024): FedAvg whose local optimiser is MeZO.
+
+Each sampled client starts from the global trainable weights, runs one two-point ZO step per
+local batch, and uploads its final weights (as published) or, with `upload: seeds` (our
+extension), only its (seed, g) records, from which the server rebuilds the same weights. The
+server takes the sample-weighted mean.
+
+Personalised learning rate (paper §3.4/§5.4): η_i = η_0·(1 + α·Φ_i) with
+Φ_i = (s_i − mean s)/max|s − mean s| over the round's sampled clients that have a signal
+(0 for the others, and for all when the signals are equal). Signals s_i:
+  frozen      η_0 for everyone
+  random      η_i ~ U[η_0(1−α), η_0(1+α)] per client per round (seeded)
+  round-wise  the client's mean training loss in its last round
+  five-round  its mean over its last 5 rounds (η_0 until it has 5)
+  model-diff  Σ over tensors of ‖Δ_i − Δ‖_F in its last round, Δ the global update
+The official code handles exactly three clients; this works for any number and for partial
+participation because the server computes Φ from whatever history it has.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from zofed.algorithms.base import (
+    AlgorithmEntry,
+    ClientEnv,
+    ServerState,
+    Settings,
+    current_weights,
+    load_weights_,
+    register,
+    sample_weighted_mean,
+)
+from zofed.messages import Message
+from zofed.zo import Scratch, make_directions, mix_seed, replay_, zo_step
+
+LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
+HISTORY_LENGTH = 5
+
+
+class FedMeZOSettings(Settings):
+    lr: float = Field(1e-3, gt=0, description="η_0, the base learning rate")
+    mu: float = Field(1e-2, gt=0, description="perturbation scale")
+    lr_strategy: LrStrategy = "frozen"
+    lr_alpha: float = Field(0.5, ge=0, lt=1, description="α: sensitivity of η_i to Φ_i")
+    upload: Literal["weights", "seeds"] = "weights"
+    directions: Literal["gaussian"] = "gaussian"
+
+
+class FedMeZO:
+    def __init__(self, settings: FedMeZOSettings) -> None:
+        self.settings = settings
+
+    def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
+        return ServerState(
+            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
+            info={"seed": seed, "history": {}},
+        )
+
+    def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
+        rates = personalised_lrs(self.settings, state.info, round, clients)
+        return [
+            Message(
+                kind="weights",
+                round=round,
+                config={
+                    "lr": rate,
+                    "mu": self.settings.mu,
+                    "upload": self.settings.upload,
+                    "directions": self.settings.directions,
+                },
+                tensors=state.weights,
+            )
+            for rate in rates
+        ]
+
+    def train(self, message: Message, env: ClientEnv) -> Message:
+        load_weights_(env, message.tensors)
+        lr, mu = float(message.config["lr"]), float(message.config["mu"])
+        directions = make_directions(str(message.config["directions"]))
+        scratch = Scratch()
+        seeds, grads, losses, skipped = [], [], [], 0
+        for step, batch in enumerate(env.batches):
+            result = zo_step(
+                env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch
+            )
+            if result.skipped:
+                skipped += 1
+                continue
+            seeds.append(result.seed)
+            grads.append(result.projected_grad)
+            losses.append(result.loss)
+        metrics = zo_metrics(env, losses, skipped)
+        if message.config["upload"] == "seeds":
+            return Message(
+                kind="seeds", round=message.round, config={"lr": lr}, seeds=tuple(seeds),
+                scalars=tuple(grads), metrics=metrics,
+            )
+        return Message(
+            kind="weights", round=message.round, tensors=current_weights(env), metrics=metrics
+        )
+
+    def aggregate(
+        self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]
+    ) -> ServerState:
+        if not replies:
+            return state
+        client_weights = [self.client_weights(state, reply) for _, reply in replies]
+        sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
+        new_weights = sample_weighted_mean(client_weights, sizes)
+        history = update_history(state, new_weights, replies, client_weights)
+        return ServerState(weights=new_weights, buffers=state.buffers, info={**state.info, "history": history})
+
+    def client_weights(self, state: ServerState, reply: Message) -> Mapping[str, torch.Tensor]:
+        if reply.kind == "weights":
+            return reply.tensors
+        rebuilt = [tensor.clone() for tensor in state.weights.values()]
+        lr = float(reply.config["lr"])
+        records = [(seed, -lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
+        replay_(rebuilt, records, make_directions(self.settings.directions), Scratch())
+        return dict(zip(state.weights, rebuilt))
+
+
+def personalised_lrs(
+    settings: FedMeZOSettings, info: Mapping, round: int, clients: Sequence[int]
+) -> list[float]:
+    base, alpha = settings.lr, settings.lr_alpha
+    if settings.lr_strategy == "frozen":
+        return [base] * len(clients)
+    if settings.lr_strategy == "random":
+        return [
+            random.Random(mix_seed(int(info["seed"]), round, client)).uniform(base * (1 - alpha), base * (1 + alpha))
+            for client in clients
+        ]
+    signals = [client_signal(settings.lr_strategy, info["history"].get(str(client))) for client in clients]
+    return [base * (1 + alpha * phi) for phi in heterogeneity_index(signals)]
+
+
+def client_signal(strategy: str, record: Mapping | None) -> float | None:
+    if record is None:
+        return None
+    if strategy == "round-wise":
+        return record["losses"][-1] if record["losses"] else None
+    if strategy == "five-round":
+        losses = record["losses"]
+        return sum(losses) / len(losses) if len(losses) >= HISTORY_LENGTH else None
+    return record.get("model_diff")
+
+
+def heterogeneity_index(signals: Sequence[float | None]) -> list[float]:
+    """Φ in [-1, 1]: signals centred on their mean and scaled by the largest deviation."""
+    known = [s for s in signals if s is not None and math.isfinite(s)]
+    if not known:
+        return [0.0] * len(signals)
+    mean = sum(known) / len(known)
+    spread = max(abs(s - mean) for s in known)
+    if spread == 0.0:
+        return [0.0] * len(signals)
+    return [0.0 if s is None or not math.isfinite(s) else (s - mean) / spread for s in signals]
+
+
+def update_history(
+    state: ServerState,
+    new_weights: Mapping[str, torch.Tensor],
+    replies: Sequence[tuple[int, Message]],
+    client_weights: Sequence[Mapping[str, torch.Tensor]],
+) -> dict:
+    history = {key: dict(value) for key, value in state.info["history"].items()}
+    global_delta = {name: new_weights[name].float() - state.weights[name].float() for name in new_weights}
+    for (client, reply), weights in zip(replies, client_weights):
+        record = history.setdefault(str(client), {"losses": [], "model_diff": None})
+        loss = float(reply.metrics["train_loss"])
+        if math.isfinite(loss):
+            record["losses"] = (list(record["losses"]) + [loss])[-HISTORY_LENGTH:]
+        record["model_diff"] = sum(
+            torch.linalg.vector_norm(weights[name].float() - state.weights[name].float() - global_delta[name]).item()
+            for name in new_weights
+        )
+    return history
+
+
+def zo_metrics(env: ClientEnv, losses: Sequence[float], skipped: int) -> dict[str, float]:
+    steps = len(losses) + skipped
+    return {
+        "train_loss": sum(losses) / len(losses) if losses else math.nan,
+        "steps": float(steps),
+        "skipped_steps": float(skipped),
+        "forward_passes": float(2 * steps),
+        "num_examples": float(env.num_examples),
+    }
+
+
+ENTRY = register(
+    AlgorithmEntry(
+        name="fedmezo",
+        description="FedMeZO: FedAvg with MeZO local steps, personalised learning rates (Ling et al., KDD 2024)",
+        settings=FedMeZOSettings,
+        build=FedMeZO,
+    )
+)

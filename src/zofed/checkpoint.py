@@ -1,0 +1,122 @@
+"""Atomic, verifiable checkpoints: safetensors for tensors, JSON for the rest.
+
+Each checkpoint is a directory `ckpt-RRRRR/` written under a temporary name and renamed into
+place, then `LATEST` is replaced atomically to point at it. The JSON holds the SHA-256 of the
+tensor file, so a torn or corrupted checkpoint is detected on load and the previous good one is
+used instead. Everything random in a run is derived from (seed, round, client), so the round
+number is the whole RNG state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from zofed.algorithms.base import ServerState
+
+KEEP = 2
+TENSORS_FILE = "state.safetensors"
+JSON_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    state: ServerState
+    extra: dict[str, Any]  # runtime bookkeeping: metrics history, initial evaluation, elapsed time
+
+
+def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"ckpt-{checkpoint.round:05d}"
+    staging = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=directory))
+    try:
+        tensors = {f"weights/{k}": v.contiguous() for k, v in checkpoint.state.weights.items()}
+        tensors |= {f"buffers/{k}": v.contiguous() for k, v in checkpoint.state.buffers.items()}
+        save_file(tensors, str(staging / TENSORS_FILE))
+        document = {
+            "round": checkpoint.round,
+            "tensors_sha256": _sha256(staging / TENSORS_FILE),
+            "weight_names": list(checkpoint.state.weights),
+            "buffer_names": list(checkpoint.state.buffers),
+            "info": checkpoint.state.info,
+            "extra": checkpoint.extra,
+        }
+        (staging / JSON_FILE).write_text(json.dumps(document, allow_nan=True))
+        _fsync_dir(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _write_atomic(directory / "LATEST", target.name)
+    for old in sorted(directory.glob("ckpt-*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_latest_checkpoint(directory: Path, warn=print) -> Checkpoint | None:
+    """The newest checkpoint that verifies, or None when there is none."""
+    if not directory.is_dir():
+        return None
+    candidates = sorted(directory.glob("ckpt-*"), reverse=True)
+    latest = directory / "LATEST"
+    if latest.is_file():
+        pointed = directory / latest.read_text().strip()
+        candidates = [pointed] + [c for c in candidates if c != pointed]
+    for candidate in candidates:
+        try:
+            return _load(candidate)
+        except (OSError, ValueError, KeyError) as error:
+            warn(f"checkpoint {candidate.name} is unreadable ({error}); trying the previous one")
+    return None
+
+
+def _load(path: Path) -> Checkpoint:
+    document = json.loads((path / JSON_FILE).read_text())
+    if _sha256(path / TENSORS_FILE) != document["tensors_sha256"]:
+        raise ValueError("content hash mismatch")
+    tensors = load_file(str(path / TENSORS_FILE))
+    state = ServerState(
+        weights={name: tensors[f"weights/{name}"] for name in document["weight_names"]},
+        buffers={name: tensors[f"buffers/{name}"] for name in document["buffer_names"]},
+        info=document["info"],
+    )
+    return Checkpoint(round=int(document["round"]), state=state, extra=document["extra"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    for item in path.iterdir():
+        with open(item, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A standalone safetensors file of trainable weights, written atomically."""
+    staging = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(staging))
+    os.replace(staging, path)

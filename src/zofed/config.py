@@ -1,0 +1,183 @@
+"""The run configuration: YAML plus dotted `key=value` overrides, validated into typed objects.
+
+This module and the CLI are the only places that read the whole config; everything below them
+receives the typed section it needs. Each algorithm owns its settings section (named after the
+algorithm, e.g. `fedmezo:`), so switching `algorithm=fedavg` on the command line uses fedavg's
+own defaults instead of inheriting keys that mean something else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
+from zofed.errors import ZofedError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainableConfig(Section):
+    mode: Literal["lora", "full"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    layers: tuple[int, ...] | None = None  # full mode: only these transformer layers
+
+
+class DataConfig(Section):
+    path: str | None = None  # local file/dir or hub name; None for the built-in task
+    limit: int | None = Field(None, ge=1)
+    val_size: int | float = Field(64, gt=0)
+    test_size: int | float = Field(128, gt=0)
+    max_length: int | None = Field(None, ge=8)  # None: the task's default
+    system_prompt: str | None = None
+
+
+class PartitionConfig(Section):
+    method: str = "iid"
+    alpha: float = Field(0.5, gt=0)
+    labels_per_client: int = Field(2, ge=1)
+
+
+class LocalConfig(Section):
+    local_steps: int = Field(10, ge=1, description="local steps (batches) per client per round")
+    batch_size: int = Field(4, ge=1)
+
+
+class EvalConfig(Section):
+    every: int = Field(1, ge=1, description="evaluate validation loss every k rounds")
+    val_examples: int = Field(64, ge=1)
+    test_examples: int = Field(128, ge=1)
+    accuracy_examples: int = Field(64, ge=0)
+    max_new_tokens: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class RunConfig(Section):
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int = Field(0, ge=0, lt=2**63)
+    rounds: int = Field(10, ge=1)
+    model: str = "smollm2-135m-instruct"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    task: str = "builtin"
+    algorithm: str = "fedmezo"
+    clients: int = Field(4, ge=1)
+    clients_per_round: int | float = Field(1.0, gt=0, description="count, or fraction of clients")
+    runtime: Literal["local"] = "local"
+    output_dir: str = "runs"
+    trainable: TrainableConfig = TrainableConfig()
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    local: LocalConfig = LocalConfig()
+    eval: EvalConfig = EvalConfig()
+    # Settings of every algorithm section present plus the chosen one (with its defaults).
+    methods: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if isinstance(self.clients_per_round, int) and self.clients_per_round > self.clients:
+            raise ValueError(
+                f"clients_per_round={self.clients_per_round} exceeds clients={self.clients}"
+            )
+        if isinstance(self.clients_per_round, float) and self.clients_per_round > 1.0:
+            raise ValueError("clients_per_round as a fraction must be in (0, 1]")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def algorithm_settings(self) -> Settings:
+        return self.methods[self.algorithm]
+
+    def sampled_per_round(self) -> int:
+        if isinstance(self.clients_per_round, float):
+            return max(1, round(self.clients_per_round * self.clients))
+        return self.clients_per_round
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, in the same shape a user writes it."""
+        data = self.model_dump(mode="json", exclude={"methods"})
+        for name, settings in self.methods.items():
+            data[name] = settings.model_dump(mode="json")
+        return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ZofedError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ZofedError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ZofedError(f"config file '{path}' must hold a mapping of keys to values")
+    return parse_config(raw, overrides)
+
+
+def parse_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    data = _apply_overrides(dict(raw), overrides)
+    algorithm = data.get("algorithm", RunConfig.model_fields["algorithm"].default)
+    if not isinstance(algorithm, str):
+        raise ZofedError("config key 'algorithm' must be an algorithm name such as fedmezo")
+    get_algorithm(algorithm)  # unknown name -> one-line error listing the known ones
+    methods = {}
+    for name in sorted(set(ALGORITHMS) & set(data) | {algorithm}):
+        section = data.pop(name, None) or {}
+        if not isinstance(section, dict):
+            raise ZofedError(f"config section '{name}' must be a mapping of settings")
+        try:
+            methods[name] = ALGORITHMS[name].settings(**section)
+        except ValidationError as error:
+            raise ZofedError(_describe(error, prefix=name)) from None
+    try:
+        return RunConfig(**data, methods=methods)
+    except ValidationError as error:
+        raise ZofedError(_describe(error)) from None
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise ZofedError(f"override '{override}' is not of the form key=value (e.g. rounds=2)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ZofedError(f"override '{override}': '{part}' is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{location}'; check the spelling (see configs/quickstart.yaml for the known keys)"
+    message = first["msg"].removeprefix("Value error, ")
+    if not location:
+        return f"invalid config: {message}"
+    shown = first.get("input")
+    got = f" (got {shown!r})" if shown is not None and not isinstance(shown, dict) else ""
+    return f"config key '{location}': {message}{got}; fix it in the YAML or override it with {location}=..."

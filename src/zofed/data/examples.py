@@ -1,0 +1,48 @@
+"""An example is a prompt and a response; a task says how to read, label and score its examples."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str  # the full target the model is trained on
+    category: str | None = None  # the label dirichlet/meta/pathological partitioners split by
+    answer: str | None = None  # short gold answer for exact-match accuracy; None if the task has none
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    short_answers: bool  # exact-match accuracy is meaningful
+    load: Callable[[str | None, int | None, int], list[Example]]  # (path or hub name, limit, seed)
+    extract_answer: Callable[[str], str | None]  # generated text -> answer to compare with Example.answer
+    default_max_length: int
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def normalise_answer(text: str) -> str:
+    """Lower-case, without surrounding punctuation and spaces; numbers in canonical form ("1,000" -> "1000")."""
+    cleaned = text.strip().lower().strip(" \t\n.,!?;:'\"`*$")
+    if _NUMBER.fullmatch(cleaned):
+        value = float(cleaned.replace(",", ""))
+        return str(int(value)) if value.is_integer() else repr(value)
+    return " ".join(cleaned.split())
+
+
+def first_word(text: str) -> str | None:
+    """The first word of a generated answer: what a one-word-answer task is scored on."""
+    words = text.strip().split()
+    return words[0] if words else None
+
+
+def last_number(text: str) -> str | None:
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None

@@ -1,0 +1,77 @@
+"""Tokenisation with the model's chat template, loss on response tokens only, and batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zofed.data.examples import Example
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens: the loss covers the response (and end-of-turn) only
+
+
+def _ids(encoded) -> list[int]:
+    # apply_chat_template returns a list or a BatchEncoding depending on the transformers version.
+    if isinstance(encoded, list):
+        return encoded
+    return list(encoded["input_ids"])
+
+
+def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return system + [{"role": "user", "content": prompt}]
+
+
+def _split_ids(tokenizer, example: Example, system_prompt: str | None) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) for one example."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = _messages(example.prompt, system_prompt)
+        prompt_ids = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        full_ids = _ids(
+            tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": example.response}], tokenize=True)
+        )
+        if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+            return prompt_ids, full_ids[len(prompt_ids) :]
+    else:
+        prompt_ids = tokenizer(example.prompt + "\n", add_special_tokens=True)["input_ids"]
+    # No template, or one whose prompt is not a prefix of the conversation: plain concatenation.
+    response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids, response_ids
+
+
+def tokenize_example(tokenizer, example: Example, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
+    """Truncate the prompt from the left first, so the response (what is learnt) survives."""
+    prompt_ids, response_ids = _split_ids(tokenizer, example, system_prompt)
+    response_ids = response_ids[:max_length]
+    keep_prompt = max_length - len(response_ids)
+    prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt :] if keep_prompt > 0 else []
+    return TokenizedExample(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids)
+
+
+def encode_prompt(tokenizer, prompt: str, max_length: int, system_prompt: str | None = None) -> list[int]:
+    """Ids a model continues from to generate the response."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = _ids(tokenizer.apply_chat_template(_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True))
+    else:
+        ids = tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
+    return ids[-max_length:]
+
+
+def collate(batch: list[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (IGNORE at padding)."""
+    width = max(len(example.input_ids) for example in batch)
+    input_ids = [ex.input_ids + [pad_token_id] * (width - len(ex.input_ids)) for ex in batch]
+    labels = [ex.labels + [IGNORE] * (width - len(ex.labels)) for ex in batch]
+    mask = [[1] * len(ex.input_ids) + [0] * (width - len(ex.input_ids)) for ex in batch]
+    return {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }

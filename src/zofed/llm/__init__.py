@@ -1,0 +1,17 @@
+"""Hugging Face transformers + PEFT glue: models, tokenizers, LoRA, and the trainable view."""
+
+from zofed.llm.models import BUILTIN_MODELS, LoadedModel, cache_dir, load_model, load_tokenizer
+from zofed.llm.views import LoraSettings, TrainableView, apply_lora, layer_index, trainable_view
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "LoadedModel",
+    "LoraSettings",
+    "TrainableView",
+    "apply_lora",
+    "cache_dir",
+    "layer_index",
+    "load_model",
+    "load_tokenizer",
+    "trainable_view",
+]

@@ -1,0 +1,35 @@
+"""Plots a run's metrics: validation loss against round and against cumulative bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_run(rounds: Sequence[dict], initial_eval_loss: float, path: Path, title: str) -> None:
+    evaluated = [row for row in rounds if row.get("eval_loss") is not None]
+    x_round = [0] + [row["round"] for row in evaluated]
+    y_loss = [initial_eval_loss] + [row["eval_loss"] for row in evaluated]
+    cumulative, total = {}, 0
+    for row in rounds:
+        total += row["bytes_up"] + row["bytes_down"]
+        cumulative[row["round"]] = total
+    x_bytes = [0] + [cumulative[row["round"]] / 1e6 for row in evaluated]
+
+    figure, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    by_round.plot(x_round, y_loss, marker="o")
+    by_round.set(xlabel="round", ylabel="validation loss", title="loss vs round")
+    by_bytes.plot(x_bytes, y_loss, marker="o", color="tab:orange")
+    by_bytes.set(xlabel="cumulative bytes up + down (MB)", ylabel="validation loss", title="loss vs bytes")
+    for axis in (by_round, by_bytes):
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    staging = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(staging, dpi=110)
+    plt.close(figure)
+    staging.replace(path)

@@ -1,0 +1,137 @@
+"""Everything a run needs, built from a validated config: data, partitions, model, trainable view.
+
+Data is prepared (and checked) before the model is loaded, so bad data fails in a second, not
+after a model conversion. The runtimes only see the plain objects built here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from zofed.config import RunConfig
+from zofed.data import (
+    Example,
+    Splits,
+    TaskSpec,
+    TokenizedExample,
+    collate,
+    get_task,
+    load_examples,
+    partition,
+    split_examples,
+    tokenize_example,
+)
+from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
+from zofed.zo import mix_seed
+
+# Stream tags keep the seeds of different random choices apart.
+SAMPLING_STREAM, BATCH_STREAM, CLIENT_SEED_STREAM = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    task: TaskSpec
+    splits: Splits
+    client_indices: list[list[int]]  # per client, indices into splits.train
+
+    def client_labels(self) -> list[str | None]:
+        return [example.category for example in self.splits.train]
+
+
+def prepare_data(config: RunConfig) -> FederatedData:
+    task = get_task(config.task)
+    examples = load_examples(config.task, config.data.path, config.data.limit, config.seed)
+    splits = split_examples(examples, config.seed, config.data.val_size, config.data.test_size)
+    client_indices = partition(
+        config.partition.method,
+        [example.category for example in splits.train],
+        config.clients,
+        config.seed,
+        alpha=config.partition.alpha,
+        labels_per_client=config.partition.labels_per_client,
+    )
+    return FederatedData(task, splits, client_indices)
+
+
+@dataclass
+class Experiment:
+    config: RunConfig
+    data: FederatedData
+    loaded: LoadedModel
+    view: TrainableView
+    parameters: tuple[torch.nn.Parameter, ...]
+    max_length: int
+    train_tokens: list[TokenizedExample]
+    val_tokens: list[TokenizedExample]
+    test_tokens: list[TokenizedExample]
+    accuracy_examples: list[Example]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.loaded.tokenizer.pad_token_id)
+
+    def sample_clients(self, round: int) -> list[int]:
+        """The round's clients, a pure function of (seed, round), so a resumed run samples the same."""
+        rng = np.random.default_rng(mix_seed(self.config.seed, SAMPLING_STREAM, round))
+        chosen = rng.choice(self.config.clients, size=self.config.sampled_per_round(), replace=False)
+        return sorted(int(c) for c in chosen)
+
+    def client_seed(self, round: int, client: int) -> int:
+        return mix_seed(self.config.seed, CLIENT_SEED_STREAM, round, client)
+
+    def client_batches(self, round: int, client: int) -> Iterator[dict[str, torch.Tensor]]:
+        """local_steps batches drawn by reshuffled passes over the client's data, seeded per round."""
+        indices = self.data.client_indices[client]
+        local = self.config.local
+        rng = np.random.default_rng(mix_seed(self.config.seed, BATCH_STREAM, round, client))
+        needed = local.local_steps * local.batch_size
+        order = np.concatenate([rng.permutation(indices) for _ in range(-(-needed // len(indices)))])
+        for step in range(local.local_steps):
+            chosen = order[step * local.batch_size : (step + 1) * local.batch_size]
+            yield collate([self.train_tokens[int(i)] for i in chosen], self.pad_token_id)
+
+
+def build_experiment(config: RunConfig, data: FederatedData | None = None) -> Experiment:
+    data = data or prepare_data(config)
+    loaded = load_model(config.model, config.dtype)
+    if config.trainable.mode == "lora":
+        settings = config.trainable
+        loaded = apply_lora(
+            loaded,
+            LoraSettings(settings.r, settings.alpha, settings.dropout, tuple(settings.target_modules)),
+            seed=config.seed,
+        )
+    view = trainable_view(loaded, config.trainable.mode, config.trainable.layers)
+    max_length = config.data.max_length or data.task.default_max_length
+    tokenizer = loaded.tokenizer
+
+    def tokenize(examples: Sequence[Example]) -> list[TokenizedExample]:
+        return [tokenize_example(tokenizer, ex, max_length, config.data.system_prompt) for ex in examples]
+
+    splits = data.splits
+    return Experiment(
+        config=config,
+        data=data,
+        loaded=loaded,
+        view=view,
+        parameters=_parameters_of(loaded.model, view),
+        max_length=max_length,
+        train_tokens=tokenize(splits.train),
+        val_tokens=tokenize(splits.val[: config.eval.val_examples]),
+        test_tokens=tokenize(splits.test[: config.eval.test_examples]),
+        accuracy_examples=list(splits.test[: config.eval.accuracy_examples]),
+    )
+
+
+def _parameters_of(model: torch.nn.Module, view: TrainableView) -> tuple[torch.nn.Parameter, ...]:
+    """The autograd leaves behind the view's tensors, matched by storage, for backprop baselines."""
+    by_pointer = {param.data_ptr(): param for param in model.parameters()}
+    return tuple(by_pointer[tensor.data_ptr()] for tensor in view.tensors)

@@ -1,0 +1,296 @@
+"""The in-process round loop: every simulated client shares one model in memory.
+
+Each round: sample clients; for each, encode the server's message, decode it as the client
+would, load it into the shared model and run the algorithm's client step; encode the reply and
+decode it as the server would; aggregate; evaluate; checkpoint. Every message goes through the
+codec so the byte ledger counts exactly what a real transport would carry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+
+import torch
+import yaml
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from zofed.algorithms import Algorithm, ClientEnv, ServerState, build_algorithm
+from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint, save_weights
+from zofed.config import RunConfig
+from zofed.errors import ZofedError
+from zofed.eval import evaluate_loss, exact_match_accuracy
+from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
+from zofed.report import plot_run
+from zofed.runtime.codec import decode, encode_with_sizes
+from zofed.runtime.experiment import Experiment, build_experiment, prepare_data
+
+DEFAULT_MAX_NEW_TOKENS = 16
+
+
+class RunPaths:
+    def __init__(self, config: RunConfig) -> None:
+        self.root = config.run_dir
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / "metrics.jsonl"
+        self.summary = self.root / "summary.json"
+
+
+def run_local(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    stop_after_round: int | None = None,
+) -> dict | None:
+    """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`."""
+    session_started = time.perf_counter()
+    paths = RunPaths(config)
+    _check_run_dir(paths, resume, overwrite)
+    data = prepare_data(config)
+    experiment = build_experiment(config, data)
+    algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
+    checkpoint = load_latest_checkpoint(paths.checkpoints) if resume else None
+    if checkpoint is not None:
+        state, first_round, extra = checkpoint.state, checkpoint.round + 1, checkpoint.extra
+        experiment.view.load_(state.weights)
+    else:
+        if paths.root.exists():
+            shutil.rmtree(paths.root)
+        state, first_round = algorithm.init(experiment.view.state_dict(), config.seed), 1
+        extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None}
+    _write_run_files(paths, config, extra["history"])
+    clock = _Clock(extra["elapsed_s"], session_started)
+
+    with _progress(show_progress) as progress:
+        task = progress.add_task("rounds", total=config.rounds, completed=first_round - 1, loss="-")
+        for round in range(first_round, config.rounds + 1):
+            state, row = run_round(experiment, algorithm, state, round)
+            extra = _record_round(paths, state, row, extra, clock.elapsed())
+            progress.update(task, advance=1, loss=_loss_text(row))
+            if stop_after_round is not None and round >= stop_after_round:
+                return None
+
+    final = evaluate_all(experiment)
+    save_weights(paths.root / "final.safetensors", dict(state.weights))
+    summary = _summary(config, extra, final, clock.elapsed())
+    plot_run(extra["history"], extra["initial"]["eval_loss"], paths.root / "report.png", f"{config.name}: {config.algorithm}")
+    _write_json(paths.summary, summary)
+    return summary
+
+
+def run_round(
+    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int
+) -> tuple[ServerState, dict]:
+    round_started = time.perf_counter()
+    clients = experiment.sample_clients(round)
+    messages = algorithm.configure(state, round, clients)
+    ledger = ByteLedger()
+    replies, per_client = [], []
+    for client, message in zip(clients, messages):
+        downlink, down_sizes = encode_with_sizes(message)
+        ledger.record(client, "down", down_sizes)
+        reset_peak_rss()
+        client_started = time.perf_counter()
+        reply = algorithm.train(decode(downlink), client_env(experiment, round, client))
+        seconds = time.perf_counter() - client_started
+        client_peak_rss_mb = peak_rss_mb()
+        experiment.model.eval()
+        uplink, up_sizes = encode_with_sizes(reply)
+        ledger.record(client, "up", up_sizes)
+        replies.append((client, decode(uplink)))
+        per_client.append(
+            {
+                "client": client,
+                **{key: float(value) for key, value in reply.metrics.items()},
+                "bytes_up": up_sizes.total,
+                "bytes_down": down_sizes.total,
+                "seconds": seconds,
+                "peak_rss_mb": client_peak_rss_mb,
+            }
+        )
+    state = algorithm.aggregate(state, round, replies)
+    experiment.view.load_(state.weights)
+
+    config = experiment.config
+    evaluate = round % config.eval.every == 0 or round == config.rounds
+    losses = [row["train_loss"] for row in per_client if math.isfinite(row["train_loss"])]
+    row = {
+        "round": round,
+        "clients": clients,
+        "train_loss": sum(losses) / len(losses) if losses else math.nan,
+        "eval_loss": _validation_loss(experiment) if evaluate else None,
+        "bytes_up": ledger.total("up"),
+        "bytes_down": ledger.total("down"),
+        "bytes_up_by_kind": ledger.by_kind("up"),
+        "bytes_down_by_kind": ledger.by_kind("down"),
+        "forward_passes": sum(int(row["forward_passes"]) for row in per_client),
+        "skipped_steps": sum(int(row["skipped_steps"]) for row in per_client),
+        "peak_rss_mb": max(row["peak_rss_mb"] for row in per_client),
+        "seconds": time.perf_counter() - round_started,
+        "per_client": per_client,
+    }
+    return state, row
+
+
+def client_env(experiment: Experiment, round: int, client: int) -> ClientEnv:
+    model = experiment.model
+
+    def loss(batch) -> float:
+        with torch.inference_mode():
+            return float(model(**batch, use_cache=False).loss)
+
+    def loss_for_backward(batch) -> torch.Tensor:
+        model.train()
+        return model(**batch, use_cache=False).loss
+
+    return ClientEnv(
+        client_id=client,
+        seed=experiment.client_seed(round, client),
+        names=experiment.view.names,
+        tensors=experiment.view.tensors,
+        parameters=experiment.parameters,
+        batches=experiment.client_batches(round, client),
+        loss=loss,
+        loss_for_backward=loss_for_backward,
+        num_examples=len(experiment.data.client_indices[client]),
+    )
+
+
+def evaluate_all(experiment: Experiment) -> dict:
+    """Validation and test loss plus exact-match accuracy (for tasks with short answers)."""
+    config, task = experiment.config, experiment.data.task
+    accuracy = None
+    if task.short_answers and experiment.accuracy_examples:
+        accuracy = exact_match_accuracy(
+            experiment.model,
+            experiment.loaded.tokenizer,
+            experiment.accuracy_examples,
+            task.extract_answer,
+            experiment.max_length,
+            config.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            config.eval.batch_size,
+            config.data.system_prompt,
+        )
+    return {
+        "eval_loss": _validation_loss(experiment),
+        "test_loss": evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id, config.eval.batch_size),
+        "test_accuracy": accuracy,
+    }
+
+
+def _validation_loss(experiment: Experiment) -> float:
+    return evaluate_loss(
+        experiment.model, experiment.val_tokens, experiment.pad_token_id, experiment.config.eval.batch_size
+    )
+
+
+def _record_round(paths: RunPaths, state: ServerState, row: dict, extra: dict, elapsed_s: float) -> dict:
+    """Append the round's metrics, keep the best weights, and checkpoint; returns the new bookkeeping."""
+    best = extra["best_eval_loss"]
+    if row["eval_loss"] is not None and math.isfinite(row["eval_loss"]) and (best is None or row["eval_loss"] < best):
+        best = row["eval_loss"]
+        save_weights(paths.root / "best.safetensors", dict(state.weights))
+    with open(paths.metrics, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    extra = {
+        **extra,
+        "history": extra["history"] + [row],
+        "best_eval_loss": best,
+        "elapsed_s": elapsed_s,
+    }
+    save_checkpoint(paths.checkpoints, Checkpoint(round=row["round"], state=state, extra=extra))
+    return extra
+
+
+def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict:
+    history, initial = extra["history"], extra["initial"]
+    return {
+        "name": config.name,
+        "algorithm": config.algorithm,
+        "model": config.model,
+        "task": config.task,
+        "rounds": config.rounds,
+        "clients": config.clients,
+        "initial_eval_loss": initial["eval_loss"],
+        "final_eval_loss": final["eval_loss"],
+        "best_eval_loss": extra["best_eval_loss"],
+        "initial_test_loss": initial["test_loss"],
+        "final_test_loss": final["test_loss"],
+        "initial_test_accuracy": initial["test_accuracy"],
+        "test_accuracy": final["test_accuracy"],
+        "bytes_up": sum(row["bytes_up"] for row in history),
+        "bytes_down": sum(row["bytes_down"] for row in history),
+        "forward_passes": sum(row["forward_passes"] for row in history),
+        "skipped_steps": sum(row["skipped_steps"] for row in history),
+        "peak_rss_mb": max((row["peak_rss_mb"] for row in history), default=None),
+        "wall_s": wall_s,
+    }
+
+
+def _check_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> None:
+    if paths.root.exists() and not (resume or overwrite):
+        raise ZofedError(
+            f"run directory '{paths.root}' already exists; pass --resume to continue it, "
+            "--overwrite to start over, or choose another name=..."
+        )
+
+
+def _write_run_files(paths: RunPaths, config: RunConfig, history: list[dict]) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.summary.unlink(missing_ok=True)
+    (paths.root / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # On resume the metrics file is rebuilt from the checkpoint, dropping any round written after it.
+    paths.metrics.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def _write_json(path, document: dict) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    staging.replace(path)
+
+
+def _loss_text(row: dict) -> str:
+    shown = row["eval_loss"] if row["eval_loss"] is not None else row["train_loss"]
+    return f"{shown:.4f}"
+
+
+class _Clock:
+    """Run time accumulated across resumed sessions."""
+
+    def __init__(self, before_s: float, started: float) -> None:
+        self._before_s, self._started = before_s, started
+
+    def elapsed(self) -> float:
+        return self._before_s + time.perf_counter() - self._started
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+def _progress(show: bool) -> Progress | _NoProgress:
+    if not show:
+        return _NoProgress()
+    return Progress(
+        TextColumn("[bold]round {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )

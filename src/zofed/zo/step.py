@@ -1,0 +1,67 @@
+"""The two-point ZO step, in place, in three passes over the trainable tensors.
+
+    θ += μz        -> L+
+    θ -= 2μz       -> L-
+    g = (L+ - L-) / 2μ
+    θ += (μ - ηg)z    restores θ and applies the update in the same pass
+
+The record of the step is (seed, coeff = -ηg): replaying θ += coeff·z(seed) rebuilds the update
+anywhere. A non-finite loss skips the step: θ is restored and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from zofed.zo.directions import DirectionSampler
+from zofed.zo.perturb import Scratch, perturb_
+
+
+@dataclass(frozen=True)
+class StepResult:
+    seed: int
+    projected_grad: float  # g, the directional-derivative estimate
+    coeff: float  # -lr·g; 0.0 when skipped
+    loss: float  # (L+ + L-)/2, the loss estimate at θ
+    skipped: bool
+
+
+def zo_step(
+    tensors: Sequence[torch.Tensor],
+    loss_at: Callable[[], float],
+    seed: int,
+    mu: float,
+    lr: float,
+    directions: DirectionSampler,
+    scratch: Scratch,
+) -> StepResult:
+    perturb_(tensors, seed, mu, directions, scratch)
+    loss_plus = loss_at()
+    perturb_(tensors, seed, -2.0 * mu, directions, scratch)
+    loss_minus = loss_at()
+    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+        perturb_(tensors, seed, mu, directions, scratch)
+        return StepResult(seed, math.nan, 0.0, math.nan, skipped=True)
+    # g travels as float32, so the client applies the float32 value the server will replay.
+    projected_grad = float(np.float32((loss_plus - loss_minus) / (2.0 * mu)))
+    coeff = -lr * projected_grad
+    perturb_(tensors, seed, mu + coeff, directions, scratch)
+    return StepResult(seed, projected_grad, coeff, 0.5 * (loss_plus + loss_minus), skipped=False)
+
+
+@torch.no_grad()
+def replay_(
+    tensors: Sequence[torch.Tensor],
+    records: Sequence[tuple[int, float]],
+    directions: DirectionSampler,
+    scratch: Scratch,
+) -> None:
+    """Apply (seed, coeff) records in order: θ += coeff·z(seed) for each."""
+    for seed, coeff in records:
+        if coeff != 0.0:
+            perturb_(tensors, seed, coeff, directions, scratch)

@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from zofed.algorithms import build_algorithm
+from zofed.algorithms.fedmezo import heterogeneity_index, personalised_lrs, FedMeZOSettings
+from zofed.messages import Message
+
+from .toy import ToyProblem, run_rounds
+
+
+def test_weights_and_seeds_upload_reach_the_same_global_weights():
+    # One round: the server's replay differs from the client's in-place path by float rounding only.
+    # Over several rounds that rounding changes the next round's loss differences (ZO divides by 2μ),
+    # so the runs separate; both must still converge.
+    by_weights = run_rounds(build_algorithm("fedmezo", {"lr": 0.02, "mu": 1e-3}), ToyProblem(), rounds=1)
+    by_seeds = run_rounds(build_algorithm("fedmezo", {"lr": 0.02, "mu": 1e-3, "upload": "seeds"}), ToyProblem(), rounds=1)
+    for name in by_weights.weights:
+        assert (by_weights.weights[name] - by_seeds.weights[name]).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("upload", ["weights", "seeds"])
+def test_fedmezo_lowers_the_global_loss(upload):
+    problem = ToyProblem()
+    state = run_rounds(build_algorithm("fedmezo", {"lr": 0.02, "mu": 1e-3, "upload": upload}), problem, rounds=15)
+    assert problem.global_loss(state.weights) < 0.6 * problem.global_loss(problem.initial())
+
+
+def test_seed_reply_is_small_and_rebuilds_the_client_weights():
+    algorithm = build_algorithm("fedmezo", {"lr": 0.02, "upload": "seeds"})
+    problem = ToyProblem()
+    state = algorithm.init(problem.initial(), seed=0)
+    [message] = algorithm.configure(state, 1, [0])
+    reply = algorithm.train(message, problem.env(0, seed=5))
+    assert reply.kind == "seeds" and not reply.tensors and len(reply.seeds) == 5
+    rebuilt = algorithm.client_weights(state, reply)
+    assert torch.allclose(rebuilt["weight"], problem.weight.data, atol=1e-6)
+
+
+def test_heterogeneity_index():
+    assert heterogeneity_index([1.0, 2.0, 3.0]) == [-1.0, 0.0, 1.0]
+    assert heterogeneity_index([2.0, 2.0]) == [0.0, 0.0]
+    assert heterogeneity_index([None, 1.0, 3.0]) == [0.0, -1.0, 1.0]
+    assert heterogeneity_index([None, None]) == [0.0, 0.0]
+    assert all(-1 <= phi <= 1 for phi in heterogeneity_index([0.1, 5.0, 2.0, 2.2]))
+
+
+def info_with(history):
+    return {"seed": 0, "history": {str(k): v for k, v in history.items()}}
+
+
+def test_round_wise_raises_lr_of_higher_loss_clients():
+    settings = FedMeZOSettings(lr=1.0, lr_strategy="round-wise", lr_alpha=0.5)
+    info = info_with({0: {"losses": [1.0], "model_diff": None}, 1: {"losses": [3.0], "model_diff": None}})
+    assert personalised_lrs(settings, info, 2, [0, 1, 2]) == [0.5, 1.5, 1.0]
+
+
+def test_five_round_waits_for_five_rounds_of_history():
+    settings = FedMeZOSettings(lr=1.0, lr_strategy="five-round")
+    info = info_with({0: {"losses": [1.0] * 4, "model_diff": None}, 1: {"losses": [3.0] * 5, "model_diff": None}})
+    assert personalised_lrs(settings, info, 6, [0, 1]) == [1.0, 1.0]  # only one client has a signal
+    info = info_with({0: {"losses": [1.0] * 5, "model_diff": None}, 1: {"losses": [3.0] * 5, "model_diff": None}})
+    assert personalised_lrs(settings, info, 6, [0, 1]) == [0.5, 1.5]
+
+
+def test_random_strategy_is_seeded_and_in_range():
+    settings = FedMeZOSettings(lr=1.0, lr_strategy="random", lr_alpha=0.5)
+    first = personalised_lrs(settings, info_with({}), 3, [0, 1, 2, 3])
+    assert first == personalised_lrs(settings, info_with({}), 3, [0, 1, 2, 3])
+    assert first != personalised_lrs(settings, info_with({}), 4, [0, 1, 2, 3])
+    assert all(0.5 <= lr <= 1.5 for lr in first)
+
+
+def test_frozen_is_the_base_rate():
+    assert personalised_lrs(FedMeZOSettings(lr=0.3), info_with({}), 1, [0, 5]) == [0.3, 0.3]
+
+
+@pytest.mark.parametrize("strategy", ["round-wise", "five-round", "model-diff", "random"])
+def test_strategies_with_partial_participation_and_many_clients(strategy):
+    problem = ToyProblem(clients=7)
+    algorithm = build_algorithm("fedmezo", {"lr": 0.02, "lr_strategy": strategy})
+    state = algorithm.init(problem.initial(), seed=0)
+    rates_seen = set()
+    for round in range(1, 11):
+        sampled = [c for c in range(7) if (c + round) % 3 != 0]
+        messages = algorithm.configure(state, round, sampled)
+        rates_seen.update(m.config["lr"] for m in messages)
+        replies = [(c, algorithm.train(m, problem.env(c, seed=round * 10 + c))) for c, m in zip(sampled, messages)]
+        state = algorithm.aggregate(state, round, replies)
+    assert len(rates_seen) > 1  # personalisation really varied the rates
+    assert all(0.01 <= lr <= 0.03 for lr in rates_seen)
+    assert all(math.isfinite(v) for v in (state.weights["weight"].sum().item(),))
+
+
+def test_model_diff_signal_is_distance_to_the_global_update():
+    algorithm = build_algorithm("fedmezo", {"lr": 1.0, "lr_strategy": "model-diff"})
+    state = algorithm.init({"w": torch.zeros(2)}, seed=0)
+    replies = [
+        (0, Message(kind="weights", round=1, tensors={"w": torch.tensor([1.0, 0.0])}, metrics={"num_examples": 1, "train_loss": 1.0})),
+        (1, Message(kind="weights", round=1, tensors={"w": torch.tensor([3.0, 0.0])}, metrics={"num_examples": 1, "train_loss": 1.0})),
+    ]
+    state = algorithm.aggregate(state, 1, replies)
+    assert torch.equal(state.weights["w"], torch.tensor([2.0, 0.0]))
+    assert state.info["history"]["0"]["model_diff"] == pytest.approx(1.0)
+    assert state.info["history"]["1"]["model_diff"] == pytest.approx(1.0)
+
+
+def test_sample_weighted_mean_weights_by_examples():
+    algorithm = build_algorithm("fedmezo")
+    state = algorithm.init({"w": torch.zeros(1)}, seed=0)
+    replies = [
+        (0, Message(kind="weights", round=1, tensors={"w": torch.tensor([1.0])}, metrics={"num_examples": 3, "train_loss": 1.0})),
+        (1, Message(kind="weights", round=1, tensors={"w": torch.tensor([5.0])}, metrics={"num_examples": 1, "train_loss": 1.0})),
+    ]
+    assert algorithm.aggregate(state, 1, replies).weights["w"].item() == pytest.approx(2.0)

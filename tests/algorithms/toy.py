@@ -1,0 +1,70 @@
+"""A toy federated least-squares problem that runs any algorithm without a language model."""
+
+from __future__ import annotations
+
+import torch
+
+from zofed.algorithms import ClientEnv
+
+DIM, OUT = 6, 3
+
+
+class ToyProblem:
+    def __init__(self, clients: int = 3, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.target = torch.randn(DIM, OUT, generator=generator)
+        self.inputs = [torch.randn(20 + 10 * c, DIM, generator=generator) for c in range(clients)]
+        self.weight = torch.nn.Parameter(torch.zeros(DIM, OUT))
+        self.bias = torch.nn.Parameter(torch.zeros(OUT))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("weight", "bias")
+
+    def initial(self) -> dict[str, torch.Tensor]:
+        return {"weight": torch.zeros(DIM, OUT), "bias": torch.zeros(OUT)}
+
+    def _loss(self, batch) -> torch.Tensor:
+        return ((batch["x"] @ self.weight + self.bias - batch["y"]) ** 2).mean()
+
+    def global_loss(self, weights) -> float:
+        x = torch.cat(self.inputs)
+        return float(((x @ weights["weight"] + weights["bias"] - x @ self.target) ** 2).mean())
+
+    def env(self, client: int, seed: int, steps: int = 5, batch_size: int = 8) -> ClientEnv:
+        x = self.inputs[client]
+        generator = torch.Generator().manual_seed(seed)
+
+        def batches():
+            for _ in range(steps):
+                rows = torch.randint(0, len(x), (batch_size,), generator=generator)
+                yield {"x": x[rows], "y": x[rows] @ self.target}
+
+        def loss(batch) -> float:
+            with torch.inference_mode():
+                return float(self._loss(batch))
+
+        return ClientEnv(
+            client_id=client,
+            seed=seed,
+            names=self.names,
+            tensors=(self.weight.data, self.bias.data),
+            parameters=(self.weight, self.bias),
+            batches=batches(),
+            loss=loss,
+            loss_for_backward=self._loss,
+            num_examples=len(x),
+        )
+
+
+def run_rounds(algorithm, problem: ToyProblem, rounds: int, clients=None, steps: int = 5):
+    state = algorithm.init(problem.initial(), seed=0)
+    for round in range(1, rounds + 1):
+        sampled = list(clients if clients is not None else range(len(problem.inputs)))
+        messages = algorithm.configure(state, round, sampled)
+        replies = [
+            (client, algorithm.train(message, problem.env(client, seed=1000 * round + client, steps=steps)))
+            for client, message in zip(sampled, messages)
+        ]
+        state = algorithm.aggregate(state, round, replies)
+    return state
