@@ -37,10 +37,18 @@ def normalise_answer(text: str) -> str:
     return " ".join(cleaned.split())
 
 
-def first_word(text: str) -> str | None:
-    """The first word of a generated answer: what a one-word-answer task is scored on."""
-    words = text.strip().split()
-    return words[0] if words else None
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
+def final_word(text: str) -> str | None:
+    """The last word of the first sentence: "Paris" from both "Paris" and "The capital is Paris.".
+
+    Scoring the last word rather than the first keeps accuracy about knowing the answer, not
+    about having learnt the terse format, which the loss already measures.
+    """
+    sentence = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    words = sentence.replace(",", " ").split()
+    return words[-1] if words else None
 
 
 def last_number(text: str) -> str | None:

@@ -51,7 +51,7 @@ def tokenize_example(tokenizer, example: Example, max_length: int, system_prompt
     prompt_ids, response_ids = _split_ids(tokenizer, example, system_prompt)
     response_ids = response_ids[:max_length]
     keep_prompt = max_length - len(response_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt :] if keep_prompt > 0 else []
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - keep_prompt) :] if keep_prompt > 0 else []
     return TokenizedExample(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids)
 
 

@@ -18,9 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from zofed.errors import ZofedError
+
+# Loading prints a per-tensor progress bar; a run has its own progress display.
+hf_logging.disable_progress_bar()
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"

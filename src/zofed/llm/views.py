@@ -7,6 +7,7 @@ what lets a (seed, i) pair name the same direction on a client and on the server
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,10 @@ def apply_lora(loaded: LoadedModel, settings: LoraSettings, seed: int) -> Loaded
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA A's random init, reproducible without touching the caller's RNG
         try:
-            model = get_peft_model(loaded.model, config)
+            with warnings.catch_warnings():
+                # PEFT 0.21 calls a transformers 5 API that warns of its own rename; nothing for users to act on.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(loaded.model, config)
         except ValueError as error:
             raise ZofedError(
                 f"LoRA target modules {list(settings.target_modules)} do not fit model '{loaded.name}': "

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 import yaml
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zofed.algorithms import Algorithm, ClientEnv, ServerState, build_algorithm
@@ -293,4 +294,5 @@ def _progress(show: bool) -> Progress | _NoProgress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        console=Console(stderr=True),  # stdout carries the summary JSON
     )

@@ -1,0 +1,82 @@
+import math
+from collections import Counter
+
+import pytest
+
+from zofed.data import partition, split_examples
+from zofed.data.builtin import generate
+from zofed.errors import ZofedError
+
+LABELS = [f"c{i % 5}" for i in range(1000)]
+
+
+def assert_is_partition(parts, total):
+    flat = [i for part in parts for i in part]
+    assert sorted(flat) == list(range(total))
+    assert all(part for part in parts)
+
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet", "meta", "pathological"])
+def test_partitions_cover_everything_once_and_are_seeded(method):
+    parts = partition(method, LABELS, 8, seed=3)
+    assert_is_partition(parts, len(LABELS))
+    assert parts == partition(method, LABELS, 8, seed=3)
+    if method != "meta":  # meta with 5 labels over 8 clients is determined up to shuffling inside a label
+        assert parts != partition(method, LABELS, 8, seed=4)
+
+
+def mean_label_entropy(parts):
+    entropies = []
+    for part in parts:
+        counts = Counter(LABELS[i] for i in part)
+        total = sum(counts.values())
+        entropies.append(-sum(c / total * math.log(c / total) for c in counts.values()))
+    return sum(entropies) / len(entropies)
+
+
+def test_dirichlet_skew_grows_as_alpha_falls():
+    skewed = mean_label_entropy(partition("dirichlet", LABELS, 10, seed=0, alpha=0.1))
+    balanced = mean_label_entropy(partition("dirichlet", LABELS, 10, seed=0, alpha=100.0))
+    assert balanced > 1.5 and skewed < 0.8 * balanced
+
+
+def test_iid_sizes_are_near_equal():
+    sizes = [len(p) for p in partition("iid", LABELS, 7, seed=0)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("clients", [2, 5, 12])
+def test_meta_keeps_every_category(clients):
+    labels = [f"cat{i % 9}" for i in range(180)] + ["rare"]
+    parts = partition("meta", labels, clients, seed=0)
+    assert_is_partition(parts, len(labels))
+    assert {labels[i] for part in parts for i in part} == set(labels)
+    if clients <= 9:  # whole categories stay together
+        owners = {label: {c for c, part in enumerate(parts) for i in part if labels[i] == label} for label in set(labels)}
+        assert all(len(o) == 1 for o in owners.values())
+
+
+def test_pathological_gives_each_client_few_labels():
+    parts = partition("pathological", LABELS, 5, seed=0, labels_per_client=2)
+    assert_is_partition(parts, len(LABELS))
+    assert all(len({LABELS[i] for i in part}) <= 3 for part in parts)
+
+
+def test_impossible_partitions_are_user_errors():
+    with pytest.raises(ZofedError, match="cannot split 3 training examples across 5 clients"):
+        partition("iid", ["a", "b", "c"], 5, seed=0)
+    with pytest.raises(ZofedError, match="iid"):
+        partition("dirichlet", [None] * 10, 2, seed=0)
+    with pytest.raises(ZofedError, match="unknown partition"):
+        partition("random", LABELS, 2, seed=0)
+
+
+def test_splits_are_disjoint_and_seeded():
+    examples = generate(300, seed=0)
+    splits = split_examples(examples, seed=1, val_size=30, test_size=0.1)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (240, 30, 30)
+    ids = lambda xs: {id(x) for x in xs}  # noqa: E731
+    assert not (ids(splits.train) & ids(splits.val)) and not (ids(splits.val) & ids(splits.test))
+    assert splits == split_examples(examples, seed=1, val_size=30, test_size=0.1)
+    with pytest.raises(ZofedError, match="nothing to train"):
+        split_examples(examples[:10], seed=0, val_size=5, test_size=5)

@@ -1,0 +1,72 @@
+"""The local runtime's outputs on tiny-llama: files, schema, ledger, eval, partial participation."""
+
+import json
+
+import pytest
+
+from zofed.cli import main
+from zofed.errors import ZofedError
+from zofed.runtime.local import run_local
+
+from .helpers import tiny_config
+
+SUMMARY_KEYS = {
+    "algorithm", "rounds", "initial_eval_loss", "final_eval_loss", "initial_test_loss", "final_test_loss",
+    "test_accuracy", "bytes_up", "bytes_down", "forward_passes", "peak_rss_mb", "wall_s",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    config = tiny_config(tmp_path_factory.mktemp("run"), "fedmezo", "rounds=2", "clients=3", "clients_per_round=2")
+    summary = run_local(config, show_progress=False)
+    return config, summary
+
+
+def test_run_directory_has_every_output(finished_run):
+    config, summary = finished_run
+    root = config.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.png", "final.safetensors", "best.safetensors"):
+        assert (root / name).is_file(), name
+    assert SUMMARY_KEYS <= set(json.loads((root / "summary.json").read_text()))
+    assert summary["forward_passes"] == 2 * 2 * 2 * 20  # rounds × clients per round × 2 forwards × local steps
+
+
+def test_metrics_lines_and_ledger(finished_run):
+    config, summary = finished_run
+    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [1, 2]
+    for row in rows:
+        assert len(row["clients"]) == 2 and len(row["per_client"]) == 2
+        assert row["bytes_up"] == sum(c["bytes_up"] for c in row["per_client"])
+        assert row["bytes_up"] == sum(row["bytes_up_by_kind"].values())
+        assert row["eval_loss"] is not None and row["peak_rss_mb"] > 0
+    assert summary["bytes_up"] == sum(row["bytes_up"] for row in rows)
+
+
+def test_eval_command_scores_a_finished_run(finished_run, capsys, tmp_path):
+    config, summary = finished_run
+    assert main(["eval", str(config.run_dir), "--task", "builtin", "--examples", "8"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["examples"] == 8 and result["loss"] > 0 and 0.0 <= result["accuracy"] <= 1.0
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 plus 2?", "answer": "2+2=4\n#### 4"}) + "\n")
+    assert main(["eval", str(config.run_dir), "--task", "gsm8k", "--data", str(data), "--weights", "best"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 1
+
+
+def test_existing_run_directory_needs_resume_or_overwrite(finished_run):
+    config, _ = finished_run
+    with pytest.raises(ZofedError, match="--resume"):
+        run_local(config, show_progress=False)
+
+
+def test_byte_ledger_matches_the_codec_for_seed_uploads(tmp_path):
+    config = tiny_config(tmp_path, "fedmezo", "rounds=1", "fedmezo.upload=seeds")
+    run_local(config, show_progress=False)
+    [row] = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for client in row["per_client"]:
+        # 20 local steps: 20 int64 seeds + 20 float32 scalars, plus a small JSON header and metrics.
+        assert 20 * 12 < client["bytes_up"] < 1024
+    assert row["bytes_up_by_kind"]["records"] == 2 * 20 * 12
+    assert row["bytes_up_by_kind"]["weights"] == 0
