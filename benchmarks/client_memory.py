@@ -11,6 +11,7 @@ only, the floor every ZO client should stay close to.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import subprocess
@@ -44,17 +45,20 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
     config = load_config(config_path, overrides)
     experiment = build_experiment(config)
     method = build_algorithm(config.algorithm, config.algorithm_settings)
-    message = method.configure(method.init(experiment.view.state_dict(), config.seed), 1, [0])[0]
+    # What a real client receives: the encoded downlink, with no server state in its process.
+    outbox = [encode(method.configure(method.init(experiment.view.state_dict(), config.seed), 1, [0])[0])]
+    gc.collect()
     env = client_env(experiment, 1, 0)
-    downlink = decode(encode(message))
     resident_mb = peak_rss_mb()
     reset_peak_rss()
     if algorithm == "inference":
+        outbox.clear()
         for batch in env.batches:
             env.loss(batch)
             env.loss(batch)
     else:
-        method.train(downlink, env)
+        # pop: the client owns the only reference, so train() can free the downlink once loaded
+        method.train(decode(outbox.pop()), env)
     return {
         "algorithm": algorithm,
         "mode": mode,

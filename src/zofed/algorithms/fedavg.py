@@ -50,7 +50,9 @@ class FedAvg:
         return [Message(kind="weights", round=round, tensors=state.weights) for _ in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
+        round = message.round
         load_weights_(env, message.tensors)
+        del message  # drop the downlink copy of the weights: a client holds one model, not two
         optimizer = OPTIMIZERS[self.settings.optimizer](env.parameters, self.settings)
         losses, skipped = [], 0
         for batch in env.batches:
@@ -72,7 +74,7 @@ class FedAvg:
             "backward_passes": float(len(losses)),
             "num_examples": float(env.num_examples),
         }
-        return Message(kind="weights", round=message.round, tensors=current_weights(env), metrics=metrics)
+        return Message(kind="weights", round=round, tensors=current_weights(env), metrics=metrics)
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         if not replies:

@@ -39,7 +39,7 @@ from zofed.algorithms.base import (
     sample_weighted_mean,
 )
 from zofed.messages import Message
-from zofed.zo import Scratch, make_directions, mix_seed, replay_, zo_step
+from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
 
 LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
 HISTORY_LENGTH = 5
@@ -51,7 +51,8 @@ class FedMeZOSettings(Settings):
     lr_strategy: LrStrategy = "frozen"
     lr_alpha: float = Field(0.5, ge=0, lt=1, description="α: sensitivity of η_i to Φ_i")
     upload: Literal["weights", "seeds"] = "weights"
-    directions: Literal["gaussian"] = "gaussian"
+    directions: Literal["gaussian", "pool"] = "gaussian"
+    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
 
 
 class FedMeZO:
@@ -75,6 +76,7 @@ class FedMeZO:
                     "mu": self.settings.mu,
                     "upload": self.settings.upload,
                     "directions": self.settings.directions,
+                    "pool_size": self.settings.pool_size,
                 },
                 tensors=state.weights,
             )
@@ -82,9 +84,11 @@ class FedMeZO:
         ]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
+        round, config = message.round, dict(message.config)
         load_weights_(env, message.tensors)
-        lr, mu = float(message.config["lr"]), float(message.config["mu"])
-        directions = make_directions(str(message.config["directions"]))
+        del message  # drop the downlink copy of the weights: a client holds one model, not two
+        lr, mu = float(config["lr"]), float(config["mu"])
+        directions = make_directions(str(config["directions"]), int(config["pool_size"]))
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):
@@ -98,14 +102,11 @@ class FedMeZO:
             grads.append(result.projected_grad)
             losses.append(result.loss)
         metrics = zo_metrics(env, losses, skipped)
-        if message.config["upload"] == "seeds":
+        if config["upload"] == "seeds":
             return Message(
-                kind="seeds", round=message.round, config={"lr": lr}, seeds=tuple(seeds),
-                scalars=tuple(grads), metrics=metrics,
+                kind="seeds", round=round, config={"lr": lr}, seeds=tuple(seeds), scalars=tuple(grads), metrics=metrics
             )
-        return Message(
-            kind="weights", round=message.round, tensors=current_weights(env), metrics=metrics
-        )
+        return Message(kind="weights", round=round, tensors=current_weights(env), metrics=metrics)
 
     def aggregate(
         self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]
@@ -124,7 +125,7 @@ class FedMeZO:
         rebuilt = [tensor.clone() for tensor in state.weights.values()]
         lr = float(reply.config["lr"])
         records = [(seed, -lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
-        replay_(rebuilt, records, make_directions(self.settings.directions), Scratch())
+        replay_(rebuilt, records, make_directions(self.settings.directions, self.settings.pool_size), Scratch())
         return dict(zip(state.weights, rebuilt))
 
 

@@ -1,11 +1,22 @@
 """Torch-only zeroth-order core: seeds, direction samplers, in-place perturbation, step, replay."""
 
-from zofed.zo.directions import DIRECTION_SAMPLERS, DirectionSampler, GaussianDirections, make_directions
+from zofed.zo.directions import (
+    DEFAULT_POOL_SIZE,
+    DIRECTION_SAMPLERS,
+    DirectionSampler,
+    GaussianDirections,
+    PoolDirections,
+    make_directions,
+    normal_table,
+)
 from zofed.zo.perturb import Scratch, perturb_
 from zofed.zo.seeds import SEED_LIMIT, mix_seed
 from zofed.zo.step import StepResult, replay_, zo_step
 
 __all__ = [
+    "DEFAULT_POOL_SIZE",
+    "PoolDirections",
+    "normal_table",
     "DIRECTION_SAMPLERS",
     "DirectionSampler",
     "GaussianDirections",

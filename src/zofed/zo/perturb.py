@@ -32,5 +32,4 @@ def perturb_(
 ) -> None:
     """θ_i += scale · z(seed, i) for every tensor i, in place (bf16 tensors accumulate in their dtype)."""
     for index, tensor in enumerate(tensors):
-        z = directions.fill_(scratch.take(tensor.shape), seed, index)
-        tensor.add_(z, alpha=scale)
+        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape))
