@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ CASES = [
     ("fedavg", "lora"),
     ("inference", "full"),
     ("fedmezo", "full"),
+    ("fedmezo-seeds", "full"),
     ("fedavg", "full"),
 ]
 
@@ -38,8 +38,10 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
     from zofed.runtime.experiment import build_experiment
     from zofed.runtime.local import client_env
 
-    chosen = "fedmezo" if algorithm == "inference" else algorithm
+    chosen = {"inference": "fedmezo", "fedmezo-seeds": "fedmezo"}.get(algorithm, algorithm)
     overrides = [f"algorithm={chosen}", f"trainable.mode={mode}", f"local.local_steps={steps}"]
+    if algorithm == "fedmezo-seeds":
+        overrides.append("fedmezo.upload=seeds")
     if chosen == "fedavg":
         overrides.append("fedavg.optimizer=adamw")
     config = load_config(config_path, overrides)
@@ -74,6 +76,8 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
 
 
 def main() -> None:
+    from zofed.machine import describe_machine
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--steps", type=int, default=3)
@@ -101,24 +105,9 @@ def main() -> None:
     }
     for name, value in ratios.items():
         print(f"{name:28s} {value}")
-    result = {"machine": machine(), "config": args.config, "cases": rows, "ratios": ratios}
+    result = {"machine": describe_machine(), "config": args.config, "cases": rows, "ratios": ratios}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def machine() -> dict:
-    import os
-
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
 
 
 if __name__ == "__main__":

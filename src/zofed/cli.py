@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", choices=("final", "best"), default="final")
     evaluate.add_argument("--examples", type=int, default=128, help="evaluate at most this many examples")
     evaluate.set_defaults(handler=_eval)
+
+    bench = commands.add_parser("bench", help="micro-benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench", required=True)
+    step = bench_commands.add_parser("step", help="ZO step time and memory against two forward passes")
+    step.add_argument("--model", default="smollm2-135m-instruct")
+    step.add_argument("--modes", default="lora,full", help="comma-separated: lora, full")
+    step.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    step.add_argument("--batch-size", type=int, default=1)
+    step.add_argument("--seq-len", type=int, default=128)
+    step.add_argument("--repeats", type=int, default=3)
+    step.add_argument("--pool-size", type=int, default=1 << 24)
+    step.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    step.add_argument("--out", default=None, help="also write the results (with the machine) to this JSON file")
+    step.set_defaults(handler=_bench_step)
     return parser
 
 
@@ -113,6 +127,35 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(Path(args.run_dir), args.task, args.data, args.weights, args.examples)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    from zofed.bench import bench_step
+    from zofed.machine import describe_machine
+
+    modes, dtypes = args.modes.split(","), args.dtypes.split(",")
+    for value, allowed, key in ((modes, {"lora", "full"}, "--modes"), (dtypes, {"fp32", "bf16"}, "--dtypes")):
+        if not set(value) <= allowed:
+            raise ZofedError(f"{key} {','.join(value)} has an unknown entry; use {','.join(sorted(allowed))}")
+    rows = []
+    for mode in modes:
+        for dtype in dtypes:
+            row = bench_step(args.model, mode, dtype, args.batch_size, args.seq_len, args.repeats, args.pool_size)
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(
+                    f"{mode:5s} {dtype:5s} forward {row['forward_s']:.3f}s  step/2fwd pool {row['ratio_pool_to_two_forwards']:.2f}"
+                    f"  gaussian {row['ratio_gaussian_to_two_forwards']:.2f}  reference {row['ratio_reference_to_two_forwards']:.2f}"
+                    f"  speedup {row['speedup_vs_reference']:.1f}x  RSS inf/zo/bp {row['peak_rss_inference_mb']:.0f}/"
+                    f"{row['peak_rss_zo_mb']:.0f}/{row['peak_rss_backprop_mb']:.0f} MB",
+                    flush=True,
+                )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"machine": describe_machine(), "results": rows}, indent=2) + "\n")
     return 0
 
 
