@@ -21,14 +21,23 @@ from zofed.metrics import peak_rss_mb, reset_peak_rss
 from zofed.zo import GaussianDirections, PoolDirections, Scratch, zo_step
 
 
-def _median_seconds(work: Callable[[], object], repeats: int) -> float:
-    work()  # warm-up: allocator, kernels, lazily built tables
-    times = []
+def _interleaved_medians(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, timed in turn within every repeat so drift hits all alike."""
+    for work in works.values():
+        work()  # warm-up: allocator, kernels, lazily built tables
+    times: dict[str, list[float]] = {name: [] for name in works}
     for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, work in works.items():
+            started = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _peak_mb(work: Callable[[], object]) -> float:
+    reset_peak_rss()
+    work()
+    return peak_rss_mb()
 
 
 def reference_mezo_step(params, loss_at: Callable[[], float], seed: int, mu: float, lr: float) -> None:
@@ -68,23 +77,29 @@ def bench_step(model_name: str, mode: str, dtype: str, batch_size: int, seq_len:
 
     # Tiny lr and mu keep the weights (and so the timings) where they started.
     mu, lr = 1e-3, 1e-9
-    reset_peak_rss()
-    forward_s = _median_seconds(loss_at, repeats)
-    peak_inference = peak_rss_mb()
-
     gaussian, pool, scratch = GaussianDirections(), PoolDirections(pool_size), Scratch()
-    reset_peak_rss()
-    step_gaussian_s = _median_seconds(lambda: zo_step(view.tensors, loss_at, 1, mu, lr, gaussian, scratch), repeats)
-    peak_zo_gaussian = peak_rss_mb()
-    reset_peak_rss()
-    step_pool_s = _median_seconds(lambda: zo_step(view.tensors, loss_at, 1, mu, lr, pool, scratch), repeats)
-    peak_zo = peak_rss_mb()
-
+    tensors = [view.tensors]  # rebound after each reference step, whose updates replace parameter storage
     params = [p for p in model.parameters() if p.requires_grad]
-    with torch.random.fork_rng(devices=[]):
-        reference_s = _median_seconds(lambda: reference_mezo_step(params, loss_at, 1, mu, lr), repeats)
-    # The reference's out-of-place updates replaced the parameters' storage: rebuild the view's tensors.
-    view = trainable_view(loaded, mode)
+
+    def reference() -> None:
+        with torch.random.fork_rng(devices=[]):
+            reference_mezo_step(params, loss_at, 1, mu, lr)
+        tensors[0] = trainable_view(loaded, mode).tensors
+
+    works = {
+        "two_forwards": lambda: (loss_at(), loss_at()),
+        "gaussian": lambda: zo_step(tensors[0], loss_at, 1, mu, lr, gaussian, scratch),
+        "pool": lambda: zo_step(tensors[0], loss_at, 1, mu, lr, pool, scratch),
+        "reference": reference,
+    }
+    peak_inference = _peak_mb(loss_at)
+    peak_zo = _peak_mb(works["pool"])
+    peak_zo_gaussian = _peak_mb(works["gaussian"])
+    medians = _interleaved_medians(works, repeats)
+    two_forwards, step_gaussian_s, step_pool_s, reference_s = (
+        medians["two_forwards"], medians["gaussian"], medians["pool"], medians["reference"]
+    )
+    forward_s = two_forwards / 2
 
     reset_peak_rss()
     model.train()
@@ -95,7 +110,6 @@ def bench_step(model_name: str, mode: str, dtype: str, batch_size: int, seq_len:
     model.eval()
     del loss
 
-    two_forwards = 2 * forward_s
     return {
         "model": model_name,
         "mode": mode,

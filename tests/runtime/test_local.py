@@ -70,3 +70,9 @@ def test_byte_ledger_matches_the_codec_for_seed_uploads(tmp_path):
         assert 20 * 12 < client["bytes_up"] < 1024
     assert row["bytes_up_by_kind"]["records"] == 2 * 20 * 12
     assert row["bytes_up_by_kind"]["weights"] == 0
+
+
+def test_pool_directions_with_seed_upload_learn(tmp_path):
+    config = tiny_config(tmp_path, "fedmezo", "fedmezo.directions=pool", "fedmezo.upload=seeds", "fedmezo.pool_size=65536")
+    summary = run_local(config, show_progress=False)
+    assert summary["final_eval_loss"] < 0.99 * summary["initial_eval_loss"]

@@ -84,14 +84,23 @@ class PoolDirections:
             raise ValueError(f"direction pool size {size} is too small; use at least 1024 values")
         self.table = normal_table(size, table_seed)
         self.chunk = min(POOL_CHUNK, size // 4)
+        # A copy of the table per tensor dtype: adding a float32 window to a bf16 tensor would
+        # convert on every pass. z is then the bf16-rounded table, the same on every process.
+        self._tables = {torch.float32: self.table}
 
-    def _windows(self, numel: int, seed: int, index: int):
+    def _table_for(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._tables:
+            self._tables[dtype] = self.table.to(dtype)
+        return self._tables[dtype]
+
+    def _windows(self, numel: int, seed: int, index: int, dtype: torch.dtype = torch.float32):
         """(start in tensor, window of the table) for each chunk of a tensor with `numel` values."""
-        size = self.table.numel()
+        table = self._table_for(dtype)
+        size = table.numel()
         for chunk, start in enumerate(range(0, numel, self.chunk)):
             length = min(self.chunk, numel - start)
             offset = mix_seed(seed, index, chunk) % (size - length + 1)
-            yield start, self.table[offset : offset + length]
+            yield start, table[offset : offset + length]
 
     def fill_(self, out: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         flat = out.view(-1)
@@ -104,7 +113,7 @@ class PoolDirections:
             tensor.add_(self.fill_(scratch, seed, index), alpha=scale)
             return
         flat = tensor.view(-1)
-        for start, window in self._windows(flat.numel(), seed, index):
+        for start, window in self._windows(flat.numel(), seed, index, tensor.dtype):
             flat[start : start + window.numel()].add_(window, alpha=scale)
 
 
