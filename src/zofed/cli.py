@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -141,7 +142,11 @@ def _bench_step(args: argparse.Namespace) -> int:
     rows = []
     for mode in modes:
         for dtype in dtypes:
-            row = bench_step(args.model, mode, dtype, args.batch_size, args.seq_len, args.repeats, args.pool_size)
+            # A fresh process per configuration, so one's memory does not inflate the next one's peak.
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                row = pool.apply(
+                    bench_step, (args.model, mode, dtype, args.batch_size, args.seq_len, args.repeats, args.pool_size)
+                )
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
