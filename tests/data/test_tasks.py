@@ -14,9 +14,18 @@ def test_builtin_is_deterministic_balanced_and_seeded():
     first, again, other = generate(500, seed=1), generate(500, seed=1), generate(500, seed=2)
     assert first == again and first != other
     counts = {c: sum(e.category == c for e in first) for c in CATEGORIES}
-    assert len(counts) >= 4 and max(counts.values()) - min(counts.values()) <= 1
+    assert len(counts) >= 4 and min(counts.values()) >= 7  # every category present, the 7 days included
+    large = [n for c, n in counts.items() if c in ("addition", "subtraction", "larger", "next-number")]
+    assert max(large) - min(large) <= 1  # categories with large pools share the places equally
     assert all(e.answer == e.response and len(e.response.split()) == 1 for e in first)
     assert len({e.answer for e in first}) > 50
+
+
+def test_builtin_never_repeats_a_question():
+    examples = generate(3000, seed=0)
+    assert len({e.prompt for e in examples}) == 3000
+    with pytest.raises(ZofedError, match="distinct questions"):
+        generate(10**6)
 
 
 def test_builtin_refuses_a_path():

@@ -6,8 +6,10 @@ answers but replies in a full sentence ("The capital of France is Paris."), so t
 bare one-word answer starts high and falls as the model learns the terse format and the task's
 conventions, a low-dimensional change that ZO's random directions find quickly. Answers are one
 token-short word or number, so exact-match accuracy by greedy generation is meaningful, and
-prompts are a handful of tokens, because every forward pass costs CPU time. Five categories give
-the partitioners real labels to split by. Generation is seeded and needs no files or network.
+prompts are a handful of tokens, because every forward pass costs CPU time. Eight categories
+(arithmetic with large pools, facts with small ones) give the partitioners real labels to split
+by. No question repeats, so validation and test questions are never seen in training.
+Generation is seeded and needs no files or network.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 from collections.abc import Callable
 
 from zofed.data.examples import Example
+from zofed.errors import ZofedError
 
 DEFAULT_SIZE = 2000
 
@@ -55,33 +58,45 @@ MONTHS = [
 ]
 
 
-def _addition(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(2, 60), rng.randint(2, 60)
-    return f"What is {a} plus {b}?", str(a + b)
+def _addition() -> list[tuple[str, str]]:
+    return [(f"What is {a} plus {b}?", str(a + b)) for a in range(2, 100) for b in range(2, 100)]
 
 
-def _capital(rng: random.Random) -> tuple[str, str]:
-    country = rng.choice(sorted(CAPITALS))
-    return f"What is the capital of {country}?", CAPITALS[country]
+def _subtraction() -> list[tuple[str, str]]:
+    return [(f"What is {a} minus {b}?", str(a - b)) for a in range(10, 100) for b in range(1, a)]
 
 
-def _antonym(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(sorted(ANTONYMS))
-    return f"What is the opposite of {word}?", ANTONYMS[word]
+def _larger() -> list[tuple[str, str]]:
+    return [(f"Which is larger, {a} or {b}?", str(max(a, b))) for a in range(10, 100) for b in range(10, 100) if a != b]
 
 
-def _next_day(rng: random.Random) -> tuple[str, str]:
-    index = rng.randrange(len(DAYS))
-    return f"Which day comes after {DAYS[index]}?", DAYS[(index + 1) % len(DAYS)]
+def _next_number() -> list[tuple[str, str]]:
+    return [(f"What number comes after {n}?", str(n + 1)) for n in range(1, 999)]
 
 
-def _next_month(rng: random.Random) -> tuple[str, str]:
-    index = rng.randrange(len(MONTHS))
-    return f"Which month comes after {MONTHS[index]}?", MONTHS[(index + 1) % len(MONTHS)]
+def _capital() -> list[tuple[str, str]]:
+    return [(f"What is the capital of {country}?", city) for country, city in sorted(CAPITALS.items())]
 
 
-CATEGORIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+def _antonym() -> list[tuple[str, str]]:
+    return [(f"What is the opposite of {word}?", opposite) for word, opposite in sorted(ANTONYMS.items())]
+
+
+def _next_day() -> list[tuple[str, str]]:
+    return [(f"Which day comes after {day}?", DAYS[(i + 1) % len(DAYS)]) for i, day in enumerate(DAYS)]
+
+
+def _next_month() -> list[tuple[str, str]]:
+    return [(f"Which month comes after {month}?", MONTHS[(i + 1) % len(MONTHS)]) for i, month in enumerate(MONTHS)]
+
+
+# Each category lists every question it can ask; generation draws without replacement, so no
+# question repeats and a held-out split never contains a question seen in training.
+CATEGORIES: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "addition": _addition,
+    "subtraction": _subtraction,
+    "larger": _larger,
+    "next-number": _next_number,
     "capital": _capital,
     "antonym": _antonym,
     "next-day": _next_day,
@@ -89,14 +104,29 @@ CATEGORIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
 }
 
 
+def pool_size() -> int:
+    return sum(len(questions()) for questions in CATEGORIES.values())
+
+
 def generate(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Example]:
-    """`size` examples, balanced over categories (round-robin), in a seeded order."""
+    """`size` distinct questions, as balanced over categories as their pools allow, in a seeded order.
+
+    Categories take turns; a category whose pool runs out (there are only 7 days) drops out of
+    the rotation and the others fill the remaining places.
+    """
+    if size > pool_size():
+        raise ZofedError(f"the built-in task has {pool_size()} distinct questions; set data.limit to at most that")
     rng = random.Random(seed)
-    names = list(CATEGORIES)
-    examples = []
-    for index in range(size):
-        category = names[index % len(names)]
-        prompt, answer = CATEGORIES[category](rng)
-        examples.append(Example(prompt=prompt, response=answer, category=category, answer=answer))
+    pools = {}
+    for name, questions in CATEGORIES.items():
+        pool = questions()
+        rng.shuffle(pool)
+        pools[name] = pool
+    examples: list[Example] = []
+    while len(examples) < size:
+        for name, pool in pools.items():
+            if pool and len(examples) < size:
+                prompt, answer = pool.pop()
+                examples.append(Example(prompt=prompt, response=answer, category=name, answer=answer))
     rng.shuffle(examples)
     return examples

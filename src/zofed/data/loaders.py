@@ -198,7 +198,7 @@ def _instruction_loader(task: str) -> Callable[[str | None, int | None, int], li
     return lambda path, limit, seed: load_instruction_file(path, limit, seed, task)
 
 
-_register(TaskSpec("builtin", "built-in one-word QA in 5 categories (generated, no files)", True, load_builtin, final_word, 64))
+_register(TaskSpec("builtin", "built-in one-word QA in 8 categories, no repeated question (generated, no files)", True, load_builtin, final_word, 64))
 _register(TaskSpec("gsm8k", "GSM8K math word problems {question, answer}; accuracy on the final number", True, load_gsm8k, extract_gsm8k, 256))
 _register(TaskSpec("alpaca", "Alpaca instructions {instruction, input, output}", False, _instruction_loader("alpaca"), _no_answer, 256))
 _register(TaskSpec("codealpaca", "CodeAlpaca {instruction, input, output}", False, _instruction_loader("codealpaca"), _no_answer, 256))
