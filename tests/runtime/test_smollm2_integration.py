@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 PINNED = {
-    "fedmezo": {"initial_eval_loss": 4.24504280090332, "final_eval_loss": 4.001001834869385, "final_test_loss": 4.338021278381348},
-    "fedavg": {"initial_eval_loss": 4.24504280090332, "final_eval_loss": 0.6585994362831116, "final_test_loss": 0.7108535766601562},
+    "fedmezo": {"initial_eval_loss": 3.628138303756714, "final_eval_loss": 3.4905152320861816, "final_test_loss": 3.3656084537506104},
+    "fedavg": {"initial_eval_loss": 3.628138303756714, "final_eval_loss": 0.7562578320503235, "final_test_loss": 0.8048374652862549},
 }
 
 
