@@ -11,7 +11,7 @@ from zofed.config import parse_config
 from zofed.data import get_task, load_examples, tokenize_example
 from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
-from zofed.llm import LoraSettings, apply_lora, load_model, trainable_view
+from zofed.runtime.experiment import build_model
 from zofed.runtime.local import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -25,11 +25,7 @@ def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: 
     examples = load_examples(task_name, data_path, limit, seed=0)
     config = parse_config(yaml.safe_load(config_file.read_text()))
 
-    loaded = load_model(config.model, config.dtype)
-    if config.trainable.mode == "lora":
-        t = config.trainable
-        loaded = apply_lora(loaded, LoraSettings(t.r, t.alpha, t.dropout, tuple(t.target_modules)), seed=config.seed)
-    view = trainable_view(loaded, config.trainable.mode, config.trainable.layers)
+    loaded, view = build_model(config)
     view.load_(load_file(str(weights_file)))
 
     max_length = config.data.max_length or task.default_max_length

@@ -99,17 +99,19 @@ class Experiment:
             yield collate([self.train_tokens[int(i)] for i in chosen], self.pad_token_id)
 
 
+def build_model(config: RunConfig) -> tuple[LoadedModel, TrainableView]:
+    """The config's model with its adapters (if any) and the view of what it trains."""
+    loaded = load_model(config.model, config.dtype)
+    trainable = config.trainable
+    if trainable.mode == "lora":
+        settings = LoraSettings(trainable.r, trainable.alpha, trainable.dropout, tuple(trainable.target_modules))
+        loaded = apply_lora(loaded, settings, seed=config.seed)
+    return loaded, trainable_view(loaded, trainable.mode, trainable.layers)
+
+
 def build_experiment(config: RunConfig, data: FederatedData | None = None) -> Experiment:
     data = data or prepare_data(config)
-    loaded = load_model(config.model, config.dtype)
-    if config.trainable.mode == "lora":
-        settings = config.trainable
-        loaded = apply_lora(
-            loaded,
-            LoraSettings(settings.r, settings.alpha, settings.dropout, tuple(settings.target_modules)),
-            seed=config.seed,
-        )
-    view = trainable_view(loaded, config.trainable.mode, config.trainable.layers)
+    loaded, view = build_model(config)
     max_length = config.data.max_length or data.task.default_max_length
     tokenizer = loaded.tokenizer
 
