@@ -13,6 +13,9 @@ from zofed.config import RunConfig, parse_config
 CONFORMANCE_SETTINGS: dict[str, dict] = {
     "fedmezo": {"lr": 0.01, "mu": 1e-3},
     "fedavg": {"lr": 5e-3, "optimizer": "adamw"},
+    "fedkseed": {"lr": 0.01, "mu": 1e-3, "num_seeds": 64},
+    "fedkseed-pro": {"lr": 0.01, "mu": 1e-3, "num_seeds": 64},
+    "decomfl": {"lr": 0.01, "mu": 1e-3},
 }
 
 

