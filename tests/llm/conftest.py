@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REAL_CACHE = Path(os.environ.get("ZOFED_CACHE") or Path.home() / ".cache" / "zofed")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)  # package: other test folders keep the real cache
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("zofed-cache")
     with pytest.MonkeyPatch.context() as patch:
