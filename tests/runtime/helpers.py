@@ -11,11 +11,11 @@ from zofed.config import RunConfig, parse_config
 # Per-algorithm settings under which a few rounds visibly lower the loss of tiny-llama on the
 # built-in task. Every registered algorithm must have an entry (the conformance suite checks).
 CONFORMANCE_SETTINGS: dict[str, dict] = {
-    "fedmezo": {"lr": 0.01, "mu": 1e-3},
+    "fedmezo": {"lr": 0.005, "mu": 1e-3},
     "fedavg": {"lr": 5e-3, "optimizer": "adamw"},
-    "fedkseed": {"lr": 0.01, "mu": 1e-3, "num_seeds": 64},
-    "fedkseed-pro": {"lr": 0.01, "mu": 1e-3, "num_seeds": 64},
-    "decomfl": {"lr": 0.01, "mu": 1e-3},
+    "fedkseed": {"lr": 0.005, "mu": 1e-3, "num_seeds": 64},
+    "fedkseed-pro": {"lr": 0.005, "mu": 1e-3, "num_seeds": 64},
+    "decomfl": {"lr": 0.005, "mu": 1e-3},
 }
 
 
