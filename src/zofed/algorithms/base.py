@@ -8,6 +8,8 @@ loss closure). Nothing here imports transformers, flwr or the config.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -136,3 +138,15 @@ def load_weights_(env: ClientEnv, weights: Mapping[str, torch.Tensor]) -> None:
 
 def current_weights(env: ClientEnv) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in zip(env.names, env.tensors)}
+
+
+def zo_metrics(env: ClientEnv, losses: Sequence[float], skipped: int, directions_per_step: int = 1) -> dict[str, float]:
+    """A ZO client's round: every local step (skipped ones too) costs two forwards per direction."""
+    steps = len(losses) + skipped
+    return {
+        "train_loss": sum(losses) / len(losses) if losses else math.nan,
+        "steps": float(steps),
+        "skipped_steps": float(skipped),
+        "forward_passes": float(2 * directions_per_step * steps),
+        "num_examples": float(env.num_examples),
+    }

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from zofed.algorithms.base import AlgorithmEntry, ClientEnv, ServerState, Settings, load_weights_, register
+from zofed.algorithms.base import (
+    AlgorithmEntry,
+    ClientEnv,
+    ServerState,
+    Settings,
+    load_weights_,
+    register,
+    zo_metrics,
+)
 from zofed.messages import Message
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, perturb_, replay_, zo_estimate, zo_step
 
@@ -96,10 +104,7 @@ class DeComFL:
                     perturb_(env.tensors, step_seed(base_seed, step, p), -lr / count * g, directions, scratch)
             grads.extend(g for g, _ in estimates)
             losses.append(sum(loss for _, loss in estimates) / count)
-        steps = len(losses) + skipped
-        metrics = {"train_loss": sum(losses) / len(losses) if losses else math.nan, "steps": float(steps),
-                   "skipped_steps": float(skipped), "forward_passes": float(2 * count * steps),
-                   "num_examples": float(env.num_examples)}
+        metrics = zo_metrics(env, losses, skipped, directions_per_step=count)
         return Message(kind="seeds", round=round, scalars=tuple(grads), metrics=metrics)
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:

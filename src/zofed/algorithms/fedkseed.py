@@ -19,7 +19,6 @@ Our choices where the paper leaves room:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Literal
@@ -35,6 +34,7 @@ from zofed.algorithms.base import (
     Settings,
     load_weights_,
     register,
+    zo_metrics,
 )
 from zofed.messages import Message
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
@@ -104,11 +104,7 @@ class FedKSeed:
                 continue
             accumulated[j] += result.projected_grad
             losses.append(result.loss)
-        steps = len(losses) + skipped
-        metrics = {"train_loss": sum(losses) / len(losses) if losses else math.nan, "steps": float(steps),
-                   "skipped_steps": float(skipped), "forward_passes": float(2 * steps),
-                   "num_examples": float(env.num_examples)}
-        return Message(kind="seeds", round=round, scalars=tuple(accumulated), metrics=metrics)
+        return Message(kind="seeds", round=round, scalars=tuple(accumulated), metrics=zo_metrics(env, losses, skipped))
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         k, lr = self.settings.num_seeds, self.settings.lr

@@ -37,6 +37,7 @@ from zofed.algorithms.base import (
     load_weights_,
     register,
     sample_weighted_mean,
+    zo_metrics,
 )
 from zofed.messages import Message
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
@@ -185,17 +186,6 @@ def update_history(
             for name in new_weights
         )
     return history
-
-
-def zo_metrics(env: ClientEnv, losses: Sequence[float], skipped: int) -> dict[str, float]:
-    steps = len(losses) + skipped
-    return {
-        "train_loss": sum(losses) / len(losses) if losses else math.nan,
-        "steps": float(steps),
-        "skipped_steps": float(skipped),
-        "forward_passes": float(2 * steps),
-        "num_examples": float(env.num_examples),
-    }
 
 
 ENTRY = register(

@@ -40,18 +40,32 @@ def zo_step(
     directions: DirectionSampler,
     scratch: Scratch,
 ) -> StepResult:
+    projected_grad, loss = _two_point(tensors, loss_at, seed, mu, directions, scratch)
+    if math.isnan(projected_grad):
+        perturb_(tensors, seed, mu, directions, scratch)
+        return StepResult(seed, math.nan, 0.0, math.nan, skipped=True)
+    coeff = -lr * projected_grad
+    perturb_(tensors, seed, mu + coeff, directions, scratch)
+    return StepResult(seed, projected_grad, coeff, loss, skipped=False)
+
+
+def _two_point(
+    tensors: Sequence[torch.Tensor],
+    loss_at: Callable[[], float],
+    seed: int,
+    mu: float,
+    directions: DirectionSampler,
+    scratch: Scratch,
+) -> tuple[float, float]:
+    """(g, (L+ + L-)/2) from θ+μz and θ−μz; leaves θ at θ−μz. Both NaN when a loss is not finite."""
     perturb_(tensors, seed, mu, directions, scratch)
     loss_plus = loss_at()
     perturb_(tensors, seed, -2.0 * mu, directions, scratch)
     loss_minus = loss_at()
     if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        perturb_(tensors, seed, mu, directions, scratch)
-        return StepResult(seed, math.nan, 0.0, math.nan, skipped=True)
+        return math.nan, math.nan
     # g travels as float32, so the client applies the float32 value the server will replay.
-    projected_grad = float(np.float32((loss_plus - loss_minus) / (2.0 * mu)))
-    coeff = -lr * projected_grad
-    perturb_(tensors, seed, mu + coeff, directions, scratch)
-    return StepResult(seed, projected_grad, coeff, 0.5 * (loss_plus + loss_minus), skipped=False)
+    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), 0.5 * (loss_plus + loss_minus)
 
 
 @torch.no_grad()
@@ -80,11 +94,6 @@ def zo_estimate(
     For methods that combine several directions into one update (DeComFL with P > 1).
     g is float32-rounded like zo_step's; it is NaN when a loss is not finite.
     """
+    estimate = _two_point(tensors, loss_at, seed, mu, directions, scratch)
     perturb_(tensors, seed, mu, directions, scratch)
-    loss_plus = loss_at()
-    perturb_(tensors, seed, -2.0 * mu, directions, scratch)
-    loss_minus = loss_at()
-    perturb_(tensors, seed, mu, directions, scratch)
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        return math.nan, math.nan
-    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), 0.5 * (loss_plus + loss_minus)
+    return estimate
