@@ -14,7 +14,8 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zofed.algorithms.base import ServerState
+from zofed.runtime.client import KeptModel
 
 KEEP = 2
 TENSORS_FILE = "state.safetensors"
@@ -33,6 +35,7 @@ class Checkpoint:
     round: int
     state: ServerState
     extra: dict[str, Any]  # runtime bookkeeping: metrics history, initial evaluation, elapsed time
+    kept: Mapping[int, KeptModel] = field(default_factory=dict)  # simulated clients' own model copies
 
 
 def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
@@ -42,12 +45,15 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     try:
         tensors = {f"weights/{k}": v.contiguous() for k, v in checkpoint.state.weights.items()}
         tensors |= {f"buffers/{k}": v.contiguous() for k, v in checkpoint.state.buffers.items()}
+        for client, model in checkpoint.kept.items():
+            tensors |= {f"kept/{client}/{i}": tensor.contiguous() for i, tensor in enumerate(model.tensors)}
         save_file(tensors, str(staging / TENSORS_FILE))
         document = {
             "round": checkpoint.round,
             "tensors_sha256": _sha256(staging / TENSORS_FILE),
             "weight_names": list(checkpoint.state.weights),
             "buffer_names": list(checkpoint.state.buffers),
+            "kept": {str(client): [model.version, len(model.tensors)] for client, model in checkpoint.kept.items()},
             "info": checkpoint.state.info,
             "extra": checkpoint.extra,
         }
@@ -92,7 +98,11 @@ def _load(path: Path) -> Checkpoint:
         buffers={name: tensors[f"buffers/{name}"] for name in document["buffer_names"]},
         info=document["info"],
     )
-    return Checkpoint(round=int(document["round"]), state=state, extra=document["extra"])
+    kept = {
+        int(client): KeptModel(int(version), tuple(tensors[f"kept/{client}/{i}"] for i in range(count)))
+        for client, (version, count) in document.get("kept", {}).items()
+    }
+    return Checkpoint(round=int(document["round"]), state=state, extra=document["extra"], kept=kept)
 
 
 def _sha256(path: Path) -> str:

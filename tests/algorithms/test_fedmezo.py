@@ -7,7 +7,7 @@ from zofed.algorithms import build_algorithm
 from zofed.algorithms.fedmezo import heterogeneity_index, personalised_lrs, FedMeZOSettings
 from zofed.messages import Message
 
-from .toy import ToyProblem, run_rounds
+from .toy import ToyProblem, run_rounds, train_client
 
 
 def test_weights_and_seeds_upload_reach_the_same_global_weights():
@@ -32,7 +32,7 @@ def test_seed_reply_is_small_and_rebuilds_the_client_weights():
     problem = ToyProblem()
     state = algorithm.init(problem.initial(), seed=0)
     [message] = algorithm.configure(state, 1, [0])
-    reply = algorithm.train(message, problem.env(0, seed=5))
+    reply = train_client(algorithm, problem, message, 0, 5)
     assert reply.kind == "seeds" and not reply.tensors and len(reply.seeds) == 5
     rebuilt = algorithm.client_weights(state, reply)
     assert torch.allclose(rebuilt["weight"], problem.weight.data, atol=1e-6)
@@ -86,7 +86,7 @@ def test_strategies_with_partial_participation_and_many_clients(strategy):
         sampled = [c for c in range(7) if (c + round) % 3 != 0]
         messages = algorithm.configure(state, round, sampled)
         rates_seen.update(m.config["lr"] for m in messages)
-        replies = [(c, algorithm.train(m, problem.env(c, seed=round * 10 + c))) for c, m in zip(sampled, messages)]
+        replies = [(c, train_client(algorithm, problem, m, c, round * 10 + c)) for c, m in zip(sampled, messages)]
         state = algorithm.aggregate(state, round, replies)
     assert len(rates_seen) > 1  # personalisation really varied the rates
     assert all(0.01 <= lr <= 0.03 for lr in rates_seen)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from zofed.algorithms import ClientEnv
+from zofed.runtime.client import KeptModel, receive_model_
+from zofed.runtime.codec import decode, encode
 
 DIM, OUT = 6, 3
 
@@ -57,13 +59,28 @@ class ToyProblem:
         )
 
 
-def run_rounds(algorithm, problem: ToyProblem, rounds: int, clients=None, steps: int = 5):
-    state = algorithm.init(problem.initial(), seed=0)
-    for round in range(1, rounds + 1):
+def train_client(algorithm, problem: ToyProblem, message, client: int, seed: int,
+                 kept: dict[int, KeptModel] | None = None, steps: int = 5):
+    """One client's round as a runtime runs it: through the codec, downlink applied, reply through the codec."""
+    kept = {} if kept is None else kept
+    env = problem.env(client, seed=seed, steps=steps)
+    message, kept_model = receive_model_(decode(encode(message)), env.tensors, env.names, kept.get(client))
+    if kept_model is None:
+        kept.pop(client, None)
+    else:
+        kept[client] = kept_model
+    return decode(encode(algorithm.train(message, env)))
+
+
+def run_rounds(algorithm, problem: ToyProblem, rounds: int, clients=None, steps: int = 5, state=None,
+               first_round: int = 1, kept: dict[int, KeptModel] | None = None):
+    state = algorithm.init(problem.initial(), seed=0) if state is None else state
+    kept = {} if kept is None else kept
+    for round in range(first_round, first_round + rounds):
         sampled = list(clients if clients is not None else range(len(problem.inputs)))
         messages = algorithm.configure(state, round, sampled)
         replies = [
-            (client, algorithm.train(message, problem.env(client, seed=1000 * round + client, steps=steps)))
+            (client, train_client(algorithm, problem, message, client, 1000 * round + client, kept, steps))
             for client, message in zip(sampled, messages)
         ]
         state = algorithm.aggregate(state, round, replies)

@@ -3,12 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from zofed.cli import main
 from zofed.errors import ZofedError
 from zofed.runtime.local import run_local
 
-from .helpers import tiny_config
+from .helpers import final_weights, tiny_config
 
 SUMMARY_KEYS = {
     "algorithm", "rounds", "initial_eval_loss", "final_eval_loss", "initial_test_loss", "final_test_loss",
@@ -76,3 +77,27 @@ def test_pool_directions_with_seed_upload_learn(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "fedmezo.directions=pool", "fedmezo.upload=seeds", "fedmezo.pool_size=65536")
     summary = run_local(config, show_progress=False)
     assert summary["final_eval_loss"] < 0.995 * summary["initial_eval_loss"]
+
+
+def test_replay_downlink_matches_weights_downlink_and_resumes_bit_identically(tmp_path):
+    common = ("rounds=4", "clients=3", "clients_per_round=2", "fedmezo.upload=seeds", "local.local_steps=6")
+    by_weights = tiny_config(tmp_path / "w", "fedmezo", *common)
+    run_local(by_weights, show_progress=False)
+    by_replay = tiny_config(tmp_path / "r", "fedmezo", *common, "fedmezo.downlink=replay")
+    run_local(by_replay, show_progress=False)
+    a, b = final_weights(by_weights), final_weights(by_replay)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+    rows = [json.loads(line) for line in (by_replay.run_dir / "metrics.jsonl").read_text().splitlines()]
+    weight_rows = [json.loads(line) for line in (by_weights.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["bytes_down_by_kind"]["records"] == 0  # nobody holds a model yet: weights
+    replayed = [row for row in rows[1:] if row["bytes_down_by_kind"]["records"] > 0]
+    assert replayed and all(row["bytes_down"] < weight_row["bytes_down"] for row, weight_row in zip(rows[1:], weight_rows[1:]))
+
+    cut = tiny_config(tmp_path / "cut", "fedmezo", *common, "fedmezo.downlink=replay")
+    assert run_local(cut, show_progress=False, stop_after_round=2) is None
+    run_local(cut, resume=True, show_progress=False)
+    c = final_weights(cut)
+    assert all(torch.equal(b[name], c[name]) for name in b)
+    resumed_rows = [json.loads(line) for line in (cut.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["bytes_down"] for row in resumed_rows] == [row["bytes_down"] for row in rows]

@@ -39,8 +39,10 @@ class ServerState:
 class ClientEnv:
     """What a client works with, handed in by the runtime for one round.
 
-    `tensors` are the live trainable tensors of the one shared model (perturbing them changes the
-    model); `parameters` are the same tensors as autograd leaves for backprop baselines.
+    `tensors` are the live trainable tensors of the client's model (perturbing them changes the
+    model), already holding the round's start model: the runtime applied the downlink (weights or
+    replay) before calling `train`. `parameters` are the same tensors as autograd leaves for
+    backprop baselines.
     """
 
     client_id: int
@@ -128,12 +130,6 @@ def sample_weighted_mean(
         for name in names:
             mean[name].add_(tensors[name].float(), alpha=weight / total)
     return {name: mean[name].to(tensor_sets[0][name].dtype) for name in names}
-
-
-def load_weights_(env: ClientEnv, weights: Mapping[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, tensor in zip(env.names, env.tensors):
-            tensor.copy_(weights[name])
 
 
 def current_weights(env: ClientEnv) -> dict[str, torch.Tensor]:

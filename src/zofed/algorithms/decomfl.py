@@ -5,13 +5,10 @@ sampled client uses exactly those seeds, so a client returns only its K×P scala
 server's update is Σ_t Σ_p (−lr/P · ḡ_{t,p}) z(seed_{t,p}), with ḡ the sample-weighted mean over
 clients. Communication is dimension-free: it does not grow with the model.
 
-The server keeps the last `max_history` rounds of (base seed, coefficients); `replay_history`
-rebuilds the model of a client that missed rounds from its last weights, which is how lagging
-clients catch up in the paper. Our choices where the paper leaves room:
-  - P > 1: the P estimates of a step are all taken at the same θ and applied together.
-  - Downlink: the trainable weights. Sending the history instead needs clients that keep their
-    own model between rounds; the in-process runtime shares one model among all clients, so
-    that path (`replay_history`) is tested directly, not yet wired into the runtime.
+Lagging clients catch up by replay, as in the paper: with `downlink: replay` the server keeps
+the last `max_lag` rounds of records and sends a client those since its version (a client
+further behind gets the weights; see algorithms/downlink.py). Our choice where the paper leaves
+room: with P > 1 the P estimates of a step are all taken at the same θ and applied together.
 """
 
 from __future__ import annotations
@@ -29,22 +26,20 @@ from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
     ServerState,
-    Settings,
-    load_weights_,
     register,
     zo_metrics,
 )
+from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, perturb_, replay_, zo_estimate, zo_step
+from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, perturb_, zo_estimate, zo_step
 
 ROUND_STREAM = 0xDEC0
 
 
-class DeComFLSettings(Settings):
+class DeComFLSettings(DownlinkSettings):
     lr: float = Field(1e-3, gt=0)
     mu: float = Field(1e-2, gt=0)
     perturbations: int = Field(1, ge=1, le=64, description="P directions per local step")
-    max_history: int = Field(20, ge=1, description="rounds of (seed, coefficient) history the server keeps")
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
 
@@ -68,7 +63,7 @@ class DeComFL:
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
         return ServerState(
             weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-            info={"seed": seed, "history": []},
+            info={"seed": seed},
         )
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
@@ -76,12 +71,10 @@ class DeComFL:
         config = {"lr": s.lr, "mu": s.mu, "perturbations": s.perturbations,
                   "base_seed": mix_seed(int(state.info["seed"]), ROUND_STREAM, round),
                   "directions": s.directions, "pool_size": s.pool_size}
-        return [Message(kind="weights", round=round, config=config, tensors=state.weights) for _ in clients]
+        return [model_message(state, round, client, config, s) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round, config = message.round, dict(message.config)
-        load_weights_(env, message.tensors)
-        del message  # a client holds one model, not two
         lr, mu, count = float(config["lr"]), float(config["mu"]), int(config["perturbations"])
         base_seed = int(config["base_seed"])
         directions = make_directions(str(config["directions"]), int(config["pool_size"]))
@@ -111,32 +104,16 @@ class DeComFL:
         s = self.settings
         lengths = {len(reply.scalars) for _, reply in replies}
         if not replies or len(lengths) != 1 or 0 in lengths:
-            return state  # clients of one round run the same steps; mismatched replies are not applied
+            # clients of one round run the same steps; mismatched replies are not applied
+            return skip_round(state, round, s)
         sizes = np.asarray([float(reply.metrics["num_examples"]) for _, reply in replies])
         grads = np.asarray([reply.scalars for _, reply in replies], dtype=np.float64)
         mean = (grads * (sizes / sizes.sum())[:, None]).sum(axis=0)
         coefficients = [-s.lr / s.perturbations * float(g) for g in mean]
         base_seed = mix_seed(int(state.info["seed"]), ROUND_STREAM, round)
-        weights = [tensor.clone() for tensor in state.weights.values()]
-        replay_(weights, round_records(base_seed, coefficients, s.perturbations), self._directions(), Scratch())
-        entry = {"round": round, "base_seed": base_seed, "coefficients": coefficients}
-        history = (list(state.info["history"]) + [entry])[-s.max_history :]
-        return ServerState(weights=dict(zip(state.weights, weights)), info={**state.info, "history": history})
-
-    def replay_history(self, state: ServerState, weights: Mapping[str, torch.Tensor], last_round: int) -> dict[str, torch.Tensor] | None:
-        """A lagging client's catch-up: its weights after `last_round` plus every later round's records.
-
-        None when the history no longer reaches back that far: such a client needs the weights.
-        """
-        missed = [entry for entry in state.info["history"] if entry["round"] > last_round]
-        history_rounds = [entry["round"] for entry in state.info["history"]]
-        if history_rounds and missed and missed[0]["round"] != last_round + 1:
-            return None
-        rebuilt = [weights[name].clone() for name in state.weights]
-        for entry in missed:
-            records = round_records(int(entry["base_seed"]), entry["coefficients"], self.settings.perturbations)
-            replay_(rebuilt, records, self._directions(), Scratch())
-        return dict(zip(state.weights, rebuilt))
+        records = round_records(base_seed, coefficients, s.perturbations)
+        seeds, coeffs = zip(*records)
+        return apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s, self._directions())
 
     def _directions(self):
         return make_directions(self.settings.directions, self.settings.pool_size)

@@ -19,7 +19,6 @@ from zofed.algorithms.base import (
     ServerState,
     Settings,
     current_weights,
-    load_weights_,
     register,
     sample_weighted_mean,
 )
@@ -51,8 +50,6 @@ class FedAvg:
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round = message.round
-        load_weights_(env, message.tensors)
-        del message  # drop the downlink copy of the weights: a client holds one model, not two
         optimizer = OPTIMIZERS[self.settings.optimizer](env.parameters, self.settings)
         losses, skipped = [], 0
         for batch in env.batches:

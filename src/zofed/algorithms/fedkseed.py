@@ -13,8 +13,9 @@ coefficients incrementally (the tests pin the difference between the two to floa
 Our choices where the paper leaves room:
   - FedKSeed-Pro's probabilities: p_j ∝ exp(ψ_j / temperature), ψ_j the running mean of |ā_j| over
     the rounds that used seed j, normalised by its maximum (ψ_j = 0 for unused seeds).
-  - Downlink: the trainable weights (the paper's clients replay the scalar history instead; that
-    needs clients that keep their own model between rounds — the replay downlink, not yet here).
+  - Downlink: the trainable weights by default; `downlink: replay` sends each round's K
+    (seed, coeff) records to clients that keep their model, as the paper's clients replay the
+    scalar history (bounded by `max_lag` rounds; see algorithms/downlink.py).
 """
 
 from __future__ import annotations
@@ -31,18 +32,17 @@ from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
     ServerState,
-    Settings,
-    load_weights_,
     register,
     zo_metrics,
 )
+from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.messages import Message
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
 
 CANDIDATE_STREAM = 0xC5EED
 
 
-class FedKSeedSettings(Settings):
+class FedKSeedSettings(DownlinkSettings):
     lr: float = Field(1e-3, gt=0)
     mu: float = Field(1e-2, gt=0)
     num_seeds: int = Field(1024, ge=1, le=1 << 20, description="K, the candidate seeds shared by all")
@@ -81,13 +81,10 @@ class FedKSeed:
         config = {"lr": s.lr, "mu": s.mu, "base_seed": state.info["base_seed"], "num_seeds": s.num_seeds,
                   "directions": s.directions, "pool_size": s.pool_size}
         probabilities = tuple(seed_probabilities(state.info["importance"], s.temperature)) if self.pro else ()
-        return [Message(kind="weights", round=round, config=config, tensors=state.weights, scalars=probabilities)
-                for _ in clients]
+        return [model_message(state, round, client, config, s, scalars=probabilities) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round, config, probabilities = message.round, dict(message.config), message.scalars
-        load_weights_(env, message.tensors)
-        del message  # a client holds one model, not two
         k = int(config["num_seeds"])
         seeds = candidate_seeds(int(config["base_seed"]), k)
         directions = make_directions(str(config["directions"]), int(config["pool_size"]))
@@ -110,13 +107,11 @@ class FedKSeed:
         k, lr = self.settings.num_seeds, self.settings.lr
         replies = [(c, r) for c, r in replies if len(r.scalars) == k]  # a malformed reply is never applied
         if not replies:
-            return state
+            return skip_round(state, round, self.settings)
         sizes = np.asarray([float(r.metrics["num_examples"]) for _, r in replies])
         mean = (np.asarray([r.scalars for _, r in replies], dtype=np.float64) * (sizes / sizes.sum())[:, None]).sum(0)
-        coefficients = [-lr * float(g) for g in mean]
-        weights = [tensor.clone() for tensor in state.weights.values()]
-        seeds = candidate_seeds(int(state.info["base_seed"]), k)
-        replay_(weights, list(zip(seeds, coefficients)), self._directions(), Scratch())
+        coefficients = np.asarray([-lr * float(g) for g in mean], dtype=np.float32).tolist()  # as the wire rounds
+        records = wire_records(candidate_seeds(int(state.info["base_seed"]), k), coefficients)
         info = dict(state.info)
         info["accumulated"] = [a + c for a, c in zip(state.info["accumulated"], coefficients)]
         uses = list(state.info["uses"])
@@ -126,7 +121,7 @@ class FedKSeed:
                 uses[j] += 1
                 importance[j] += (abs(float(g)) - importance[j]) / uses[j]
         info["uses"], info["importance"] = uses, importance
-        return ServerState(weights=dict(zip(state.weights, weights)), buffers=state.buffers, info=info)
+        return apply_round(state, round, records, [c for c, _ in replies], self.settings, self._directions(), info)
 
     def rebuild_from_initial(self, state: ServerState) -> dict[str, torch.Tensor]:
         """The global model as the paper's server computes it: initial weights + Σ_j accumulated_j·z_j."""

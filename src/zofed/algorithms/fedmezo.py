@@ -13,6 +13,9 @@ Personalised learning rate (paper §3.4/§5.4): η_i = η_0·(1 + α·Φ_i) with
   round-wise  the client's mean training loss in its last round
   five-round  its mean over its last 5 rounds (η_0 until it has 5)
   model-diff  Σ over tensors of ‖Δ_i − Δ‖_F in its last round, Δ the global update
+With `upload: seeds` the server may also send `downlink: replay` (see algorithms/downlink.py):
+the round's records instead of the weights to clients that keep their model.
+
 The official code handles exactly three clients; this works for any number and for partial
 participation because the server computes Φ from whatever history it has.
 """
@@ -22,11 +25,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from zofed.algorithms.base import (
     AlgorithmEntry,
@@ -34,11 +38,11 @@ from zofed.algorithms.base import (
     ServerState,
     Settings,
     current_weights,
-    load_weights_,
     register,
     sample_weighted_mean,
     zo_metrics,
 )
+from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.messages import Message
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
 
@@ -46,7 +50,7 @@ LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff
 HISTORY_LENGTH = 5
 
 
-class FedMeZOSettings(Settings):
+class FedMeZOSettings(DownlinkSettings):
     lr: float = Field(1e-3, gt=0, description="η_0, the base learning rate")
     mu: float = Field(1e-2, gt=0, description="perturbation scale")
     lr_strategy: LrStrategy = "frozen"
@@ -54,6 +58,12 @@ class FedMeZOSettings(Settings):
     upload: Literal["weights", "seeds"] = "weights"
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
+
+    @model_validator(mode="after")
+    def _replay_needs_seeds(self) -> "FedMeZOSettings":
+        if self.downlink == "replay" and self.upload != "seeds":
+            raise ValueError("downlink: replay needs upload: seeds (a weights upload cannot be replayed)")
+        return self
 
 
 class FedMeZO:
@@ -67,27 +77,13 @@ class FedMeZO:
         )
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
-        rates = personalised_lrs(self.settings, state.info, round, clients)
-        return [
-            Message(
-                kind="weights",
-                round=round,
-                config={
-                    "lr": rate,
-                    "mu": self.settings.mu,
-                    "upload": self.settings.upload,
-                    "directions": self.settings.directions,
-                    "pool_size": self.settings.pool_size,
-                },
-                tensors=state.weights,
-            )
-            for rate in rates
-        ]
+        s = self.settings
+        rates = personalised_lrs(s, state.info, round, clients)
+        config = {"mu": s.mu, "upload": s.upload, "directions": s.directions, "pool_size": s.pool_size}
+        return [model_message(state, round, client, {**config, "lr": rate}, s) for client, rate in zip(clients, rates)]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round, config = message.round, dict(message.config)
-        load_weights_(env, message.tensors)
-        del message  # drop the downlink copy of the weights: a client holds one model, not two
         lr, mu = float(config["lr"]), float(config["mu"])
         directions = make_directions(str(config["directions"]), int(config["pool_size"]))
         scratch = Scratch()
@@ -112,13 +108,29 @@ class FedMeZO:
     def aggregate(
         self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]
     ) -> ServerState:
+        s = self.settings
         if not replies:
-            return state
-        client_weights = [self.client_weights(state, reply) for _, reply in replies]
+            return skip_round(state, round, s)
         sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
-        new_weights = sample_weighted_mean(client_weights, sizes)
-        history = update_history(state, new_weights, replies, client_weights)
-        return ServerState(weights=new_weights, buffers=state.buffers, info={**state.info, "history": history})
+        # model-diff needs each client's weights; a seeds upload rebuilds them only then
+        client_weights = None
+        if s.upload == "weights" or s.lr_strategy == "model-diff":
+            client_weights = [self.client_weights(state, reply) for _, reply in replies]
+        if s.upload == "weights":
+            new_state = ServerState(weights=sample_weighted_mean(client_weights, sizes), buffers=state.buffers,
+                                    info=state.info)
+        else:
+            # Σ_k w_k·(θ + Σ_t c_kt·z_kt) = θ + Σ_k Σ_t w_k·c_kt·z_kt: the mean as one list of records
+            total = sum(sizes)
+            seeds, coeffs = [], []
+            for (_, reply), size in zip(replies, sizes):
+                lr = float(reply.config["lr"])
+                seeds.extend(reply.seeds)
+                coeffs.extend(-size / total * lr * grad for grad in reply.scalars)
+            new_state = apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s,
+                                    make_directions(s.directions, s.pool_size))
+        history = update_history(state, new_state.weights, replies, client_weights)
+        return replace(new_state, info={**new_state.info, "history": history})
 
     def client_weights(self, state: ServerState, reply: Message) -> Mapping[str, torch.Tensor]:
         if reply.kind == "weights":
@@ -172,15 +184,21 @@ def update_history(
     state: ServerState,
     new_weights: Mapping[str, torch.Tensor],
     replies: Sequence[tuple[int, Message]],
-    client_weights: Sequence[Mapping[str, torch.Tensor]],
+    client_weights: Sequence[Mapping[str, torch.Tensor]] | None,
 ) -> dict:
+    """Each replying client's recent losses and, when its weights are at hand, its model difference."""
     history = {key: dict(value) for key, value in state.info["history"].items()}
-    global_delta = {name: new_weights[name].float() - state.weights[name].float() for name in new_weights}
-    for (client, reply), weights in zip(replies, client_weights):
+    global_delta = {}
+    if client_weights is not None:
+        global_delta = {name: new_weights[name].float() - state.weights[name].float() for name in new_weights}
+    for index, (client, reply) in enumerate(replies):
         record = history.setdefault(str(client), {"losses": [], "model_diff": None})
         loss = float(reply.metrics["train_loss"])
         if math.isfinite(loss):
             record["losses"] = (list(record["losses"]) + [loss])[-HISTORY_LENGTH:]
+        if client_weights is None:
+            continue
+        weights = client_weights[index]
         record["model_diff"] = sum(
             torch.linalg.vector_norm(weights[name].float() - state.weights[name].float() - global_delta[name]).item()
             for name in new_weights

@@ -1,9 +1,13 @@
 """The in-process round loop: every simulated client shares one model in memory.
 
 Each round: sample clients; for each, encode the server's message, decode it as the client
-would, load it into the shared model and run the algorithm's client step; encode the reply and
-decode it as the server would; aggregate; evaluate; checkpoint. Every message goes through the
-codec so the byte ledger counts exactly what a real transport would carry.
+would, bring the shared model to the client's start model (the downlink's weights, or the
+client's kept copy moved by replayed records) and run the algorithm's client step; encode the
+reply and decode it as the server would; aggregate; evaluate; checkpoint. Every message goes
+through the codec so the byte ledger counts exactly what a real transport would carry.
+
+Clients told to keep their model (replay downlink) have their copy held here, standing in for
+their own memory, and checkpointed with the server so a resumed run continues bit-identically.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
 from zofed.report import plot_run
+from zofed.runtime.client import KeptModel, receive_model_
 from zofed.runtime.codec import decode, encode_with_sizes
 from zofed.runtime.experiment import Experiment, build_experiment, prepare_data
 
@@ -58,11 +63,12 @@ def run_local(
     checkpoint = load_latest_checkpoint(paths.checkpoints) if resume else None
     if checkpoint is not None:
         state, first_round, extra = checkpoint.state, checkpoint.round + 1, checkpoint.extra
+        kept = dict(checkpoint.kept)
         experiment.view.load_(state.weights)
     else:
         if paths.root.exists():
             shutil.rmtree(paths.root)
-        state, first_round = algorithm.init(experiment.view.state_dict(), config.seed), 1
+        state, first_round, kept = algorithm.init(experiment.view.state_dict(), config.seed), 1, {}
         extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None}
     _write_run_files(paths, config, extra["history"])
     clock = _Clock(extra["elapsed_s"], session_started)
@@ -70,8 +76,8 @@ def run_local(
     with _progress(show_progress) as progress:
         task = progress.add_task("rounds", total=config.rounds, completed=first_round - 1, loss="-")
         for round in range(first_round, config.rounds + 1):
-            state, row = run_round(experiment, algorithm, state, round)
-            extra = _record_round(paths, state, row, extra, clock.elapsed())
+            state, row = run_round(experiment, algorithm, state, round, kept)
+            extra = _record_round(paths, state, kept, row, extra, clock.elapsed())
             progress.update(task, advance=1, loss=_loss_text(row))
             if stop_after_round is not None and round >= stop_after_round:
                 return None
@@ -85,8 +91,9 @@ def run_local(
 
 
 def run_round(
-    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int
+    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int, kept: dict[int, KeptModel]
 ) -> tuple[ServerState, dict]:
+    """One round; `kept` (client -> its kept model) is updated in place, as each client's own memory would be."""
     round_started = time.perf_counter()
     clients = experiment.sample_clients(round)
     messages = algorithm.configure(state, round, clients)
@@ -97,7 +104,11 @@ def run_round(
         ledger.record(client, "down", down_sizes)
         reset_peak_rss()
         client_started = time.perf_counter()
-        reply = algorithm.train(decode(downlink), client_env(experiment, round, client))
+        env = client_env(experiment, round, client)
+        message, kept_model = receive_model_(decode(downlink), env.tensors, env.names, kept.get(client))
+        _keep(kept, client, kept_model)
+        reply = algorithm.train(message, env)
+        del message
         seconds = time.perf_counter() - client_started
         client_peak_rss_mb = peak_rss_mb()
         experiment.model.eval()
@@ -136,6 +147,13 @@ def run_round(
         "per_client": per_client,
     }
     return state, row
+
+
+def _keep(kept: dict[int, KeptModel], client: int, model: KeptModel | None) -> None:
+    if model is None:
+        kept.pop(client, None)
+    else:
+        kept[client] = model
 
 
 def client_env(experiment: Experiment, round: int, client: int) -> ClientEnv:
@@ -190,7 +208,9 @@ def _validation_loss(experiment: Experiment) -> float:
     )
 
 
-def _record_round(paths: RunPaths, state: ServerState, row: dict, extra: dict, elapsed_s: float) -> dict:
+def _record_round(
+    paths: RunPaths, state: ServerState, kept: dict[int, KeptModel], row: dict, extra: dict, elapsed_s: float
+) -> dict:
     """Append the round's metrics, keep the best weights, and checkpoint; returns the new bookkeeping."""
     best = extra["best_eval_loss"]
     if row["eval_loss"] is not None and math.isfinite(row["eval_loss"]) and (best is None or row["eval_loss"] < best):
@@ -204,7 +224,7 @@ def _record_round(paths: RunPaths, state: ServerState, row: dict, extra: dict, e
         "best_eval_loss": best,
         "elapsed_s": elapsed_s,
     }
-    save_checkpoint(paths.checkpoints, Checkpoint(round=row["round"], state=state, extra=extra))
+    save_checkpoint(paths.checkpoints, Checkpoint(round=row["round"], state=state, extra=extra, kept=dict(kept)))
     return extra
 
 
