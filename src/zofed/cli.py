@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     run.set_defaults(handler=_run)
 
+    compare = commands.add_parser("compare", help="run several algorithms on identical data, seeds and budgets")
+    compare.add_argument("config", help="YAML config shared by every run")
+    compare.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
+    compare.add_argument("--algorithms", required=True, help="comma-separated, e.g. fedmezo,fedkseed,fedavg")
+    compare.add_argument("--seeds", type=int, default=1, help="runs per algorithm, seeds config.seed, config.seed+1, ...")
+    compare.add_argument("--budget", default=None,
+                         help="KIND=AMOUNT per run: rounds, bytes (uplink), forward_passes or wall_s (default: the config's rounds)")
+    compare.add_argument("--out", default=None, help="output directory (default compare/<config name>)")
+    compare.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    compare.set_defaults(handler=_compare)
+
     listing = commands.add_parser("list", help="list algorithms, models, tasks and partitioners")
     listing.set_defaults(handler=_list)
 
@@ -87,6 +98,18 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2))
     print(f"results in {config.run_dir}/ (summary.json, metrics.jsonl, report.png)", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from zofed.compare import parse_budget, run_compare
+
+    algorithms = [name.strip() for name in args.algorithms.split(",") if name.strip()]
+    document = run_compare(
+        args.config, args.overrides, algorithms, seeds=args.seeds, budget=parse_budget(args.budget),
+        out=Path(args.out) if args.out else None, show_progress=not args.no_progress,
+    )
+    print(Path(args.out or Path("compare") / document["name"]).joinpath("results.md").read_text())
     return 0
 
 

@@ -6,6 +6,8 @@ after a model conversion. The runtimes only see the plain objects built here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -97,6 +99,20 @@ class Experiment:
         for step in range(local.local_steps):
             chosen = order[step * local.batch_size : (step + 1) * local.batch_size]
             yield collate([self.train_tokens[int(i)] for i in chosen], self.pad_token_id)
+
+
+def data_fingerprint(experiment: Experiment) -> dict[str, str]:
+    """SHA-256 of what makes runs comparable: client partitions and the evaluation examples as tokenised."""
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
+
+    return {
+        "partition": digest(experiment.data.client_indices),
+        "train": digest([ex.input_ids for ex in experiment.train_tokens]),
+        "val": digest([ex.input_ids for ex in experiment.val_tokens]),
+        "test": digest([ex.input_ids for ex in experiment.test_tokens]),
+        "accuracy": digest([[ex.prompt, ex.answer] for ex in experiment.accuracy_examples]),
+    }
 
 
 def build_model(config: RunConfig) -> tuple[LoadedModel, TrainableView]:

@@ -17,6 +17,8 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import yaml
@@ -32,7 +34,7 @@ from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
 from zofed.report import plot_run
 from zofed.runtime.client import KeptModel, receive_model_
 from zofed.runtime.codec import decode, encode_with_sizes
-from zofed.runtime.experiment import Experiment, build_experiment, prepare_data
+from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -45,6 +47,24 @@ class RunPaths:
         self.summary = self.root / "summary.json"
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Stop a run once a cumulative cost reaches `value`: its rounds, uplink bytes, forward passes or wall time.
+
+    Checked before each round, so the round that crosses the budget completes (and a resumed run
+    stops at the same round). `config.rounds` stays the upper limit.
+    """
+
+    kind: Literal["rounds", "bytes", "forward_passes", "wall_s"]
+    value: float
+
+    def spent(self, history: list[dict]) -> float:
+        if self.kind == "rounds":
+            return float(len(history))
+        key = {"bytes": "bytes_up", "forward_passes": "forward_passes", "wall_s": "seconds"}[self.kind]
+        return float(sum(row[key] for row in history))
+
+
 def run_local(
     config: RunConfig,
     *,
@@ -52,6 +72,7 @@ def run_local(
     overwrite: bool = False,
     show_progress: bool = True,
     stop_after_round: int | None = None,
+    budget: Budget | None = None,
 ) -> dict | None:
     """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`."""
     session_started = time.perf_counter()
@@ -76,6 +97,8 @@ def run_local(
     with _progress(show_progress) as progress:
         task = progress.add_task("rounds", total=config.rounds, completed=first_round - 1, loss="-")
         for round in range(first_round, config.rounds + 1):
+            if budget is not None and budget.spent(extra["history"]) >= budget.value:
+                break
             state, row = run_round(experiment, algorithm, state, round, kept)
             extra = _record_round(paths, state, kept, row, extra, clock.elapsed())
             progress.update(task, advance=1, loss=_loss_text(row))
@@ -84,7 +107,10 @@ def run_local(
 
     final = evaluate_all(experiment)
     save_weights(paths.root / "final.safetensors", dict(state.weights))
-    summary = _summary(config, extra, final, clock.elapsed())
+    summary = _summary(config, extra, final, clock.elapsed()) | {
+        "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
+        "data_hashes": data_fingerprint(experiment),
+    }
     plot_run(extra["history"], extra["initial"]["eval_loss"], paths.root / "report.png", f"{config.name}: {config.algorithm}")
     _write_json(paths.summary, summary)
     return summary
@@ -236,6 +262,7 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
         "model": config.model,
         "task": config.task,
         "rounds": config.rounds,
+        "rounds_run": len(history),
         "clients": config.clients,
         "initial_eval_loss": initial["eval_loss"],
         "final_eval_loss": final["eval_loss"],

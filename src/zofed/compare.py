@@ -1,0 +1,275 @@
+"""`zofed compare`: several algorithms on identical data, sampling, seeds and budgets, side by side.
+
+Each (algorithm, seed) is an ordinary local run under `<out>/runs/<algorithm>-seed<seed>/`, so
+anything a run writes is there too. Runs share everything but the algorithm: the same config,
+so the same partitions, client sampling and evaluation examples for a given seed — recorded as
+hashes in results.json and checked equal across algorithms. A finished run (its summary.json
+exists) is never run again; a half-finished one resumes from its checkpoint. So re-running the
+same command after an interruption, or with more seeds or algorithms, runs only what is missing.
+
+Budgets: by default every run gets the config's rounds. `--budget bytes=N` (total uplink bytes
+of the run), `forward_passes=N` or `wall_s=N` stop each run before the first round that would
+start with the budget spent (the crossing round completes; `rounds` stays an upper limit).
+Bytes and forward passes are deterministic; wall time is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from zofed.config import RunConfig, load_config  # noqa: E402
+from zofed.errors import ZofedError  # noqa: E402
+from zofed.machine import describe_machine  # noqa: E402
+from zofed.runtime.local import Budget, run_local  # noqa: E402
+
+BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
+# Summary fields averaged over seeds per algorithm, in the order the table shows them.
+TABLE_FIELDS = (
+    ("final_test_loss", "final test loss", "{:.4f}"),
+    ("test_accuracy", "test accuracy", "{:.3f}"),
+    ("bytes_up_per_client_round", "uplink B / client / round", "{:,.0f}"),
+    ("bytes_down_per_client_round", "downlink B / client / round", "{:,.0f}"),
+    ("peak_rss_mb", "peak client RSS (MB)", "{:,.0f}"),
+    ("forward_passes", "forward passes", "{:,.0f}"),
+    ("rounds_run", "rounds", "{:.0f}"),
+    ("wall_s", "wall time (s)", "{:,.0f}"),
+)
+
+
+@dataclass(frozen=True)
+class CompareRun:
+    algorithm: str
+    seed: int
+    config: RunConfig
+
+
+def parse_budget(text: str | None) -> Budget | None:
+    if text is None:
+        return None
+    kind, _, value = text.partition("=")
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = math.nan
+    if kind not in BUDGET_KINDS or not amount > 0:
+        raise ZofedError(f"bad budget '{text}'; use KIND=AMOUNT with KIND one of {', '.join(BUDGET_KINDS)}, e.g. bytes=2e6")
+    return Budget(kind, amount)  # type: ignore[arg-type]
+
+
+def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Sequence[str], seeds: int,
+              out: Path) -> list[CompareRun]:
+    """Every run's validated config, built before anything runs so bad input fails with nothing written."""
+    if not algorithms:
+        raise ZofedError("no algorithms to compare; pass --algorithms a,b (see `zofed list`)")
+    if len(set(algorithms)) != len(algorithms):
+        raise ZofedError(f"--algorithms lists one twice: {','.join(algorithms)}")
+    if seeds < 1:
+        raise ZofedError(f"--seeds {seeds} must be at least 1")
+    base_seed = load_config(config_path, list(overrides)).seed
+    runs = []
+    for algorithm in algorithms:
+        for offset in range(seeds):
+            seed = base_seed + offset
+            config = load_config(config_path, [*overrides, f"algorithm={algorithm}", f"seed={seed}",
+                                               f"name={algorithm}-seed{seed}", f"output_dir={out / 'runs'}"])
+            runs.append(CompareRun(algorithm, seed, config))
+    return runs
+
+
+def run_compare(
+    config_path: str | Path,
+    overrides: Sequence[str],
+    algorithms: Sequence[str],
+    seeds: int = 1,
+    budget: Budget | None = None,
+    out: Path | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict:
+    name = load_config(config_path, list(overrides)).name
+    out = Path(out) if out is not None else Path("compare") / name
+    runs = plan_runs(config_path, overrides, algorithms, seeds, out)
+    results = []
+    for index, run in enumerate(runs, start=1):
+        label = f"[{index}/{len(runs)}] {run.algorithm} seed {run.seed}"
+        summary_path = run.config.run_dir / "summary.json"
+        if summary_path.is_file():
+            log(f"{label}: done before, reusing {run.config.run_dir}")
+        else:
+            resume = run.config.run_dir.exists()
+            log(f"{label}: {'resuming' if resume else 'running'} in {run.config.run_dir}")
+            run_local(run.config, resume=resume, show_progress=show_progress, budget=budget)
+        results.append(collect(run))
+    document = build_results(name, config_path, overrides, budget, results)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "results.json", json.dumps(document, indent=2, allow_nan=True) + "\n")
+    _write_text(out / "results.md", results_table(document))
+    plot_compare(document, out)
+    log(f"results in {out}/ (results.json, results.md, loss_vs_round.png, loss_vs_bytes.png, "
+        "loss_vs_forward_passes.png, memory.png)")
+    return document
+
+
+def collect(run: CompareRun) -> dict:
+    summary = json.loads((run.config.run_dir / "summary.json").read_text())
+    history = [json.loads(line) for line in (run.config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    if summary.get("budget") is not None and history and summary["rounds_run"] != len(history):
+        raise ZofedError(f"run {run.config.run_dir} is inconsistent (summary vs metrics.jsonl); delete it and run again")
+    contacts = sum(len(row["clients"]) for row in history) or 1
+    curve, totals = [{"round": 0, "eval_loss": summary["initial_eval_loss"], "bytes": 0, "forward_passes": 0,
+                      "wall_s": 0.0}], {"bytes": 0, "forward_passes": 0, "wall_s": 0.0}
+    for row in history:
+        totals = {"bytes": totals["bytes"] + row["bytes_up"] + row["bytes_down"],
+                  "forward_passes": totals["forward_passes"] + row["forward_passes"],
+                  "wall_s": totals["wall_s"] + row["seconds"]}
+        curve.append({"round": row["round"], "eval_loss": row["eval_loss"], "train_loss": row["train_loss"], **totals})
+    sampling = [row["clients"] for row in history]
+    return {
+        "algorithm": run.algorithm,
+        "seed": run.seed,
+        "run_dir": str(run.config.run_dir),
+        "summary": summary | {
+            "bytes_up_per_client_round": summary["bytes_up"] / contacts,
+            "bytes_down_per_client_round": summary["bytes_down"] / contacts,
+        },
+        "curve": curve,
+        "hashes": summary["data_hashes"] | {"sampling": _digest(sampling)},
+    }
+
+
+def build_results(name: str, config_path, overrides, budget: Budget | None, results: list[dict]) -> dict:
+    check_same_conditions(results)
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in results))
+    aggregate = {}
+    for algorithm in algorithms:
+        runs = [r for r in results if r["algorithm"] == algorithm]
+        aggregate[algorithm] = {field: _mean_std([r["summary"].get(field) for r in runs]) for field, _, _ in TABLE_FIELDS}
+    return {
+        "name": name,
+        "config": str(config_path),
+        "overrides": list(overrides),
+        "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
+        "machine": describe_machine(),
+        "algorithms": algorithms,
+        "seeds": sorted({r["seed"] for r in results}),
+        "runs": results,
+        "aggregate": aggregate,
+    }
+
+
+def check_same_conditions(results: list[dict]) -> None:
+    """Same data for every run, and the same sampling for every algorithm at a given seed."""
+    for key in ("partition", "train", "val", "test", "accuracy", "sampling"):
+        for seed in {r["seed"] for r in results}:
+            values = {r["hashes"][key] for r in results if r["seed"] == seed}
+            if len(values) != 1:
+                raise ZofedError(
+                    f"runs with seed {seed} differ in their {key} data although they share a config; "
+                    f"delete the compare directory's runs/ and run again"
+                )
+
+
+def results_table(document: dict) -> str:
+    seeds = document["seeds"]
+    budget = document["budget"]
+    lines = [
+        f"# {document['name']}: {', '.join(document['algorithms'])}",
+        "",
+        f"Config `{document['config']}` {' '.join(document['overrides'])}; seeds {seeds} (mean ± std over seeds); "
+        + ("equal rounds." if budget is None else f"budget {budget['kind']} = {budget['value']:g} per run."),
+        "",
+        "| algorithm | " + " | ".join(title for _, title, _ in TABLE_FIELDS) + " |",
+        "|---|" + "---|" * len(TABLE_FIELDS),
+    ]
+    for algorithm in document["algorithms"]:
+        cells = []
+        for field, _, fmt in TABLE_FIELDS:
+            stats = document["aggregate"][algorithm][field]
+            if stats is None:
+                cells.append("–")
+            elif stats["n"] > 1:
+                cells.append(f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}")
+            else:
+                cells.append(fmt.format(stats["mean"]))
+        lines.append(f"| `{algorithm}` | " + " | ".join(cells) + " |")
+    machine = document["machine"]
+    lines += ["", f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}.", ""]
+    return "\n".join(lines)
+
+
+def plot_compare(document: dict, out: Path) -> None:
+    for x_key, x_label, filename in (
+        ("round", "round", "loss_vs_round.png"),
+        ("bytes", "cumulative bytes up + down (MB)", "loss_vs_bytes.png"),
+        ("forward_passes", "cumulative forward passes", "loss_vs_forward_passes.png"),
+    ):
+        figure, axis = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+        for algorithm in document["algorithms"]:
+            x, y, spread = _mean_curve([r["curve"] for r in document["runs"] if r["algorithm"] == algorithm], x_key)
+            if x_key == "bytes":
+                x = [value / 1e6 for value in x]
+            axis.plot(x, y, marker="o", markersize=3, label=algorithm)
+            if any(spread):
+                axis.fill_between(x, [a - b for a, b in zip(y, spread)], [a + b for a, b in zip(y, spread)], alpha=0.15)
+        if x_key == "bytes":
+            axis.set_xscale("symlog", linthresh=1e-3)
+        axis.set(xlabel=x_label, ylabel="validation loss", title=f"{document['name']}: loss vs {x_key.replace('_', ' ')}")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        _save(figure, out / filename)
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    algorithms = document["algorithms"]
+    stats = [document["aggregate"][a]["peak_rss_mb"] or {"mean": 0.0, "std": 0.0} for a in algorithms]
+    axis.bar(algorithms, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], color="tab:blue", alpha=0.8)
+    axis.set(ylabel="peak client RSS (MB)", title=f"{document['name']}: client memory")
+    axis.grid(alpha=0.3, axis="y")
+    _save(figure, out / "memory.png")
+
+
+def _mean_curve(curves: list[list[dict]], x_key: str) -> tuple[list[float], list[float], list[float]]:
+    """Mean over seeds at each evaluated round (present in every seed's run), with the std."""
+    evaluated = [{p["round"]: p for p in curve if p["eval_loss"] is not None} for curve in curves]
+    rounds = sorted(set.intersection(*(set(e) for e in evaluated)))
+    x = [statistics.mean(e[r][x_key] for e in evaluated) for r in rounds]
+    y = [statistics.mean(e[r]["eval_loss"] for e in evaluated) for r in rounds]
+    spread = [statistics.pstdev([e[r]["eval_loss"] for e in evaluated]) for r in rounds]
+    return x, y, spread
+
+
+def _mean_std(values: list) -> dict | None:
+    numbers = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not numbers:
+        return None
+    return {"mean": statistics.mean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
+            "n": len(numbers)}
+
+
+def _digest(value) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
+
+
+def _save(figure, path: Path) -> None:
+    staging = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(staging, dpi=110)
+    plt.close(figure)
+    staging.replace(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    staging.replace(path)
