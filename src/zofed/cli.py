@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ZofedError as error:
-        print(f"zofed: error: {error}", file=sys.stderr)
+        print(f"zofed: error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("zofed: interrupted; continue with --resume", file=sys.stderr)
@@ -31,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _one_line(message: str) -> str:
+    """User values echoed in a message may hold newlines or control characters: show them escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
 def _parser() -> argparse.ArgumentParser:
