@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,7 +72,11 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     return target
 
 
-def load_latest_checkpoint(directory: Path, warn=print) -> Checkpoint | None:
+def _warn(message: str) -> None:
+    print(f"zofed: warning: {message}", file=sys.stderr, flush=True)  # stdout carries the summary
+
+
+def load_latest_checkpoint(directory: Path, warn=_warn) -> Checkpoint | None:
     """The newest checkpoint that verifies, or None when there is none."""
     if not directory.is_dir():
         return None
