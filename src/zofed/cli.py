@@ -79,12 +79,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from zofed.config import load_config
-    from zofed.runtime.local import run_local
 
     config = load_config(args.config, args.overrides)
-    summary = run_local(
-        config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress
-    )
+    options = {"resume": args.resume, "overwrite": args.overwrite, "show_progress": not args.no_progress}
+    if config.runtime == "flower-sim":
+        from zofed.runtime.flower.simulation import run_flower_sim
+
+        summary = run_flower_sim(config, **options)
+    elif config.runtime == "flower":
+        from zofed.runtime.flower.deployment import run_flower
+
+        summary = run_flower(config, **options)
+    else:
+        from zofed.runtime.local import run_local
+
+        summary = run_local(config, **options)
     print(json.dumps(summary, indent=2))
     print(f"results in {config.run_dir}/ (summary.json, metrics.jsonl, report.png)", file=sys.stderr)
     return 0
