@@ -66,6 +66,7 @@ class FlowerConfig(Section):
     timeout_s: float | None = Field(None, gt=0, description="seconds to wait for a round's replies; None: wait for all")
     min_replies: int = Field(1, ge=1, description="fewest replies a round needs, or the run stops with an error")
     connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the SuperNodes to appear")
+    root_certificates: str | None = None  # CA certificate of a TLS SuperLink (runtime=flower); None: insecure
 
 
 class RunConfig(Section):

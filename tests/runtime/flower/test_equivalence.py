@@ -55,3 +55,26 @@ def test_flower_simulation_matches_local(tmp_path, case):
     assert_same_run(local, simulated)
     if "replay" in case:
         assert metrics_rows(simulated)[1]["bytes_down_by_kind"]["records"] > 0  # round 2 replayed, not weights
+
+
+def test_flower_deployment_matches_local(tmp_path, deployment, capsys):
+    """Loopback SuperLink + 2 SuperNodes started by `zofed flower`; the run submitted by `zofed run`."""
+    import yaml
+
+    from zofed.cli import main
+
+    case = CASES["seeds-upload-replay-downlink"]
+    local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *case)
+    run_local(local, show_progress=False)
+    deployment.start_superlink()
+    deployment.start_supernode(0, "--state-dir", str(tmp_path / "node-0"))  # kept model in a file
+    deployment.start_supernode(1)  # kept model in the node's Context state
+    deployed = tiny_config(tmp_path / "deployed", "fedmezo", *SMALL, *case)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(deployed.to_dict()))
+    assert main(["run", str(config_file), "runtime=flower", f"superlink={deployment.superlink}", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["rounds"] == 2
+    assert_same_run(local, deployed)
+    assert list((tmp_path / "node-0" / deployed.name).glob("kept-0.safetensors"))
+    loads = [client["model_load_s"] for row in metrics_rows(deployed) for client in row["per_client"]]
+    assert len(loads) == 4 and all(load > 0 for load in loads)  # a fresh ClientApp process per message
