@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from zofed.algorithms import Algorithm, ServerState
+from zofed.algorithms.downlink import forget_versions
 from zofed.config import FlowerConfig, RunConfig, parse_config
 from zofed.errors import ZofedError
 from zofed.metrics import ByteLedger
@@ -25,7 +26,7 @@ from zofed.runtime.client import KeptModel
 from zofed.runtime.codec import decode, encode_with_sizes, sizes_of
 from zofed.runtime.experiment import Experiment
 from zofed.runtime.flower.records import NODE, RUN, client_row, pack, unpack
-from zofed.runtime.local import round_row, run_local
+from zofed.runtime.local import RoundFn, round_row, run_local
 
 POLL_S = 0.5
 
@@ -70,9 +71,25 @@ def serve(grid: Grid, options: ServeOptions) -> dict | None:
     nodes = Nodes(grid, config)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
     play_round = partial(flower_round, grid, nodes, config.flower)
+    if options.resume:
+        play_round = _resync_first(play_round, range(config.clients))
     return run_local(
         config, resume=options.resume, overwrite=options.overwrite, show_progress=options.show_progress, play_round=play_round
     )
+
+
+def _resync_first(play_round, clients) -> RoundFn:
+    """A resumed session's first round sends every client the weights: nodes of the earlier session
+    may have lost the models they kept (a node's Context state lives only as long as its run)."""
+    first = True
+
+    def play(experiment, algorithm, state, round, kept):
+        nonlocal first
+        if first:
+            state, first = forget_versions(state, clients), False
+        return play_round(experiment, algorithm, state, round, kept)
+
+    return play
 
 
 class Nodes:
@@ -170,6 +187,8 @@ def flower_round(
             "fix the SuperNodes and continue with --resume"
         )
     state = algorithm.aggregate(state, round, replies)
+    # A dropped client may have kept nothing or half a round: it gets the weights next time.
+    state = forget_versions(state, dropped)
     experiment.view.load_(state.weights)
     row = round_row(experiment, round, clients, per_client, ledger, round_started)
     return state, {**row, "dropped": dropped, "dropped_reasons": {str(c): failures[c] for c in dropped}}
