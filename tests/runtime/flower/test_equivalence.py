@@ -39,6 +39,8 @@ def assert_same_run(reference, other) -> None:
         assert torch.equal(a[name], b[name]), name
     for row, flower_row in zip(metrics_rows(reference), metrics_rows(other), strict=True):
         assert flower_row["dropped"] == []
+        # Flower's own objects around our bytes: more than the payload, but not a re-encoding of it.
+        assert row["bytes_up"] < flower_row["flower_bytes_up"] < row["bytes_up"] + 2 * 1024 * len(row["clients"])
         for key in ("clients", "bytes_up", "bytes_down", "bytes_up_by_kind", "bytes_down_by_kind", "train_loss", "eval_loss"):
             assert flower_row[key] == row[key], key
 

@@ -48,7 +48,8 @@ def train(message: Message, context: Context) -> Message:
     store = FileKeptStore(Path(str(context.node_config["state-dir"])) / config.name) if "state-dir" in context.node_config else ContextKeptStore(context)
     uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
-    return Message(pack(uplink, {**row, "model_load_s": model_load_s}), reply_to=message)
+    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "model_load_s": model_load_s}
+    return Message(pack(uplink, runtime), reply_to=message)
 
 
 def partition_id(context: Context) -> int:

@@ -16,6 +16,7 @@ from functools import partial
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from zofed.algorithms import Algorithm, ServerState
 from zofed.algorithms.downlink import forget_versions
@@ -25,7 +26,7 @@ from zofed.metrics import ByteLedger
 from zofed.runtime.client import KeptModel
 from zofed.runtime.codec import decode, encode_with_sizes, sizes_of
 from zofed.runtime.experiment import Experiment
-from zofed.runtime.flower.records import NODE, RUN, client_row, pack, unpack
+from zofed.runtime.flower.records import NODE, RUN, pack, runtime_measurements, unpack
 from zofed.runtime.local import RoundFn, round_row, run_local
 
 POLL_S = 0.5
@@ -73,9 +74,33 @@ def serve(grid: Grid, options: ServeOptions) -> dict | None:
     play_round = partial(flower_round, grid, nodes, config.flower)
     if options.resume:
         play_round = _resync_first(play_round, range(config.clients))
-    return run_local(
+    summary = run_local(
         config, resume=options.resume, overwrite=options.overwrite, show_progress=options.show_progress, play_round=play_round
     )
+    if summary is not None:
+        summary = _add_flower_bytes(config, summary)
+    return summary
+
+
+def _add_flower_bytes(config: RunConfig, summary: dict) -> dict:
+    """The run's Flower-encoded message bytes next to the codec's, in summary.json."""
+    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = {
+        **summary,
+        "flower_bytes_up": sum(row["flower_bytes_up"] for row in rows),
+        "flower_bytes_down": sum(row["flower_bytes_down"] for row in rows),
+    }
+    path = config.run_dir / "summary.json"
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    staging.replace(path)
+    return summary
+
+
+def flower_size(message: Message) -> int:
+    """Bytes of a message as Flower serialises it for transfer: each object of its tree (message,
+    records, arrays) once, as Flower pushes them; excludes the HTTP/TLS framing around them."""
+    return sum(len(part.deflate()) for part in get_all_nested_objects(message).values())
 
 
 def _resync_first(play_round, clients) -> RoundFn:
@@ -159,8 +184,10 @@ def flower_round(
         ledger.record(client, "down", down_sizes)
         node = nodes.node_of[client]
         outgoing.append(Message(pack(downlink), dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(round)))
-    arrived = {}
+    flower_down = sum(flower_size(message) for message in outgoing)
+    arrived, flower_up = {}, 0
     for reply in grid.send_and_receive(outgoing, timeout=settings.timeout_s):
+        flower_up += flower_size(reply)
         client = nodes.client_of.get(reply.metadata.src_node_id)
         if client is None:
             continue
@@ -173,9 +200,16 @@ def flower_round(
         uplink = unpack(arrived[client])
         up_sizes = sizes_of(uplink)
         ledger.record(client, "up", up_sizes)
-        replies.append((client, decode(uplink)))
+        reply = decode(uplink)
+        replies.append((client, reply))
         per_client.append(
-            {**client_row(arrived[client]), "bytes_up": up_sizes.total, "bytes_down": ledger.for_client(client, "down")}
+            {
+                "client": client,
+                **{key: float(value) for key, value in reply.metrics.items()},
+                **runtime_measurements(arrived[client]),
+                "bytes_up": up_sizes.total,
+                "bytes_down": ledger.for_client(client, "down"),
+            }
         )
     dropped = [client for client in clients if client not in arrived]
     for client in dropped:
@@ -191,4 +225,10 @@ def flower_round(
     state = forget_versions(state, dropped)
     experiment.view.load_(state.weights)
     row = round_row(experiment, round, clients, per_client, ledger, round_started)
-    return state, {**row, "dropped": dropped, "dropped_reasons": {str(c): failures[c] for c in dropped}}
+    return state, {
+        **row,
+        "flower_bytes_up": flower_up,
+        "flower_bytes_down": flower_down,
+        "dropped": dropped,
+        "dropped_reasons": {str(c): failures[c] for c in dropped},
+    }
