@@ -94,3 +94,20 @@ def deployment(tmp_path):
         yield started
     finally:
         started.stop_all()
+
+
+def self_signed_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed (needs the openssl command)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / name for name in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr", "ext.cnf")}
+    paths["ext.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
+         "-days", "1", "-subj", "/CN=zofed-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["server.key"], "-out", paths["server.csr"],
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
+         "-CAcreateserial", "-out", paths["server.crt"], "-days", "1", "-extfile", paths["ext.cnf"]],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return paths

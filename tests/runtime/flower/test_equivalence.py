@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from zofed.runtime.local import run_local
 
 from ..helpers import final_weights, tiny_config
+from .conftest import self_signed_certificates
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
@@ -59,8 +61,9 @@ def test_flower_simulation_matches_local(tmp_path, case):
         assert metrics_rows(simulated)[1]["bytes_down_by_kind"]["records"] > 0  # round 2 replayed, not weights
 
 
-def test_flower_deployment_matches_local(tmp_path, deployment, capsys):
-    """Loopback SuperLink + 2 SuperNodes started by `zofed flower`; the run submitted by `zofed run`."""
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for self-signed certificates")
+def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
+    """Loopback SuperLink + 2 SuperNodes started by `zofed flower` with TLS; the run submitted by `zofed run`."""
     import yaml
 
     from zofed.cli import main
@@ -68,10 +71,13 @@ def test_flower_deployment_matches_local(tmp_path, deployment, capsys):
     case = CASES["seeds-upload-replay-downlink"]
     local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *case)
     run_local(local, show_progress=False)
-    deployment.start_superlink()
-    deployment.start_supernode(0, "--state-dir", str(tmp_path / "node-0"))  # kept model in a file
-    deployment.start_supernode(1)  # kept model in the node's Context state
-    deployed = tiny_config(tmp_path / "deployed", "fedmezo", *SMALL, *case)
+    certificates = self_signed_certificates(tmp_path / "certificates")
+    ca = str(certificates["ca.crt"])
+    deployment.start_superlink("--ssl-certfile", str(certificates["server.crt"]),
+                               "--ssl-keyfile", str(certificates["server.key"]), "--ssl-ca-certfile", ca)
+    deployment.start_supernode(0, "--root-certificates", ca, "--state-dir", str(tmp_path / "node-0"))  # kept model in a file
+    deployment.start_supernode(1, "--root-certificates", ca)  # kept model in the node's Context state
+    deployed = tiny_config(tmp_path / "deployed", "fedmezo", *SMALL, *case, f"flower.root_certificates={ca}")
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(deployed.to_dict()))
     assert main(["run", str(config_file), "runtime=flower", f"superlink={deployment.superlink}", "--no-progress"]) == 0
