@@ -81,7 +81,13 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(deployed.to_dict()))
     assert main(["run", str(config_file), "runtime=flower", f"superlink={deployment.superlink}", "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out)["rounds"] == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rounds"] == 2
+    print(json.dumps({key: summary[key] for key in ("bytes_up", "bytes_down", "flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes")}))
+    # The SuperLink's sockets carried at least Flower's encoding of every message, both ways (TLS on top).
+    wire = summary["superlink_tcp_bytes"]
+    assert wire["nodes_received"] >= summary["flower_bytes_up"] and wire["nodes_sent"] >= summary["flower_bytes_down"]
+    assert wire["serverapp_received"] >= summary["flower_bytes_down"]  # the ServerApp hands its messages to the SuperLink
     assert_same_run(local, deployed)
     assert list((tmp_path / "node-0" / deployed.name).glob("kept-0.safetensors"))
     loads = [client["model_load_s"] for row in metrics_rows(deployed) for client in row["per_client"]]

@@ -27,6 +27,7 @@ from zofed.runtime.client import KeptModel
 from zofed.runtime.codec import decode, encode_with_sizes, sizes_of
 from zofed.runtime.experiment import Experiment
 from zofed.runtime.flower.records import NODE, RUN, pack, runtime_measurements, unpack
+from zofed.runtime.flower.wire import SocketMeter, superlink_meter
 from zofed.runtime.local import RoundFn, round_row, run_local
 
 POLL_S = 0.5
@@ -71,12 +72,18 @@ def serve(grid: Grid, options: ServeOptions) -> dict | None:
     config = options.config
     nodes = Nodes(grid, config)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
-    play_round = partial(flower_round, grid, nodes, config.flower)
+    meter = superlink_meter()  # None in simulation: no SuperLink process, no sockets
+    play_round = partial(flower_round, grid, nodes, config.flower, meter)
     if options.resume:
         play_round = _resync_first(play_round, range(config.clients))
-    summary = run_local(
-        config, resume=options.resume, overwrite=options.overwrite, show_progress=options.show_progress, play_round=play_round
-    )
+    try:
+        summary = run_local(
+            config, resume=options.resume, overwrite=options.overwrite, show_progress=options.show_progress,
+            play_round=play_round,
+        )
+    finally:
+        if meter is not None:
+            meter.stop()
     if summary is not None:
         summary = _add_flower_bytes(config, summary)
     return summary
@@ -90,6 +97,9 @@ def _add_flower_bytes(config: RunConfig, summary: dict) -> dict:
         "flower_bytes_up": sum(row["flower_bytes_up"] for row in rows),
         "flower_bytes_down": sum(row["flower_bytes_down"] for row in rows),
     }
+    measured = [row["superlink_tcp_bytes"] for row in rows if row.get("superlink_tcp_bytes")]
+    if measured:  # deployment: what the SuperLink's sockets carried (see wire.py for what is counted)
+        summary["superlink_tcp_bytes"] = {key: sum(row[key] for row in measured) for key in measured[0]}
     path = config.run_dir / "summary.json"
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
@@ -163,6 +173,7 @@ def flower_round(
     grid: Grid,
     nodes: Nodes,
     settings: FlowerConfig,
+    meter: SocketMeter | None,
     experiment: Experiment,
     algorithm: Algorithm,
     state: ServerState,
@@ -171,6 +182,10 @@ def flower_round(
 ) -> tuple[ServerState, dict]:
     """`local.run_round` with the clients on SuperNodes; a client that errs or misses the timeout is dropped."""
     round_started = time.perf_counter()
+    wire_before = None
+    if meter is not None:
+        meter.sample()
+        wire_before = meter.totals()
     nodes.refresh()
     clients = experiment.sample_clients(round)
     messages = algorithm.configure(state, round, clients)
@@ -223,12 +238,17 @@ def flower_round(
     state = algorithm.aggregate(state, round, replies)
     # A dropped client may have kept nothing or half a round: it gets the weights next time.
     state = forget_versions(state, dropped)
+    wire = None
+    if meter is not None:
+        meter.sample()
+        wire = {key: value - wire_before[key] for key, value in meter.totals().items()}
     experiment.view.load_(state.weights)
     row = round_row(experiment, round, clients, per_client, ledger, round_started)
     return state, {
         **row,
         "flower_bytes_up": flower_up,
         "flower_bytes_down": flower_down,
+        "superlink_tcp_bytes": wire,
         "dropped": dropped,
         "dropped_reasons": {str(c): failures[c] for c in dropped},
     }
