@@ -88,7 +88,8 @@ def sizes_of(data: bytes) -> EncodedSizes:
         metrics = len(json.dumps(header["metrics"], separators=(",", ":"), allow_nan=True).encode("utf-8"))
     except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as error:
         raise CodecError(f"malformed message: {error}") from error
-    return EncodedSizes(weights=tensor_bytes, records=records, metrics=metrics, control=len(data) - tensor_bytes - records - metrics)
+    control = len(data) - tensor_bytes - records - metrics
+    return EncodedSizes(weights=tensor_bytes, records=records, metrics=metrics, control=control)
 
 
 def decode(data: bytes) -> Message:

@@ -45,11 +45,17 @@ def train(message: Message, context: Context) -> Message:
     load_started = time.perf_counter()
     experiment, algorithm = cached_experiment(config)
     model_load_s = time.perf_counter() - load_started
-    store = FileKeptStore(Path(str(context.node_config["state-dir"])) / config.name) if "state-dir" in context.node_config else ContextKeptStore(context)
+    store = kept_store(context, config)
     uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
     runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "model_load_s": model_load_s}
     return Message(pack(uplink, runtime), reply_to=message)
+
+
+def kept_store(context: Context, config: RunConfig) -> FileKeptStore | ContextKeptStore:
+    if "state-dir" in context.node_config:
+        return FileKeptStore(Path(str(context.node_config["state-dir"])) / config.name)
+    return ContextKeptStore(context)
 
 
 def partition_id(context: Context) -> int:
