@@ -11,7 +11,7 @@ import torch
 from zofed.runtime.local import run_local
 
 from ..helpers import final_weights, tiny_config
-from .conftest import self_signed_certificates
+from zofed.runtime.flower.loopback import self_signed_certificates
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
