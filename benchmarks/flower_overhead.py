@@ -34,6 +34,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
     from zofed.runtime.local import run_local
 
     results, weights = {}, {}
+    load_before = os.getloadavg()
     for runtime in ("local", "flower-sim", "flower"):
         config = load_config(config_path, [*overrides, f"rounds={rounds}", f"output_dir={root / runtime}", f"runtime={runtime}"])
         if runtime == "local":
@@ -59,7 +60,8 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
     identical = all(
         all(weights["local"][name].equal(weights[runtime][name]) for name in weights["local"]) for runtime in weights
     )
-    return {"machine": describe_machine(), "config": config_path, "overrides": overrides, "rounds": rounds,
+    # Timings on a shared machine are only as good as its idleness: the load is recorded with them.
+    return {"machine": describe_machine(), "load_average_before_after": [load_before, os.getloadavg()], "config": config_path, "overrides": overrides, "rounds": rounds,
             "bit_identical_final_weights": identical, "runtimes": results}
 
 

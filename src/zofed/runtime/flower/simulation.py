@@ -2,7 +2,8 @@
 
 The ServerApp runs in this process (a thread); ClientApps run in Ray workers, each building the
 experiment once and reusing it across rounds (`client_app.cached_experiment`). Ray gets
-`ray_cpus` CPUs and each client asks for one, so at most that many clients train at once.
+`flower.sim_workers` CPUs and each client asks for one, so that many workers (each with its own
+model copy) train clients at once.
 `run_simulation` is Flower's in-process entry point (deprecated in favour of `flwr run` with a
 local SuperLink, which would need an app bundle and a SuperLink process for the same result);
 Flower stops Ray when it returns.
@@ -22,7 +23,7 @@ from zofed.runtime.flower.server_app import ServeOptions, make_server_app
 
 
 def run_flower_sim(
-    config: RunConfig, *, resume: bool = False, overwrite: bool = False, show_progress: bool = True, ray_cpus: int = 1
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, show_progress: bool = True
 ) -> dict | None:
     # Runtime dependency installation would reach for the network; the environment is already complete.
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -34,7 +35,7 @@ def run_flower_sim(
         num_supernodes=config.clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": ray_cpus, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": True},
+            "init_args": {"num_cpus": config.flower.sim_workers, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": True},
         },
     )
     summary = config.run_dir / "summary.json"
