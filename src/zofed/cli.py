@@ -77,6 +77,26 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--examples", type=int, default=128, help="evaluate at most this many examples")
     evaluate.set_defaults(handler=_eval)
 
+    flower = commands.add_parser("flower", help="start a Flower SuperLink or SuperNode for runtime=flower")
+    flower_commands = flower.add_subparsers(dest="flower", required=True)
+    superlink = flower_commands.add_parser("superlink", help="the server side: clients and `zofed run` connect here")
+    superlink.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
+    superlink.add_argument("--port", type=int, default=9093)
+    superlink.add_argument("--ssl-certfile", default=None, help="server certificate (TLS; omit all three for insecure)")
+    superlink.add_argument("--ssl-keyfile", default=None, help="server private key")
+    superlink.add_argument("--ssl-ca-certfile", default=None, help="CA certificate that signed the server's")
+    superlink.add_argument("--database", default=None, help="state file (default: in memory)")
+    superlink.set_defaults(handler=_flower_superlink)
+    supernode = flower_commands.add_parser("supernode", help="one client: trains partition K of the run's data")
+    supernode.add_argument("--partition-id", type=int, required=True, help="the client id this node plays")
+    supernode.add_argument("--superlink", default="127.0.0.1:9093", help="HOST:PORT of the SuperLink")
+    supernode.add_argument("--port", type=int, default=9094, help="port for this node's ClientApps (one per node)")
+    supernode.add_argument("--model", default=None, help="node-local model path (default: the run's model)")
+    supernode.add_argument("--data-path", default=None, help="node-local data path (default: the run's)")
+    supernode.add_argument("--state-dir", default=None, help="keep the client's model here across rounds and restarts")
+    supernode.add_argument("--root-certificates", default=None, help="CA certificate of a TLS SuperLink")
+    supernode.set_defaults(handler=_flower_supernode)
+
     bench = commands.add_parser("bench", help="micro-benchmarks")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
     step = bench_commands.add_parser("step", help="ZO step time and memory against two forward passes")
@@ -95,12 +115,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from zofed.config import load_config
-    from zofed.runtime.local import run_local
 
     config = load_config(args.config, args.overrides)
-    summary = run_local(
-        config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress
-    )
+    options = {"resume": args.resume, "overwrite": args.overwrite, "show_progress": not args.no_progress}
+    if config.runtime == "flower-sim":
+        from zofed.runtime.flower.simulation import run_flower_sim
+
+        summary = run_flower_sim(config, **options)
+    elif config.runtime == "flower":
+        from zofed.runtime.flower.deployment import run_flower
+
+        summary = run_flower(config, **options)
+    else:
+        from zofed.runtime.local import run_local
+
+        summary = run_local(config, **options)
     print(json.dumps(summary, indent=2))
     print(f"results in {config.run_dir}/ (summary.json, metrics.jsonl, report.png)", file=sys.stderr)
     return 0
@@ -116,6 +145,24 @@ def _compare(args: argparse.Namespace) -> int:
     )
     print(Path(args.out or Path("compare") / document["name"]).joinpath("results.md").read_text())
     return 0
+
+
+def _flower_superlink(args: argparse.Namespace) -> int:
+    from zofed.runtime.flower.deployment import flower_env, superlink_command
+
+    command = superlink_command(args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile, args.database)
+    os.execve(command[0], command, flower_env())  # becomes the SuperLink: same pid, signals reach it
+
+
+def _flower_supernode(args: argparse.Namespace) -> int:
+    from zofed.runtime.flower.deployment import flower_env, supernode_command
+
+    node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir}
+    # Paths that exist are made absolute (ClientApps run elsewhere); names (tiny-llama, hub ids) pass as given.
+    node_config = {key: str(Path(value).resolve()) if Path(value).exists() else value
+                   for key, value in node_config.items() if value is not None}
+    command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates)
+    os.execve(command[0], command, flower_env())
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -60,6 +60,16 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1)
 
 
+class FlowerConfig(Section):
+    """How the Flower runtimes wait for replies; a client that misses the timeout is dropped from its round."""
+
+    timeout_s: float | None = Field(None, gt=0, description="seconds to wait for a round's replies; None: wait for all")
+    min_replies: int = Field(1, ge=1, description="fewest replies a round needs, or the run stops with an error")
+    connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the SuperNodes to appear")
+    root_certificates: str | None = None  # CA certificate of a TLS SuperLink (runtime=flower); None: insecure
+    sim_workers: int = Field(1, ge=1, description="flower-sim: Ray workers, each holding one model copy")
+
+
 class RunConfig(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = Field(0, ge=0, lt=2**63)
@@ -70,7 +80,9 @@ class RunConfig(Section):
     algorithm: str = "fedmezo"
     clients: int = Field(4, ge=1)
     clients_per_round: int | float = Field(1.0, gt=0, description="count, or fraction of clients")
-    runtime: Literal["local"] = "local"
+    runtime: Literal["local", "flower-sim", "flower"] = "local"
+    superlink: str = "127.0.0.1:9093"  # the SuperLink's Control API, for runtime=flower
+    flower: FlowerConfig = FlowerConfig()
     output_dir: str = "runs"
     trainable: TrainableConfig = TrainableConfig()
     data: DataConfig = DataConfig()

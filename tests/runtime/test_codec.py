@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from zofed.messages import Message
-from zofed.runtime.codec import CodecError, decode, encode, encode_with_sizes
+from zofed.runtime.codec import CodecError, decode, encode, encode_with_sizes, sizes_of
 
 
 def test_round_trip_preserves_every_field():
@@ -47,3 +47,12 @@ def test_malformed_bytes_are_rejected(data):
 def test_seeds_out_of_range_refused():
     with pytest.raises(ValueError):
         encode(Message(kind="seeds", round=1, seeds=(2**63,), scalars=(1.0,)))
+
+
+def test_receiver_reads_the_same_sizes_the_sender_counted():
+    message = Message(
+        kind="seeds", round=2, config={"lr": 0.5}, tensors={"a": torch.ones(3)}, seeds=(1, 2), scalars=(0.25, -1.0, 7.0),
+        metrics={"train_loss": float("nan"), "steps": 3.0, "x": 0.1 + 0.2},
+    )
+    data, sizes = encode_with_sizes(message)
+    assert sizes_of(data) == sizes

@@ -128,3 +128,17 @@ def method_scalars(message: Message) -> tuple[float, ...]:
     if message.kind == "replay":
         return message.scalars[len(message.seeds) :]
     return message.scalars
+
+
+def forget_versions(state: ServerState, clients: Sequence[int]) -> ServerState:
+    """The server stops assuming these clients hold a model: their next message carries the weights.
+
+    For a runtime whose clients may have lost what they kept (a restarted node, a new session, a
+    client that failed mid-round); costs one weights downlink each, changes no weights.
+    """
+    versions = state.info.get("client_versions")
+    if not versions:
+        return state
+    forgotten = {str(client) for client in clients}
+    remaining = {client: version for client, version in versions.items() if client not in forgotten}
+    return ServerState(weights=state.weights, buffers=state.buffers, info={**state.info, "client_versions": remaining})

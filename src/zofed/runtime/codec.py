@@ -77,6 +77,21 @@ def encode_with_sizes(message: Message) -> tuple[bytes, EncodedSizes]:
     return data, sizes
 
 
+def sizes_of(data: bytes) -> EncodedSizes:
+    """The ledger's split of an encoded message, read from its header (what the receiver counts)."""
+    try:
+        (header_length,) = _HEADER_LENGTH.unpack_from(data, 4)
+        start = 4 + _HEADER_LENGTH.size
+        header = json.loads(data[start : start + header_length].decode("utf-8"))
+        tensor_bytes = int(header["tensor_bytes"])
+        records = 8 * int(header["seeds"]) + 4 * int(header["scalars"])
+        metrics = len(json.dumps(header["metrics"], separators=(",", ":"), allow_nan=True).encode("utf-8"))
+    except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as error:
+        raise CodecError(f"malformed message: {error}") from error
+    control = len(data) - tensor_bytes - records - metrics
+    return EncodedSizes(weights=tensor_bytes, records=records, metrics=metrics, control=control)
+
+
 def decode(data: bytes) -> Message:
     try:
         if data[:4] != MAGIC:

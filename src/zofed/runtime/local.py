@@ -33,10 +33,14 @@ from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
 from zofed.report import plot_run
 from zofed.runtime.client import KeptModel, receive_model_
-from zofed.runtime.codec import decode, encode_with_sizes
+from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 
 DEFAULT_MAX_NEW_TOKENS = 16
+
+
+# (experiment, algorithm, state, round, kept models) -> (new state, the round's metrics row)
+RoundFn = Callable[[Experiment, Algorithm, ServerState, int, dict[int, KeptModel]], tuple[ServerState, dict]]
 
 
 class RunPaths:
@@ -73,8 +77,14 @@ def run_local(
     show_progress: bool = True,
     stop_after_round: int | None = None,
     budget: Budget | None = None,
+    play_round: RoundFn | None = None,
 ) -> dict | None:
-    """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`."""
+    """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`.
+
+    `play_round` carries a round's messages to the clients and back: `run_round` in this process
+    by default, or another runtime's transport (Flower) around the same steps.
+    """
+    play_round = play_round or run_round
     session_started = time.perf_counter()
     paths = RunPaths(config)
     _check_run_dir(paths, resume, overwrite)
@@ -99,7 +109,7 @@ def run_local(
         for round in range(first_round, config.rounds + 1):
             if budget is not None and budget.spent(extra["history"]) >= budget.value:
                 break
-            state, row = run_round(experiment, algorithm, state, round, kept)
+            state, row = play_round(experiment, algorithm, state, round, kept)
             extra = _record_round(paths, state, kept, row, extra, clock.elapsed())
             progress.update(task, advance=1, loss=_loss_text(row))
             if stop_after_round is not None and round >= stop_after_round:
@@ -128,36 +138,51 @@ def run_round(
     for client, message in zip(clients, messages):
         downlink, down_sizes = encode_with_sizes(message)
         ledger.record(client, "down", down_sizes)
-        reset_peak_rss()
-        client_started = time.perf_counter()
-        env = client_env(experiment, round, client)
-        message, kept_model = receive_model_(decode(downlink), env.tensors, env.names, kept.get(client))
+        uplink, client_row, kept_model = client_round(experiment, algorithm, client, downlink, kept.get(client))
         _keep(kept, client, kept_model)
-        reply = algorithm.train(message, env)
-        del message
-        seconds = time.perf_counter() - client_started
-        client_peak_rss_mb = peak_rss_mb()
-        experiment.model.eval()
-        uplink, up_sizes = encode_with_sizes(reply)
+        up_sizes = sizes_of(uplink)
         ledger.record(client, "up", up_sizes)
         replies.append((client, decode(uplink)))
-        per_client.append(
-            {
-                "client": client,
-                **{key: float(value) for key, value in reply.metrics.items()},
-                "bytes_up": up_sizes.total,
-                "bytes_down": down_sizes.total,
-                "seconds": seconds,
-                "peak_rss_mb": client_peak_rss_mb,
-            }
-        )
+        per_client.append({**client_row, "bytes_up": up_sizes.total, "bytes_down": down_sizes.total})
     state = algorithm.aggregate(state, round, replies)
     experiment.view.load_(state.weights)
+    return state, round_row(experiment, round, clients, per_client, ledger, round_started)
 
+
+def client_round(
+    experiment: Experiment, algorithm: Algorithm, client: int, downlink: bytes, kept: KeptModel | None
+) -> tuple[bytes, dict, KeptModel | None]:
+    """A client's whole round, from the server's bytes to its reply's bytes; every runtime's clients run this.
+
+    Returns the encoded reply, the client's metrics row and the model it keeps (None: keep nothing).
+    """
+    reset_peak_rss()
+    client_started = time.perf_counter()
+    message = decode(downlink)
+    env = client_env(experiment, message.round, client)
+    message, kept = receive_model_(message, env.tensors, env.names, kept)
+    reply = algorithm.train(message, env)
+    del message
+    seconds = time.perf_counter() - client_started
+    client_peak_rss_mb = peak_rss_mb()
+    experiment.model.eval()
+    row = {
+        "client": client,
+        **{key: float(value) for key, value in reply.metrics.items()},
+        "seconds": seconds,
+        "peak_rss_mb": client_peak_rss_mb,
+    }
+    return encode(reply), row, kept
+
+
+def round_row(
+    experiment: Experiment, round: int, clients: list[int], per_client: list[dict], ledger: ByteLedger, started: float
+) -> dict:
+    """The round's metrics line, after aggregation (`experiment` holds the new global model)."""
     config = experiment.config
     evaluate = round % config.eval.every == 0 or round == config.rounds
     losses = [row["train_loss"] for row in per_client if math.isfinite(row["train_loss"])]
-    row = {
+    return {
         "round": round,
         "clients": clients,
         "train_loss": sum(losses) / len(losses) if losses else math.nan,
@@ -168,11 +193,10 @@ def run_round(
         "bytes_down_by_kind": ledger.by_kind("down"),
         "forward_passes": sum(int(row["forward_passes"]) for row in per_client),
         "skipped_steps": sum(int(row["skipped_steps"]) for row in per_client),
-        "peak_rss_mb": max(row["peak_rss_mb"] for row in per_client),
-        "seconds": time.perf_counter() - round_started,
+        "peak_rss_mb": max((row["peak_rss_mb"] for row in per_client), default=None),
+        "seconds": time.perf_counter() - started,
         "per_client": per_client,
     }
-    return state, row
 
 
 def _keep(kept: dict[int, KeptModel], client: int, model: KeptModel | None) -> None:

@@ -1,0 +1,106 @@
+"""Per-round cost of the Flower runtimes against the local runtime, on the same config and seed.
+
+Runs the config three times (local, flower-sim, flower on a loopback SuperLink with one
+SuperNode per client), then reports per runtime: the median round time after the first round
+(the first pays model loads and Ray start), the overhead against local, and for the Flower
+runtimes what a client spent training (`seconds`) and loading its model (`model_load_s`; a
+deployment's fresh ClientApp process per message pays it every round), the rest of the round
+being transport, polling and process start; plus the ledger's codec bytes, Flower's encoding of
+the same messages and, in deployment, the SuperLink's TCP bytes. All three runs must end with
+bit-identical weights (checked).
+
+    .venv/bin/python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--rounds 4] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+
+def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> dict:
+    from zofed.config import load_config
+    from zofed.machine import describe_machine
+    from zofed.runtime.flower.deployment import run_flower
+    from zofed.runtime.flower.loopback import LoopbackFederation
+    from zofed.runtime.flower.simulation import run_flower_sim
+    from zofed.runtime.local import run_local
+
+    results, weights = {}, {}
+    load_before = os.getloadavg()
+    for runtime in ("local", "flower-sim", "flower"):
+        config = load_config(config_path, [*overrides, f"rounds={rounds}", f"output_dir={root / runtime}", f"runtime={runtime}"])
+        if runtime == "local":
+            summary = run_local(config, show_progress=False)
+        elif runtime == "flower-sim":
+            summary = run_flower_sim(config, show_progress=False)
+        else:
+            federation = LoopbackFederation(root / "federation")
+            try:
+                federation.start_superlink()
+                for client in range(config.clients):
+                    federation.start_supernode(client, "--state-dir", str(root / "federation" / f"node-{client}"))
+                config = config.model_copy(update={"superlink": federation.superlink})
+                summary = run_flower(config, show_progress=False)
+            finally:
+                federation.stop_all()
+        rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+        weights[runtime] = load_file(str(config.run_dir / "final.safetensors"))
+        results[runtime] = describe(rows, summary)
+    local_round = results["local"]["round_s_median_after_first"]
+    for runtime, result in results.items():
+        result["overhead_vs_local"] = result["round_s_median_after_first"] / local_round - 1.0
+    identical = all(
+        all(weights["local"][name].equal(weights[runtime][name]) for name in weights["local"]) for runtime in weights
+    )
+    # Timings on a shared machine are only as good as its idleness: the load is recorded with them.
+    return {"machine": describe_machine(), "load_average_before_after": [load_before, os.getloadavg()], "config": config_path, "overrides": overrides, "rounds": rounds,
+            "bit_identical_final_weights": identical, "runtimes": results}
+
+
+def describe(rows: list[dict], summary: dict) -> dict:
+    later = rows[1:] or rows
+    clients = [client for row in later for client in row["per_client"]]
+    result = {
+        "round_s": [row["seconds"] for row in rows],
+        "round_s_median_after_first": statistics.median(row["seconds"] for row in later),
+        "client_train_s_mean": statistics.mean(client["seconds"] for client in clients),
+        "bytes_up": summary["bytes_up"],
+        "bytes_down": summary["bytes_down"],
+    }
+    if "model_load_s" in clients[0]:
+        result["client_model_load_s_mean"] = statistics.mean(client["model_load_s"] for client in clients)
+    for key in ("flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes"):
+        if key in summary:
+            result[key] = summary[key]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out", default=None, help="write the results here (default: print only)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="zofed-flower-bench-") as scratch:
+        os.environ["FLWR_HOME"] = str(Path(scratch) / "flwr-home")
+        result = run_all(args.config, args.rounds, args.overrides, Path(scratch))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0 if result["bit_identical_final_weights"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""A whole Flower federation on this machine, for tests, benchmarks and trying runtime=flower.
+
+Every process is started here and stopped here, with the processes Flower itself started
+(SuperExec, ServerApp and ClientApp processes, which Flower detaches from their parents).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+# Our own sources first, so the children import the same zofed as this process.
+SRC = str(Path(__file__).resolve().parents[3])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port} after {timeout_s} s")
+
+
+class LoopbackFederation:
+    """A SuperLink and SuperNodes on 127.0.0.1 (free ports), started through `zofed flower` with
+    their logs under `root`; `stop_all` ends them and every process they started."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "FLWR_HOME": str(root / "flwr-home"), "HF_HUB_OFFLINE": "1",
+                    "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.processes: list[subprocess.Popen] = []
+        self.superlink_port = free_port()
+        self.superlink = f"127.0.0.1:{self.superlink_port}"
+        self.superlink_process: subprocess.Popen | None = None
+
+    def zofed(self, *args: str, log: str) -> subprocess.Popen:
+        with open(self.root / log, "wb") as output:
+            process = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", *args], env=self.env,
+                                       stdout=output, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def start_superlink(self, *tls: str) -> None:
+        self.superlink_process = self.zofed("superlink", "--port", str(self.superlink_port), *tls, log="superlink.log")
+        wait_for_port(self.superlink_port, self.superlink_process)
+
+    def start_supernode(self, partition_id: int, *extra: str) -> subprocess.Popen:
+        port = free_port()
+        process = self.zofed("supernode", "--partition-id", str(partition_id), "--superlink", self.superlink,
+                             "--port", str(port), *extra, log=f"supernode-{partition_id}.log")
+        wait_for_port(port, process)
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        """Stop a process and every process it started (Flower detaches its SuperExec children)."""
+        try:
+            family = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for child in family:
+            try:
+                child.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for child in alive:
+            child.kill()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            self.stop(process)
+
+
+def self_signed_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed (needs the openssl command)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / name for name in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr", "ext.cnf")}
+    paths["ext.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
+         "-days", "1", "-subj", "/CN=zofed-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["server.key"], "-out", paths["server.csr"],
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
+         "-CAcreateserial", "-out", paths["server.crt"], "-days", "1", "-extfile", paths["ext.cnf"]],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return paths

@@ -1,0 +1,94 @@
+"""The same config and seed give bit-identical weights and the same ledger locally and on Flower."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from zofed.runtime.local import run_local
+
+from ..helpers import final_weights, tiny_config
+from zofed.runtime.flower.loopback import self_signed_certificates
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+SMALL = ("rounds=2", "local.local_steps=3", "eval.val_examples=8", "eval.test_examples=8", "eval.accuracy_examples=0")
+CASES = {
+    "weights-upload": (),
+    "seeds-upload-replay-downlink": ("fedmezo.upload=seeds", "fedmezo.downlink=replay"),
+}
+
+
+@pytest.fixture(autouse=True)
+def flower_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def metrics_rows(config) -> list[dict]:
+    return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(reference, other) -> None:
+    a, b = final_weights(reference), final_weights(other)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for row, flower_row in zip(metrics_rows(reference), metrics_rows(other), strict=True):
+        assert flower_row["dropped"] == []
+        # Flower's own objects around our bytes: more than the payload, but not a re-encoding of it.
+        assert row["bytes_up"] < flower_row["flower_bytes_up"] < row["bytes_up"] + 2 * 1024 * len(row["clients"])
+        for key in ("clients", "bytes_up", "bytes_down", "bytes_up_by_kind", "bytes_down_by_kind", "train_loss", "eval_loss"):
+            assert flower_row[key] == row[key], key
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_flower_simulation_matches_local(tmp_path, case):
+    from zofed.runtime.flower.simulation import run_flower_sim
+
+    local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *CASES[case])
+    run_local(local, show_progress=False)
+    simulated = tiny_config(tmp_path / "sim", "fedmezo", *SMALL, *CASES[case], "runtime=flower-sim")
+    summary = run_flower_sim(simulated, show_progress=False)
+    assert summary["bytes_up"] == json.loads((local.run_dir / "summary.json").read_text())["bytes_up"]
+    assert_same_run(local, simulated)
+    if "replay" in case:
+        assert metrics_rows(simulated)[1]["bytes_down_by_kind"]["records"] > 0  # round 2 replayed, not weights
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for self-signed certificates")
+def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
+    """Loopback SuperLink + 2 SuperNodes started by `zofed flower` with TLS; the run submitted by `zofed run`."""
+    import yaml
+
+    from zofed.cli import main
+
+    case = CASES["seeds-upload-replay-downlink"]
+    local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *case)
+    run_local(local, show_progress=False)
+    certificates = self_signed_certificates(tmp_path / "certificates")
+    ca = str(certificates["ca.crt"])
+    deployment.start_superlink("--ssl-certfile", str(certificates["server.crt"]),
+                               "--ssl-keyfile", str(certificates["server.key"]), "--ssl-ca-certfile", ca)
+    deployment.start_supernode(0, "--root-certificates", ca, "--state-dir", str(tmp_path / "node-0"))  # kept model in a file
+    deployment.start_supernode(1, "--root-certificates", ca)  # kept model in the node's Context state
+    deployed = tiny_config(tmp_path / "deployed", "fedmezo", *SMALL, *case, f"flower.root_certificates={ca}")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(deployed.to_dict()))
+    assert main(["run", str(config_file), "runtime=flower", f"superlink={deployment.superlink}", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rounds"] == 2
+    print(json.dumps({key: summary[key] for key in ("bytes_up", "bytes_down", "flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes")}))
+    # The SuperLink's sockets carried at least Flower's encoding of every message, both ways (TLS on top).
+    wire = summary["superlink_tcp_bytes"]
+    assert wire["nodes_received"] >= summary["flower_bytes_up"] and wire["nodes_sent"] >= summary["flower_bytes_down"]
+    assert wire["serverapp_received"] >= summary["flower_bytes_down"]  # the ServerApp hands its messages to the SuperLink
+    assert_same_run(local, deployed)
+    assert list((tmp_path / "node-0" / deployed.name).glob("kept-0.safetensors"))
+    loads = [client["model_load_s"] for row in metrics_rows(deployed) for client in row["per_client"]]
+    assert len(loads) == 4 and all(load > 0 for load in loads)  # a fresh ClientApp process per message

@@ -1,0 +1,34 @@
+"""Codec bytes and kept models through Flower records, without starting Flower."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, RecordDict  # noqa: E402
+
+from zofed.runtime.client import KeptModel  # noqa: E402
+from zofed.runtime.flower.records import LARGE, ContextKeptStore, FileKeptStore, pack, runtime_measurements, unpack  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [0, 356, LARGE + 5])
+def test_codec_bytes_come_back_unchanged(size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    content = pack(data, {"seconds": 1.5, "peak_rss_mb": 10.0})
+    assert unpack(content) == data
+    assert runtime_measurements(content) == {"seconds": 1.5, "peak_rss_mb": 10.0}
+    assert ("zofed.large" in content) == (size >= LARGE)
+
+
+def test_kept_models_round_trip_in_context_state_and_files(tmp_path):
+    kept = KeptModel(3, (torch.randn(2, 3), torch.ones(4, dtype=torch.bfloat16)))
+    context = Context(run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={})
+    for store in (ContextKeptStore(context), FileKeptStore(tmp_path / "state")):
+        assert store.load(0) is None
+        store.save(0, kept)
+        loaded = store.load(0)
+        assert loaded.version == 3 and all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(kept.tensors, loaded.tensors))
+        store.save(0, None)
+        assert store.load(0) is None
