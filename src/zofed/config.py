@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
+from zofed.runtime.faults import FaultsConfig
+from zofed.runtime.screening import RobustConfig
 
 
 class Section(BaseModel):
@@ -83,6 +85,8 @@ class RunConfig(Section):
     runtime: Literal["local", "flower-sim", "flower"] = "local"
     superlink: str = "127.0.0.1:9093"  # the SuperLink's Control API, for runtime=flower
     flower: FlowerConfig = FlowerConfig()
+    robust: RobustConfig = RobustConfig()
+    faults: FaultsConfig = FaultsConfig()  # injected, for testing defences; in-process runtime only
     output_dir: str = "runs"
     trainable: TrainableConfig = TrainableConfig()
     data: DataConfig = DataConfig()
@@ -100,6 +104,12 @@ class RunConfig(Section):
             )
         if isinstance(self.clients_per_round, float) and self.clients_per_round > 1.0:
             raise ValueError("clients_per_round as a fraction must be in (0, 1]")
+        settings = self.methods.get(self.algorithm)
+        if self.robust.aggregator != "mean" and not getattr(settings, "shared_coordinates", True):
+            raise ValueError(
+                f"robust.aggregator={self.robust.aggregator} needs uploads on shared coordinates, which "
+                f"{self.algorithm} with these settings does not have; use robust.clip_scalar or robust.norm_bound"
+            )
         return self
 
     @property

@@ -59,6 +59,11 @@ class FedMeZOSettings(DownlinkSettings):
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
 
+    @property
+    def shared_coordinates(self) -> bool:
+        """Whether every client's upload lives on the same coordinates (robust median/trimmed mean need it)."""
+        return self.upload == "weights"
+
     @model_validator(mode="after")
     def _replay_needs_seeds(self) -> "FedMeZOSettings":
         if self.downlink == "replay" and self.upload != "seeds":

@@ -34,6 +34,8 @@ from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
 from zofed.report import plot_run
 from zofed.runtime.client import KeptModel, receive_model_
 from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
+from zofed.runtime.faults import corrupt, reply_lost
+from zofed.runtime.screening import screen_replies
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -135,18 +137,28 @@ def run_round(
     messages = algorithm.configure(state, round, clients)
     ledger = ByteLedger()
     replies, per_client = [], []
+    faults = experiment.config.faults
+    dropped = []
     for client, message in zip(clients, messages):
         downlink, down_sizes = encode_with_sizes(message)
         ledger.record(client, "down", down_sizes)
         uplink, client_row, kept_model = client_round(experiment, algorithm, client, downlink, kept.get(client))
         _keep(kept, client, kept_model)
+        if reply_lost(faults, experiment.config.seed, round, client):
+            dropped.append(client)
+            per_client.append({**client_row, "bytes_up": 0, "bytes_down": down_sizes.total, "dropped": True})
+            continue
+        if client in faults.hostile_clients:
+            uplink = encode(corrupt(decode(uplink), faults, dict(state.weights), experiment.client_seed(round, client)))
         up_sizes = sizes_of(uplink)
         ledger.record(client, "up", up_sizes)
         replies.append((client, decode(uplink)))
         per_client.append({**client_row, "bytes_up": up_sizes.total, "bytes_down": down_sizes.total})
-    state = algorithm.aggregate(state, round, replies)
+    screened = screen_replies(replies, state.weights, experiment.config.robust)
+    state = algorithm.aggregate(state, round, screened.replies)
     experiment.view.load_(state.weights)
-    return state, round_row(experiment, round, clients, per_client, ledger, round_started)
+    row = round_row(experiment, round, clients, per_client, ledger, round_started)
+    return state, row | {"dropped": dropped, "rejected": {str(c): why for c, why in screened.rejected.items()}}
 
 
 def client_round(
