@@ -3,7 +3,7 @@
 Runs the config three times (local, flower-sim, flower on a loopback SuperLink with one
 SuperNode per client), then reports per runtime: the median round time after the first round
 (the first pays model loads and Ray start), the overhead against local, and for the Flower
-runtimes what a client spent training (`seconds`) and loading its model (`model_load_s`; a
+runtimes what a client spent training (`seconds`) and building its model and data (`setup_s`; a
 deployment's fresh ClientApp process per message pays it every round), the rest of the round
 being transport, polling and process start; plus the ledger's codec bytes, Flower's encoding of
 the same messages and, in deployment, the SuperLink's TCP bytes. All three runs must end with
@@ -75,8 +75,8 @@ def describe(rows: list[dict], summary: dict) -> dict:
         "bytes_up": summary["bytes_up"],
         "bytes_down": summary["bytes_down"],
     }
-    if "model_load_s" in clients[0]:
-        result["client_model_load_s_mean"] = statistics.mean(client["model_load_s"] for client in clients)
+    if "setup_s" in clients[0]:
+        result["client_setup_s_mean"] = statistics.mean(client["setup_s"] for client in clients)
     for key in ("flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes"):
         if key in summary:
             result[key] = summary[key]

@@ -83,7 +83,7 @@ class RunConfig(Section):
     clients: int = Field(4, ge=1)
     clients_per_round: int | float = Field(1.0, gt=0, description="count, or fraction of clients")
     runtime: Literal["local", "flower-sim", "flower"] = "local"
-    superlink: str = "127.0.0.1:9093"  # the SuperLink's Control API, for runtime=flower
+    superlink: str = "127.0.0.1:9093"  # HOST:PORT of the SuperLink (one HTTP address in Flower 1.41), for runtime=flower
     flower: FlowerConfig = FlowerConfig()
     robust: RobustConfig = RobustConfig()
     faults: FaultsConfig = FaultsConfig()  # injected, for testing defences; in-process runtime only

@@ -90,5 +90,5 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
     assert wire["serverapp_received"] >= summary["flower_bytes_down"]  # the ServerApp hands its messages to the SuperLink
     assert_same_run(local, deployed)
     assert list((tmp_path / "node-0" / deployed.name).glob("kept-0.safetensors"))
-    loads = [client["model_load_s"] for row in metrics_rows(deployed) for client in row["per_client"]]
+    loads = [client["setup_s"] for row in metrics_rows(deployed) for client in row["per_client"]]
     assert len(loads) == 4 and all(load > 0 for load in loads)  # a fresh ClientApp process per message

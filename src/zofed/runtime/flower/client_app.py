@@ -2,7 +2,9 @@
 
 The experiment (model, data, partitions) is built once per process and reused while the config
 stays the same: a simulation's Ray worker serves every round from one copy; a deployment's
-fresh ClientApp process per message pays one load (reported per round as `model_load_s`).
+fresh ClientApp process per message pays it every time: `setup_s` in each client's metrics row is
+that cost (model load from the safetensors cache plus data preparation and tokenisation; ~0
+when cached).
 
 Node config keys (`flower-supernode --node-config`, all optional except in deployment
 `partition-id`): `partition-id` (the client id), `model` and `data-path` (node-local paths that
@@ -42,13 +44,13 @@ def hello(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     client = partition_id(context)
     config = node_run_config(context)
-    load_started = time.perf_counter()
+    setup_started = time.perf_counter()
     experiment, algorithm = cached_experiment(config)
-    model_load_s = time.perf_counter() - load_started
+    setup_s = time.perf_counter() - setup_started
     store = kept_store(context, config)
     uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
-    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "model_load_s": model_load_s}
+    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "setup_s": setup_s}
     return Message(pack(uplink, runtime), reply_to=message)
 
 

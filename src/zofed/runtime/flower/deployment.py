@@ -8,7 +8,7 @@ the summary once the ServerApp wrote it.
 Flower 1.41 serves the SuperLink's Fleet, Control and ServerApp APIs over HTTP on one address
 (`--host/--port`); a SuperNode serves its ClientApps on its own `--port`. Each message starts a
 fresh ClientApp process on the SuperNode, which loads the model again (from the safetensors
-cache; `model_load_s` in each client's metrics row) and keeps a replay client's model in the
+cache, plus its data; `setup_s` in each client's metrics row) and keeps a replay client's model in the
 node's `state-dir`.
 
 The app bundle `flwr run` ships holds only a pyproject naming zofed's ServerApp and ClientApp:

@@ -28,7 +28,7 @@ LARGE_PAYLOAD = "zofed.large"  # ArrayRecord: "message", a uint8 Array of the co
 RUN = "zofed.run"  # ConfigRecord: the run's config, sent once per node
 NODE = "zofed.node"  # ConfigRecord: the node's partition id, in a query reply
 KEPT = "zofed.kept"  # ArrayRecord in Context state: the client's kept model (safetensors bytes, version in metadata)
-RUNTIME_KEYS = ("seconds", "peak_rss_mb", "model_load_s")
+RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s")
 
 
 def pack(data: bytes, runtime: dict[str, float] | None = None) -> RecordDict:
