@@ -30,7 +30,7 @@ Only the abstract is public; DESIGN.md §4 is our definition. One round:
      replaying (seed, g) with the same scaled sampler, and forms the sample-weighted
      pseudo-gradient Δ = Σ_i w_i (θ − θ_i), w_i = n_i / Σ n (serveropt's convention: old − new).
   5. Global adaptive momentum: Δ goes through the configured server optimiser (serveropt; default
-     Adam with bias correction, β1 = 0.9, β2 = 0.99, τ = 1e-3; AMSGrad, Yogi, SGD with momentum
+     Adam with bias correction, η_s = 1e-2, β1 = 0.9, β2 = 0.99, τ = 1e-3; AMSGrad, Yogi, SGD with momentum
      and clipping available). Its state lives in ServerState buffers ("serveropt/...") and
      info["serveropt"], so resume is bit-identical.
   6. Downlink: the new trainable weights (their bytes are counted by the transport).

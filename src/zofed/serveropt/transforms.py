@@ -190,7 +190,7 @@ class ServerOptimizerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Literal["sgd", "adam", "amsgrad", "yogi"] = "adam"
-    lr: float = Field(1e-3, gt=0, description="server learning rate η_s")
+    lr: float = Field(1e-2, gt=0, description="server learning rate η_s (sgd with lr 1.0 is plain averaging)")
     momentum: float = Field(0.0, ge=0, lt=1, description="heavy-ball momentum (sgd only)")
     beta1: float = Field(0.9, ge=0, lt=1, description="first-moment decay (adam, amsgrad, yogi)")
     beta2: float = Field(0.99, ge=0, lt=1, description="second-moment decay (adam, amsgrad, yogi)")
