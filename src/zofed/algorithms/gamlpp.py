@@ -53,7 +53,8 @@ from pydantic import Field
 
 from zofed.algorithms.base import AlgorithmEntry, ClientEnv, ServerState, Settings, register, zo_metrics
 from zofed.messages import Message
-from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer, server_step
+from zofed.algorithms.serverstep import optimizer_step
+from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
 from zofed.zo import DEFAULT_POOL_SIZE, DirectionSampler, Scratch, make_directions, mix_seed, replay_, zo_step
 from zofed.zo.scaled import ScaledDirections
 
@@ -182,12 +183,8 @@ class GamLpp:
             # θ − θ_i = Σ_k η·g_k·z_k: replay with coefficients +w_i·η·g_k into the zero pseudo-gradient
             records = [(seed, size / total * s.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
             replay_(list(pseudo_grad.values()), records, ScaledDirections(base, scales), scratch)
-        weights, buffers, optimizer_info = server_step(
-            self.optimizer, state.weights, pseudo_grad, state.buffers, state.info.get("serveropt")
-        )
         energy = dict(state.info["energy"]) | {str(client): reply.config["energy"] for client, reply in replies}
-        return ServerState(weights=weights, buffers=buffers,
-                           info={**state.info, "energy": energy, "serveropt": optimizer_info})
+        return optimizer_step(state, pseudo_grad, self.optimizer, info={**state.info, "energy": energy})
 
 
 def client_update(state_weights: Mapping[str, torch.Tensor], reply: Message, settings: GamLppSettings) -> dict[str, torch.Tensor]:
