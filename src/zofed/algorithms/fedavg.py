@@ -1,7 +1,9 @@
 """Backprop FedAvg on the same trainable tensors: the first-order baseline ("BP-based FedAvg").
 
 Each client runs its local steps with a fresh torch.optim optimiser (SGD or AdamW) from the
-global weights and uploads its weights; the server takes the sample-weighted mean.
+global weights and uploads its weights; the server takes the sample-weighted mean. With
+`server_optimizer` set (FedAvgM / FedAdam / FedYogi style, see zofed.serveropt) the server
+instead feeds the pseudo-gradient θ − mean to that optimiser; unset, the mean is the new model.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from zofed.algorithms.base import (
     register,
     sample_weighted_mean,
 )
+from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
 from zofed.messages import Message
+from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
 
 
 class FedAvgSettings(Settings):
@@ -30,6 +34,9 @@ class FedAvgSettings(Settings):
     optimizer: Literal["sgd", "adamw"] = "adamw"
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0)
+    server_optimizer: ServerOptimizerSettings | None = Field(
+        None, description="optimiser for the pseudo-gradient θ − mean; none: the mean is the new model"
+    )
 
 
 OPTIMIZERS = {
@@ -41,6 +48,7 @@ OPTIMIZERS = {
 class FedAvg:
     def __init__(self, settings: FedAvgSettings) -> None:
         self.settings = settings
+        self.optimizer = None if settings.server_optimizer is None else build_server_optimizer(settings.server_optimizer)
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
         return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()})
@@ -77,7 +85,10 @@ class FedAvg:
         if not replies:
             return state
         sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
-        return ServerState(weights=sample_weighted_mean([reply.tensors for _, reply in replies], sizes))
+        mean = sample_weighted_mean([reply.tensors for _, reply in replies], sizes)
+        if self.optimizer is None:
+            return ServerState(weights=mean)
+        return optimizer_step(state, pseudo_gradient(state.weights, mean), self.optimizer)
 
 
 ENTRY = register(

@@ -16,6 +16,12 @@ Personalised learning rate (paper §3.4/§5.4): η_i = η_0·(1 + α·Φ_i) with
 With `upload: seeds` the server may also send `downlink: replay` (see algorithms/downlink.py):
 the round's records instead of the weights to clients that keep their model.
 
+Server optimiser (our extension, zofed.serveropt): with `server_optimizer` set, the server feeds
+the pseudo-gradient θ − mean (weights upload), or −Σ w_k·c_kt·z_kt rebuilt from the averaged
+records (seeds upload), to that optimiser instead of taking the mean as the new model. It needs
+`downlink: weights`: the optimiser's step is not a list of records a client could replay. Unset
+(the default), the server is exactly the averaging above.
+
 The official code handles exactly three clients; this works for any number and for partial
 participation because the server computes Φ from whatever history it has.
 """
@@ -43,7 +49,9 @@ from zofed.algorithms.base import (
     zo_metrics,
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
+from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
 from zofed.messages import Message
+from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
 
 LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
@@ -58,6 +66,9 @@ class FedMeZOSettings(DownlinkSettings):
     upload: Literal["weights", "seeds"] = "weights"
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
+    server_optimizer: ServerOptimizerSettings | None = Field(
+        None, description="optimiser for the averaged pseudo-gradient; none: the mean is the new model"
+    )
 
     @property
     def shared_coordinates(self) -> bool:
@@ -68,12 +79,15 @@ class FedMeZOSettings(DownlinkSettings):
     def _replay_needs_seeds(self) -> "FedMeZOSettings":
         if self.downlink == "replay" and self.upload != "seeds":
             raise ValueError("downlink: replay needs upload: seeds (a weights upload cannot be replayed)")
+        if self.downlink == "replay" and self.server_optimizer is not None:
+            raise ValueError("server_optimizer needs downlink: weights (an optimiser step cannot be replayed)")
         return self
 
 
 class FedMeZO:
     def __init__(self, settings: FedMeZOSettings) -> None:
         self.settings = settings
+        self.optimizer = None if settings.server_optimizer is None else build_server_optimizer(settings.server_optimizer)
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
         return ServerState(
@@ -122,8 +136,13 @@ class FedMeZO:
         if s.upload == "weights" or s.lr_strategy == "model-diff":
             client_weights = [self.client_weights(state, reply) for _, reply in replies]
         if s.upload == "weights":
-            new_state = ServerState(weights=sample_weighted_mean(client_weights, sizes), buffers=state.buffers,
-                                    info=state.info)
+            mean = sample_weighted_mean(client_weights, sizes)
+            if self.optimizer is None:
+                new_state = ServerState(weights=mean, buffers=state.buffers, info=state.info)
+            else:
+                new_state = optimizer_step(state, pseudo_gradient(state.weights, mean), self.optimizer)
+        elif self.optimizer is not None:
+            new_state = optimizer_step(state, self.records_pseudo_gradient(state, replies, sizes), self.optimizer)
         else:
             # Σ_k w_k·(θ + Σ_t c_kt·z_kt) = θ + Σ_k Σ_t w_k·c_kt·z_kt: the mean as one list of records
             total = sum(sizes)
@@ -136,6 +155,21 @@ class FedMeZO:
                                     make_directions(s.directions, s.pool_size))
         history = update_history(state, new_state.weights, replies, client_weights)
         return replace(new_state, info={**new_state.info, "history": history})
+
+    def records_pseudo_gradient(
+        self, state: ServerState, replies: Sequence[tuple[int, Message]], sizes: Sequence[float]
+    ) -> dict[str, torch.Tensor]:
+        """θ − mean = Σ_k Σ_t w_k·η_k·g_kt·z_kt, replayed into zero float32 tensors."""
+        total = sum(sizes)
+        pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in state.weights.items()}
+        records = [
+            (seed, size / total * float(reply.config["lr"]) * grad)
+            for (_, reply), size in zip(replies, sizes)
+            for seed, grad in zip(reply.seeds, reply.scalars)
+        ]
+        replay_(list(pseudo_grad.values()), records, make_directions(self.settings.directions, self.settings.pool_size),
+                Scratch())
+        return pseudo_grad
 
     def client_weights(self, state: ServerState, reply: Message) -> Mapping[str, torch.Tensor]:
         if reply.kind == "weights":

@@ -1,0 +1,207 @@
+"""GAM-LPP (Chen, Yang, Quek, Chong, ACL 2026): global adaptive momentum, local personalised perturbation.
+
+Only the abstract is public; DESIGN.md §4 is our definition. One round:
+
+  1. The server sends each sampled client the global weights and that client's energy EMA E_i
+     (one value per trainable tensor, kept server-side in ServerState.info; None for a client
+     never seen).
+  2. Local personalised perturbation. The client turns E_i into per-tensor scales s_i, then runs
+     H two-point ZO steps along z = s_i ⊙ ξ, ξ from the configured sampler (gaussian or pool).
+     Scales (n_t = numel of tensor t, N = Σ n_t, λ = `mix`, γ = `energy_exponent`):
+         ŝ_t² = N · E_t^γ / Σ_u n_u E_u^γ               (personalised, Σ n_t ŝ_t² = N)
+         s_t² = (1 − λ) + λ · ŝ_t²                        (mixed with uniform)
+     so Σ_t n_t s_t² = N: E‖z‖² is the isotropic case's for every λ, and s_t² ≥ 1 − λ keeps
+     every tensor perturbed. λ = 0, or no EMA yet, gives s_t = 1.0 exactly, and the round is
+     bit-identical to FedMeZO's isotropic steps (tested).
+  3. Energy estimate, from the client's own ZO estimates of this round. Step k's estimate of
+     tensor t's gradient is g_k·s_t·ξ_kt, whose mean is s_t²·∇_t: a tensor already perturbed
+     more looks steeper. Dividing the current scale out, g_k·ξ_kt / s_t estimates ∇_t whatever
+     s is, so the scales do not feed on themselves (tested: without it they run away). Per
+     element, over the round's H recorded steps, with A_t = Σ_k g_k ξ_kt:
+         e_t = max(0, ‖A_t‖²/n_t − c·Σ_k g_k²) / (H² · s_t²)
+     c·Σ_k g_k² (c = 1 with `subtract_noise`) removes the estimate's noise floor: with
+     E[ξ²] = 1 the noise adds about Σ_k g_k² per element to ‖A_t‖²/n_t in every tensor alike.
+     A_t is rebuilt after the steps by replaying (seed, g) into one zero buffer per tensor, so it
+     costs no extra memory beyond the largest tensor and no forward pass.
+     EMA: E_t ← β·E_t + (1 − β)·e_t (β = `ema_decay`), initialised with the first e_t. A round
+     with no usable step leaves E unchanged.
+  4. Upload: (seed, g) per step (float32 g), plus s_i (the scales used) and the updated E_i in
+     the reply's config. The server rebuilds each client's update θ_i − θ = −η Σ_k g_k z_k by
+     replaying (seed, g) with the same scaled sampler, and forms the sample-weighted
+     pseudo-gradient Δ = Σ_i w_i (θ − θ_i), w_i = n_i / Σ n (serveropt's convention: old − new).
+  5. Global adaptive momentum: Δ goes through the configured server optimiser (serveropt; default
+     Adam with bias correction, η_s = 1e-2, β1 = 0.9, β2 = 0.99, τ = 1e-3; AMSGrad, Yogi, SGD with momentum
+     and clipping available). Its state lives in ServerState buffers ("serveropt/...") and
+     info["serveropt"], so resume is bit-identical.
+  6. Downlink: the new trainable weights (their bytes are counted by the transport).
+
+Choices where the abstract is silent, all settings: the energy's exponent γ (0.5: s_t² grows
+like the RMS gradient), the EMA decay, the mixing λ (0.5), subtracting the noise floor, and
+per-tensor (not per-element) scales so s_i costs one float per tensor on the wire. λ must be
+below 1 so no tensor is frozen (its energy could then never be measured again).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from zofed.algorithms.base import AlgorithmEntry, ClientEnv, ServerState, Settings, register, zo_metrics
+from zofed.messages import Message
+from zofed.algorithms.serverstep import optimizer_step
+from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
+from zofed.zo import DEFAULT_POOL_SIZE, DirectionSampler, Scratch, make_directions, mix_seed, replay_, zo_step
+from zofed.zo.scaled import ScaledDirections
+
+
+class GamLppSettings(Settings):
+    lr: float = Field(1e-3, gt=0, description="client learning rate η of the local ZO steps")
+    mu: float = Field(1e-2, gt=0, description="perturbation scale")
+    directions: Literal["gaussian", "pool"] = "gaussian"
+    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
+    mix: float = Field(0.5, ge=0, lt=1, description="λ: weight of the personalised scales against uniform")
+    ema_decay: float = Field(0.9, ge=0, lt=1, description="β of each client's per-tensor energy EMA")
+    energy_exponent: float = Field(0.5, ge=0, le=2, description="γ: personalised s_t² ∝ E_t^γ")
+    subtract_noise: bool = Field(True, description="remove the ZO estimate's noise floor from the energy")
+    server_optimizer: ServerOptimizerSettings = Field(
+        default_factory=ServerOptimizerSettings, description="applied to the averaged pseudo-gradient"
+    )
+
+
+def personal_scales(
+    energy: Sequence[float] | None, numels: Sequence[int], mix: float, exponent: float
+) -> list[float]:
+    """s_t with Σ n_t s_t² = Σ n_t, from the per-tensor energy EMA (uniform without one)."""
+    if energy is None or mix == 0.0:
+        return [1.0] * len(numels)
+    if len(energy) != len(numels):
+        raise ValueError(f"energy has {len(energy)} values for {len(numels)} trainable tensors")
+    raw = [max(float(e), 0.0) ** exponent for e in energy]
+    total = sum(n * r for n, r in zip(numels, raw))
+    if not (math.isfinite(total) and total > 0.0):
+        return [1.0] * len(numels)
+    size = float(sum(numels))
+    return [math.sqrt((1.0 - mix) + mix * size * r / total) for r in raw]
+
+
+@torch.no_grad()
+def round_energies(
+    tensors: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+    grads: Sequence[float],
+    scales: Sequence[float],
+    base: DirectionSampler,
+    subtract_noise: bool,
+) -> list[float]:
+    """e_t per tensor from the round's (seed, g) records, the current scale divided out (docstring §3)."""
+    steps = len(seeds)
+    noise = sum(g * g for g in grads) if subtract_noise else 0.0
+    scratch = Scratch()
+    energies = []
+    for index, (tensor, scale) in enumerate(zip(tensors, scales)):
+        accumulated = torch.zeros(tensor.shape, dtype=torch.float32)
+        for seed, grad in zip(seeds, grads):
+            base.add_(accumulated, seed, index, grad, scratch.take(tensor.shape))
+        per_element = float(accumulated.double().square().sum()) / tensor.numel()
+        energies.append(max(per_element - noise, 0.0) / (steps * steps * scale * scale))
+    return energies
+
+
+def updated_ema(previous: Sequence[float] | None, energies: Sequence[float], decay: float) -> list[float]:
+    if previous is None:
+        return list(energies)
+    return [decay * float(old) + (1.0 - decay) * new for old, new in zip(previous, energies)]
+
+
+class GamLpp:
+    def __init__(self, settings: GamLppSettings) -> None:
+        self.settings = settings
+        self.optimizer = build_server_optimizer(settings.server_optimizer)
+
+    def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
+        return ServerState(
+            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
+            info={"seed": seed, "energy": {}},
+        )
+
+    def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
+        s = self.settings
+        config = {
+            "lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size, "mix": s.mix,
+            "ema_decay": s.ema_decay, "energy_exponent": s.energy_exponent, "subtract_noise": s.subtract_noise,
+        }
+        energy = state.info["energy"]
+        return [
+            Message(kind="weights", round=round, config={**config, "energy": energy.get(str(client))},
+                    tensors=state.weights)
+            for client in clients
+        ]
+
+    def train(self, message: Message, env: ClientEnv) -> Message:
+        config = message.config
+        lr, mu = float(config["lr"]), float(config["mu"])
+        base = make_directions(str(config["directions"]), int(config["pool_size"]))
+        previous = config["energy"]
+        scales = personal_scales(previous, [t.numel() for t in env.tensors], float(config["mix"]),
+                                 float(config["energy_exponent"]))
+        directions = ScaledDirections(base, scales)
+        scratch = Scratch()
+        seeds, grads, losses, skipped = [], [], [], 0
+        for step, batch in enumerate(env.batches):
+            result = zo_step(env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch)
+            if result.skipped:
+                skipped += 1
+                continue
+            seeds.append(result.seed)
+            grads.append(result.projected_grad)
+            losses.append(result.loss)
+        energy = previous
+        if seeds:
+            energies = round_energies(env.tensors, seeds, grads, scales, base, bool(config["subtract_noise"]))
+            energy = updated_ema(previous, energies, float(config["ema_decay"]))
+        metrics = zo_metrics(env, losses, skipped) | {"scale_min": min(scales), "scale_max": max(scales)}
+        return Message(kind="seeds", round=message.round, config={"scales": scales, "energy": energy},
+                       seeds=tuple(seeds), scalars=tuple(grads), metrics=metrics)
+
+    def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
+        if not replies:
+            return state
+        s = self.settings
+        sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
+        total = sum(sizes)
+        pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in state.weights.items()}
+        base, scratch = make_directions(s.directions, s.pool_size), Scratch()
+        for (_, reply), size in zip(replies, sizes):
+            scales = reply.config["scales"]
+            if len(scales) != len(pseudo_grad):
+                raise ValueError(f"a reply carries {len(scales)} scales for {len(pseudo_grad)} trainable tensors")
+            # θ − θ_i = Σ_k η·g_k·z_k: replay with coefficients +w_i·η·g_k into the zero pseudo-gradient
+            records = [(seed, size / total * s.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
+            replay_(list(pseudo_grad.values()), records, ScaledDirections(base, scales), scratch)
+        energy = dict(state.info["energy"]) | {str(client): reply.config["energy"] for client, reply in replies}
+        return optimizer_step(state, pseudo_grad, self.optimizer, info={**state.info, "energy": energy})
+
+
+def client_update(state_weights: Mapping[str, torch.Tensor], reply: Message, settings: GamLppSettings) -> dict[str, torch.Tensor]:
+    """The client's weights θ_i rebuilt on the server from (seed, g) and s_i (for tests and analysis)."""
+    rebuilt = [tensor.clone() for tensor in state_weights.values()]
+    records = [(seed, -settings.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
+    base = make_directions(settings.directions, settings.pool_size)
+    replay_(rebuilt, records, ScaledDirections(base, reply.config["scales"]), Scratch())
+    return dict(zip(state_weights, rebuilt))
+
+
+ENTRY = register(
+    AlgorithmEntry(
+        name="gamlpp",
+        description="GAM-LPP: personalised per-tensor ZO perturbation, seed uplink, server adaptive momentum "
+        "(Chen et al., ACL 2026)",
+        settings=GamLppSettings,
+        build=GamLpp,
+    )
+)
