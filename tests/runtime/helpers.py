@@ -16,7 +16,7 @@ CONFORMANCE_SETTINGS: dict[str, dict] = {
     "fedkseed": {"lr": 0.005, "mu": 1e-3, "num_seeds": 64},
     "fedkseed-pro": {"lr": 0.005, "mu": 1e-3, "num_seeds": 64},
     "decomfl": {"lr": 0.005, "mu": 1e-3},
-    "fedspzo": {"lr": 0.005, "mu": 1e-3},
+    "fedspzo": {"lr": 0.005, "mu": 1e-3, "p2": 2},
 }
 
 
