@@ -13,6 +13,9 @@ final norm, head). A local step on a batch:
 Cost per step in layer-forwards: s + 2·P2·(L−s) + 2·P1·L (MeZO with P directions: 2·P·L),
 reported exactly as the `layer_forwards` metric; `forward_passes` counts model invocations
 (1 + 2·P2 + 2·P1 per step, the cache pass and the suffix passes included although partial).
+Layer-forwards count transformer layers only: every pass but the cache pass also runs the final
+norm and the head, which for a small model with a large vocabulary (SmolLM2: 49k x 576) costs as
+much as several layers; wall time captures it, layer_forwards does not.
 A step whose estimates include a non-finite loss is skipped (every estimate restores θ, so θ is
 unchanged) and still costs its full layer-forwards.
 
