@@ -17,6 +17,7 @@ CONFORMANCE_SETTINGS: dict[str, dict] = {
     "fedkseed-pro": {"lr": 0.005, "mu": 1e-3, "num_seeds": 64},
     "decomfl": {"lr": 0.005, "mu": 1e-3},
     "gamlpp": {"lr": 0.005, "mu": 1e-3, "server_optimizer": {"name": "adam", "lr": 1e-2}},
+    "fedspzo": {"lr": 0.005, "mu": 1e-3, "p2": 2},
 }
 
 

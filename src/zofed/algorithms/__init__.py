@@ -1,6 +1,6 @@
 """Federated methods behind one Protocol; importing this package registers every method once."""
 
-from zofed.algorithms import decomfl, fedavg, fedkseed, fedmezo, gamlpp  # noqa: F401  (registration side effect)
+from zofed.algorithms import decomfl, fedavg, fedkseed, fedmezo, fedspzo, gamlpp  # noqa: F401  (registration side effect)
 from zofed.algorithms.base import (
     ALGORITHMS,
     Algorithm,
@@ -8,6 +8,7 @@ from zofed.algorithms.base import (
     ClientEnv,
     ServerState,
     Settings,
+    SplitForward,
     build_algorithm,
     get_algorithm,
     register,
@@ -20,6 +21,7 @@ __all__ = [
     "ClientEnv",
     "ServerState",
     "Settings",
+    "SplitForward",
     "build_algorithm",
     "get_algorithm",
     "register",

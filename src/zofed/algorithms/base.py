@@ -35,6 +35,26 @@ class ServerState:
     info: Mapping[str, JsonValue] = field(default_factory=dict)
 
 
+class SplitForward(Protocol):
+    """The model run in two parts at layer s (block 1: embeddings + layers < s; block 2: the rest).
+
+    `prefix` runs block 1 once and returns an opaque cache; `suffix_loss` runs only block 2 from
+    it, giving the loss a full forward would give as long as only block 2's tensors changed.
+    `tensor_layers[i]` places trainable tensor i (view order) in the forward: its layer, −1 before
+    the layers (embeddings, a tied head), `num_layers` after them (final norm, an untied head).
+    """
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def tensor_layers(self) -> tuple[int, ...]: ...
+
+    def prefix(self, batch: Batch, split: int) -> Any: ...
+
+    def suffix_loss(self, cache: Any) -> float: ...
+
+
 @dataclass(frozen=True)
 class ClientEnv:
     """What a client works with, handed in by the runtime for one round.
@@ -42,7 +62,7 @@ class ClientEnv:
     `tensors` are the live trainable tensors of the client's model (perturbing them changes the
     model), already holding the round's start model: the runtime applied the downlink (weights or
     replay) before calling `train`. `parameters` are the same tensors as autograd leaves for
-    backprop baselines.
+    backprop baselines. `split` is the model's split forward where the model has one.
     """
 
     client_id: int
@@ -54,6 +74,7 @@ class ClientEnv:
     loss: Callable[[Batch], float]  # forward only, eval mode, inference mode
     loss_for_backward: Callable[[Batch], torch.Tensor]  # train mode, graph kept
     num_examples: int
+    split: SplitForward | None = None
 
 
 class Settings(BaseModel):

@@ -30,6 +30,7 @@ from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
+from zofed.llm.split import ModelSplit
 from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
 from zofed.report import plot_run
 from zofed.runtime.client import KeptModel, receive_model_
@@ -204,6 +205,10 @@ def round_row(
         "bytes_up_by_kind": ledger.by_kind("up"),
         "bytes_down_by_kind": ledger.by_kind("down"),
         "forward_passes": sum(int(row["forward_passes"]) for row in per_client),
+        # methods that run part of the model report layer_forwards; a full forward is num_layers of them
+        "layer_forwards": sum(
+            int(row.get("layer_forwards", row["forward_passes"] * experiment.loaded.num_layers)) for row in per_client
+        ),
         "skipped_steps": sum(int(row["skipped_steps"]) for row in per_client),
         "peak_rss_mb": max((row["peak_rss_mb"] for row in per_client), default=None),
         "seconds": time.perf_counter() - started,
@@ -239,6 +244,7 @@ def client_env(experiment: Experiment, round: int, client: int) -> ClientEnv:
         loss=loss,
         loss_for_backward=loss_for_backward,
         num_examples=len(experiment.data.client_indices[client]),
+        split=ModelSplit(model, experiment.view.tensors),
     )
 
 

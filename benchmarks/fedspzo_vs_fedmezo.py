@@ -1,0 +1,123 @@
+"""FedSPZO against FedMeZO: layer-forwards and wall time to reach a common target validation loss.
+
+Both methods run the same config (same seed, so the same partitions, client sampling, batches
+and evaluation examples; the data hashes are checked equal) for the same rounds, evaluated
+every round. By default FedSPZO uses FedMeZO's lr and mu from the config, so only the method
+differs; `--fedspzo key=value` sets any FedSPZO setting (p1, p2, split_layer, lr, mu).
+
+Target: the lowest validation loss both methods reach (the larger of their best losses), or
+`--target`. For each method the cost of the first round at or below it: cumulative
+layer-forwards (FedMeZO's are its forward passes × L), forward passes, client training seconds
+(the clients' own time, no evaluation) and wall seconds (rounds including evaluation).
+`speedup` is FedMeZO's cost over FedSPZO's (the issue's goal: >= 1.6x fewer layer-forwards).
+
+    .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --config configs/quickstart.yaml
+    .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --config configs/gsm8k.yaml --fedspzo p2=8
+    # smoke on the random 4-layer model:
+    .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --set model=tiny-llama --set rounds=3 --out /tmp/smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from zofed.config import load_config
+from zofed.machine import describe_machine
+from zofed.runtime.local import run_local
+
+ALGORITHMS = ("fedmezo", "fedspzo")
+
+
+def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path) -> dict:
+    config = load_config(config_path, [*overrides, f"algorithm={algorithm}", "eval.every=1",
+                                       f"output_dir={workdir}", f"name={algorithm}"])
+    started = time.perf_counter()
+    summary = run_local(config, overwrite=True, show_progress=False)
+    history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    totals = {"layer_forwards": 0, "forward_passes": 0, "train_s": 0.0, "wall_s": 0.0}
+    curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], **totals}]
+    for row in history:
+        totals = {
+            "layer_forwards": totals["layer_forwards"] + row["layer_forwards"],
+            "forward_passes": totals["forward_passes"] + row["forward_passes"],
+            "train_s": totals["train_s"] + sum(client["seconds"] for client in row["per_client"]),
+            "wall_s": totals["wall_s"] + row["seconds"],
+        }
+        curve.append({"round": row["round"], "eval_loss": row["eval_loss"], "train_loss": row["train_loss"], **totals})
+    return {
+        "algorithm": algorithm,
+        "settings": config.algorithm_settings.model_dump(),
+        "summary": summary,
+        "curve": curve,
+        "run_s": time.perf_counter() - started,
+    }
+
+
+def first_reaching(curve: list[dict], target: float) -> dict | None:
+    for point in curve:
+        if point["eval_loss"] is not None and math.isfinite(point["eval_loss"]) and point["eval_loss"] <= target:
+            return point
+    return None
+
+
+def compare(runs: dict[str, dict], target: float | None) -> dict:
+    if target is None:
+        target = max(min(p["eval_loss"] for p in run["curve"] if p["eval_loss"] is not None) for run in runs.values())
+    reached = {name: first_reaching(run["curve"], target) for name, run in runs.items()}
+    speedup = {}
+    if all(point is not None and point["round"] > 0 for point in reached.values()):
+        base, method = reached["fedmezo"], reached["fedspzo"]
+        speedup = {key: base[key] / method[key] for key in ("layer_forwards", "forward_passes", "train_s", "wall_s")}
+    return {"target_eval_loss": target, "reached": reached, "speedup_fedmezo_over_fedspzo": speedup}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    parser.add_argument("--fedspzo", action="append", default=[], metavar="KEY=VALUE", help="FedSPZO setting (repeatable)")
+    parser.add_argument("--target", type=float, default=None, help="target validation loss (default: the lowest both reach)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fedspzo_vs_fedmezo_<name>.json)")
+    parser.add_argument("--workdir", default=None, help="where the runs go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    base = load_config(args.config, args.set)
+    fedmezo = base.methods.get("fedmezo") or load_config(args.config, [*args.set, "algorithm=fedmezo"]).algorithm_settings
+    spzo = {"lr": fedmezo.lr, "mu": fedmezo.mu, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.fedspzo)}}
+    overrides = [*args.set, *(f"fedspzo.{key}={value}" for key, value in spzo.items())]
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(args.workdir or scratch)
+        runs = {}
+        for algorithm in ALGORITHMS:
+            print(f"running {algorithm} ...", file=sys.stderr, flush=True)
+            runs[algorithm] = run_method(args.config, overrides, algorithm, workdir)
+    hashes = {name: run["summary"]["data_hashes"] for name, run in runs.items()}
+    if hashes["fedmezo"] != hashes["fedspzo"]:
+        raise SystemExit("the two runs saw different data; nothing to compare")
+    document = {
+        "benchmark": "fedspzo_vs_fedmezo",
+        "config": args.config,
+        "overrides": args.set,
+        "fedspzo_settings": spzo,
+        "machine": describe_machine(),
+        "data_hashes": hashes["fedmezo"],
+        **compare(runs, args.target),
+        "runs": runs,
+    }
+    out = Path(args.out or f"benchmarks/results/fedspzo_vs_fedmezo_{base.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    print(json.dumps({k: document[k] for k in ("target_eval_loss", "reached", "speedup_fedmezo_over_fedspzo")}, indent=2))
+    return document
+
+
+if __name__ == "__main__":
+    main()
