@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from zofed.config import RunConfig, load_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
+from zofed.runtime.experiment import json_digest  # noqa: E402
 from zofed.runtime.local import Budget, run_local  # noqa: E402
 
 BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
@@ -144,7 +145,7 @@ def collect(run: CompareRun) -> dict:
             "bytes_down_per_client_round": summary["bytes_down"] / contacts,
         },
         "curve": curve,
-        "hashes": summary["data_hashes"] | {"sampling": _digest(sampling)},
+        "hashes": summary["data_hashes"] | {"sampling": json_digest(sampling)},
     }
 
 
@@ -254,12 +255,6 @@ def _mean_std(values: list) -> dict | None:
         return None
     return {"mean": statistics.mean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
             "n": len(numbers)}
-
-
-def _digest(value) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
 
 
 def _save(figure, path: Path) -> None:

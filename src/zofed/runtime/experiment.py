@@ -101,11 +101,14 @@ class Experiment:
             yield collate([self.train_tokens[int(i)] for i in chosen], self.pad_token_id)
 
 
+def json_digest(value) -> str:
+    """SHA-256 of a JSON-serialisable value in compact form."""
+    return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
+
+
 def data_fingerprint(experiment: Experiment) -> dict[str, str]:
     """SHA-256 of what makes runs comparable: client partitions and the evaluation examples as tokenised."""
-    def digest(value) -> str:
-        return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
-
+    digest = json_digest
     return {
         "partition": digest(experiment.data.client_indices),
         "train": digest([ex.input_ids for ex in experiment.train_tokens]),

@@ -107,12 +107,12 @@ def bound_reply(reply: Message, weights: Mapping[str, torch.Tensor], robust: Rob
             if norm > robust.norm_bound:
                 scalars = scalars * (robust.norm_bound / norm)
         if tensors:
-            deltas = {name: tensor.float() - (weights[name].float() if reply.kind == "weights" else 0.0)
-                      for name, tensor in tensors.items()}
+            # a weights reply's update is measured from the global model; a delta reply is the update
+            base = {name: weights[name].float() if reply.kind == "weights" else 0.0 for name in tensors}
+            deltas = {name: tensor.float() - base[name] for name, tensor in tensors.items()}
             norm = math.sqrt(sum(float(delta.pow(2).sum()) for delta in deltas.values()))
             if norm > robust.norm_bound:
                 factor = robust.norm_bound / norm
-                base = {name: weights[name].float() if reply.kind == "weights" else 0.0 for name in tensors}
                 tensors = {name: (base[name] + deltas[name] * factor).to(tensors[name].dtype) for name in tensors}
     return replace(reply, scalars=tuple(float(s) for s in scalars), tensors=tensors)
 
