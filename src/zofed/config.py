@@ -104,6 +104,13 @@ class RunConfig(Section):
             )
         if isinstance(self.clients_per_round, float) and self.clients_per_round > 1.0:
             raise ValueError("clients_per_round as a fraction must be in (0, 1]")
+        for name, method in list(self.methods.items()):
+            # Methods that plan per client (ZorBA's block assignment) learn the population here.
+            if "num_clients" in type(method).model_fields and method.num_clients != self.clients:
+                try:
+                    self.methods[name] = type(method)(**{**method.model_dump(), "num_clients": self.clients})
+                except ValidationError as error:
+                    raise ValueError(f"{name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         settings = self.methods.get(self.algorithm)
         if self.robust.aggregator != "mean" and not getattr(settings, "shared_coordinates", True):
             raise ValueError(

@@ -150,3 +150,40 @@ def test_models_that_cannot_be_split_are_rejected():
         ModelSplit(build("llama")).prefix(padded_batch("right"), 0)
     with pytest.raises(ZofedError, match="not a parameter"):
         ModelSplit(build("llama"), [torch.zeros(3)]).tensor_layers
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lowered_layers_run_in_low_precision_and_come_back_exactly(family):
+    model = build(family, lora=True)
+    trainable = tuple(p.data for n, p in model.named_parameters() if "lora_" in n)
+    split = ModelSplit(model, trainable)
+    batch = padded_batch("right")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.inference_mode():
+        full = model(**batch, use_cache=False).loss
+    with split.lowered([0, 2], torch.bfloat16):
+        layers = split._layers[2]
+        assert {p.dtype for p in layers[0].parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in layers[1].parameters()} == {torch.float32}
+        lowered_views = [t for t, at in zip(trainable, split.tensor_layers) if at in (0, 2)]
+        assert lowered_views and all(t.dtype == torch.bfloat16 for t in lowered_views)  # views follow, nothing pins fp32
+        with torch.inference_mode():
+            mixed = model(**batch, use_cache=False).loss
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed)
+    assert abs(float(mixed) - float(full)) < 0.05 * abs(float(full))  # bf16 rounding, not a different model
+    assert float(mixed) != float(full)
+    after = model.state_dict()
+    assert all(after[name].dtype == tensor.dtype and torch.equal(after[name], tensor) for name, tensor in before.items())
+
+
+def test_lowered_without_masters_frees_full_precision_and_casts_back_up():
+    model = build("llama")
+    trainable = tuple(p.data for p in model.parameters())
+    split = ModelSplit(model, trainable)
+    layer = split._layers[2][1]
+    with split.lowered([1], torch.bfloat16, keep_master=False):
+        assert all(p.dtype == torch.bfloat16 for p in layer.parameters())
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+    with pytest.raises(ZofedError, match="outside"):
+        with split.lowered([LAYERS], torch.bfloat16):
+            pass

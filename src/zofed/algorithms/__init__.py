@@ -1,6 +1,6 @@
 """Federated methods behind one Protocol; importing this package registers every method once."""
 
-from zofed.algorithms import decomfl, fedavg, fedkseed, fedmezo, fedspzo, gamlpp  # noqa: F401  (registration side effect)
+from zofed.algorithms import decomfl, fedavg, fedkseed, fedmezo, fedspzo, gamlpp, zorba  # noqa: F401  (registration side effect)
 from zofed.algorithms.base import (
     ALGORITHMS,
     Algorithm,

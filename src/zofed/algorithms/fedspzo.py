@@ -48,11 +48,10 @@ Our choices where the paper's abstract is silent (all configurable):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -67,7 +66,8 @@ from zofed.algorithms.base import (
 )
 from zofed.errors import ZofedError
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, DirectionSampler, Scratch, make_directions, mix_seed
+from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed
+from zofed.zo.blocks import block_estimate, from_ranges, perturb_block_, to_ranges
 
 BLOCK_1, BLOCK_2 = 1, 2
 
@@ -103,51 +103,6 @@ def split_blocks(tensor_layers: Sequence[int], split: int) -> tuple[list[int], l
                 "tensors on both sides (LoRA on every layer, or trainable.layers spanning the split)"
             )
     return block1, block2
-
-
-def to_ranges(indices: Sequence[int]) -> list[list[int]]:
-    """Sorted indices as [start, stop) ranges: a block is usually one contiguous run of the view."""
-    ranges: list[list[int]] = []
-    for index in indices:
-        if ranges and ranges[-1][1] == index:
-            ranges[-1][1] += 1
-        else:
-            ranges.append([index, index + 1])
-    return ranges
-
-
-def from_ranges(ranges: Sequence[Sequence[int]], count: int) -> list[int] | None:
-    """The indices of [start, stop) ranges, or None when they leave [0, count) or overlap."""
-    indices = [i for start, stop in ranges for i in range(int(start), int(stop))]
-    if not indices or len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= count:
-        return None
-    return indices
-
-
-@torch.no_grad()
-def perturb_block_(
-    tensors: Sequence[torch.Tensor], block: Sequence[int], seed: int, scale: float,
-    directions: DirectionSampler, scratch: Scratch,
-) -> None:
-    """θ_i += scale·z(seed, i) for the tensors i of one block; i is the index in the full view."""
-    for index in block:
-        tensor = tensors[index]
-        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape))
-
-
-def block_estimate(
-    tensors: Sequence[torch.Tensor], block: Sequence[int], loss_at: Callable[[], float], seed: int, mu: float,
-    directions: DirectionSampler, scratch: Scratch,
-) -> tuple[float, float]:
-    """(g, (L+ + L−)/2) along the block's direction z(seed); θ restored. g is float32 as on the wire, NaN if a loss is."""
-    perturb_block_(tensors, block, seed, mu, directions, scratch)
-    loss_plus = loss_at()
-    perturb_block_(tensors, block, seed, -2.0 * mu, directions, scratch)
-    loss_minus = loss_at()
-    perturb_block_(tensors, block, seed, mu, directions, scratch)
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        return math.nan, math.nan
-    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), 0.5 * (loss_plus + loss_minus)
 
 
 def layer_forwards_per_step(num_layers: int, split: int, p1: int, p2: int) -> int:

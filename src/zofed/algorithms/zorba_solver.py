@@ -27,16 +27,17 @@ import numpy as np
 from zofed.errors import ZofedError
 
 
-def proxy(a: np.ndarray, sizes: np.ndarray, penalty: float | None = None) -> float:
+def proxy(a: np.ndarray, sizes: np.ndarray, penalty: float | np.ndarray | None = None) -> float:
+    """B(a); `penalty` is one value for every uncovered block or one per block."""
     a = np.asarray(a, dtype=bool)
     sizes = np.asarray(sizes, dtype=float)
-    pen = float(sizes.sum()) if penalty is None else penalty
+    pen = np.broadcast_to(np.asarray(sizes.sum() if penalty is None else penalty, float), (a.shape[1],))
     d = a.astype(float) @ sizes
     c = a.sum(axis=0)
     total = 0.0
     for l in range(a.shape[1]):
         if c[l] == 0:
-            total += pen
+            total += float(pen[l])
         else:
             total += float(d[a[:, l]].sum()) / c[l] ** 2
     return total
@@ -55,7 +56,7 @@ def _check(base, budgets, block_mem):
 
 
 def solve(sizes, block_mem, base, budgets, eps: float = 0.0,
-          penalty: float | None = None, exact_limit: int = 2 ** 16) -> np.ndarray:
+          penalty: float | np.ndarray | None = None, exact_limit: int = 2 ** 16) -> np.ndarray:
     """Return a bool (N, L) assignment; every client trains at least one block."""
     sizes = np.asarray(sizes, float)
     block_mem = np.asarray(block_mem, float)

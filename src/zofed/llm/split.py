@@ -32,11 +32,17 @@ i; −1 for one used before the layers (a module of the layer list's parent regi
 list: embeddings, GPT-2's position embeddings); `num_layers` for one used only after them (final
 norm, an untied head). A head tied to the input embeddings is the same tensor, used before the
 layers, so it is −1: perturbing it changes the cache.
+
+`lowered(layers, dtype)` keeps chosen layers in a lower precision for a while (ZorBA's inactive
+blocks): their parameters and buffers are cast in place, one layer at a time, and hooks cast what
+flows in to the layer's dtype and what flows out back to the model's, so each lowered layer is a
+low-precision island with a full-precision interface and no other module needs to know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -143,6 +149,59 @@ class ModelSplit:
             positions.append(min(found))  # a tied tensor counts where it is first used
         return tuple(positions)
 
+    @contextmanager
+    def lowered(self, layers: Iterable[int], dtype: torch.dtype, keep_master: bool = True) -> Iterator[None]:
+        """Layers `layers` in `dtype` inside the block, as they were after it.
+
+        With `keep_master` the original tensors are kept and put back (exact restore: the local
+        runtime shares one model between all simulated clients); without, nothing is kept, so the
+        memory really falls (a client process of its own), and leaving the block casts back up.
+        The trainable view's tensors follow their parameters, so a lowered layer's full-precision
+        storage is referenced by nothing and freed.
+        """
+        module_list = self._layers[2]
+        chosen = sorted(set(layers))
+        bad = [layer for layer in chosen if not 0 <= layer < len(module_list)]
+        if bad:
+            raise ZofedError(f"layers {bad} are outside 0..{len(module_list) - 1}; pick layers of this model")
+        high = next(self.model.parameters()).dtype
+        holders_of: dict[int, list[torch.Tensor]] = {}
+        for tensor in self._tensors:
+            holders_of.setdefault(tensor.data_ptr(), []).append(tensor)
+        saved: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+        moved: list[list[torch.Tensor]] = []
+        hooks = []
+        for index in chosen:
+            layer = module_list[index]
+            for tensor in [*layer.parameters(), *layer.buffers()]:
+                if not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                holders = [tensor, *holders_of.get(tensor.data_ptr(), [])]
+                original = tensor.data
+                low = original.to(dtype)
+                for holder in holders:
+                    holder.data = low
+                moved.append(holders)
+                if keep_master:
+                    saved.append((holders, original))
+                del original
+            hooks.append(layer.register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True))
+            hooks.append(layer.register_forward_hook(_cast_output(high)))
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            if keep_master:
+                for holders, original in saved:
+                    for holder in holders:
+                        holder.data = original
+            else:
+                for holders in moved:
+                    restored = holders[0].data.to(high)
+                    for holder in holders:
+                        holder.data = restored
+
     def check_split(self, split: int) -> None:
         if not 1 <= split <= self.num_layers:
             raise ZofedError(
@@ -186,3 +245,25 @@ class ModelSplit:
 
     def suffix_loss(self, cache: SplitCache) -> float:
         return float(self.suffix_output(cache).loss)
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(item, dtype) for item in value)
+    return value
+
+
+def _cast_inputs(dtype: torch.dtype):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return _cast(args, dtype), {key: _cast(value, dtype) for key, value in kwargs.items()}
+
+    return hook
+
+
+def _cast_output(dtype: torch.dtype):
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        return _cast(output, dtype)
+
+    return hook

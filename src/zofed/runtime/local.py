@@ -36,6 +36,7 @@ from zofed.report import plot_run
 from zofed.runtime.client import KeptModel, receive_model_
 from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
+from zofed.runtime.memory_profile import with_memory_profile
 from zofed.runtime.screening import screen_replies
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 
@@ -91,6 +92,7 @@ def run_local(
     session_started = time.perf_counter()
     paths = RunPaths(config)
     _check_run_dir(paths, resume, overwrite)
+    config = with_memory_profile(config, resume)
     data = prepare_data(config)
     experiment = build_experiment(config, data)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)

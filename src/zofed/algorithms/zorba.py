@@ -1,0 +1,286 @@
+"""ZorBA (Meng, Tang, Wong, arXiv 2603.04436): each client trains only the blocks its memory allows.
+
+Blocks are the transformer layers. The server assigns client n a binary vector a_n over the
+layers under its memory budget (zorba_solver: minimise the convergence proxy B, then the total
+memory within (1 + eps)·B*). Client n then:
+
+  * keeps its inactive layers frozen in low precision (`inactive_dtype`, bf16 by default) and its
+    active layers, trainable tensors included, in full precision — so its memory really falls
+    with fewer active blocks;
+  * takes MeZO steps along directions of its active layers' trainable tensors only (tensor i's
+    direction is z(seed, i) for its index in the full view, so the server rebuilds it);
+  * uploads one (seed, g) per local step and the view ranges of each active layer.
+
+The server averages each block over the clients that trained it: θ_l += Σ_{n covers l} w_n Δ_{n,l}
+/ Σ_{n covers l} w_n (w_n = examples); a block nobody trained this round is unchanged.
+
+Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a client process of
+their own at start-up (runtime/memory_profile.py: peak RSS of a local step with 1, 2, 4, ...
+active layers, fitted by least squares) unless `memory_profile` is given. Budgets come from
+`budgets_mb` (one per client) or a named device profile: client n can hold a fraction f of the
+layers (f cycling through the profile's fractions, `DEVICE_PROFILES`), so its budget is base +
+max(1, round(f·L))·max_l m_l.
+
+Our choices where the paper's abstract is silent (all configurable):
+  - Tensors outside the layers (embeddings, final norm, an untied head) are never trained and stay
+    in the model's precision: the loss read off a bf16 head would drown the two-point difference.
+  - The assignment is solved once, at init, over all clients. `resolve_every` = R > 0 re-solves every
+    R rounds with each uncovered block's penalty grown by the rounds since it was last trained,
+    so tight budgets rotate coverage instead of leaving the same blocks untrained for ever.
+  - `eps` = 0.05: accept a 5% worse proxy for less total memory.
+  - One lr and mu for every block (MeZO's), seeds per step derived from the client's seed.
+  - Downlink: the weights, each client's inactive layers already in `inactive_dtype` (the client
+    would cast them on arrival anyway), so the downlink and the client's receive buffer shrink
+    with its budget too. The server places a tensor in a layer by its name (`layers.i`, GPT-2's
+    `h.i`); a tensor it cannot place travels in full precision.
+  - The local runtime simulates every client with one shared model, so it keeps the full-precision
+    originals of lowered layers and restores them after each client (numerics as a real client,
+    memory not); a client process of its own does not keep them (benchmarks/zorba_memory.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zofed.algorithms import zorba_solver
+from zofed.algorithms.base import AlgorithmEntry, ClientEnv, ServerState, Settings, register, zo_metrics
+from zofed.errors import ZofedError
+from zofed.messages import Message
+from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed
+from zofed.zo.blocks import block_estimate, from_ranges, perturb_block_, to_ranges
+
+LAYER_NAME = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# Fractions of the layers each client's memory can hold in full precision, cycled over clients: "mixed" is a phone / laptop / workstation spread, "constrained" small devices only.
+DEVICE_PROFILES: dict[str, tuple[float, ...]] = {
+    "uniform": (1.0,),
+    "mixed": (0.15, 0.4, 1.0),
+    "constrained": (0.1, 0.2, 0.3),
+}
+
+
+class MemoryProfile(BaseModel):
+    """A client's memory model: V(a) = base_mb + Σ_l a_l·block_mb[l]; block_params sizes the proxy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_mb: float = Field(gt=0)
+    block_mb: list[float] = Field(min_length=1)
+    block_params: list[int] = Field(min_length=1)
+    points: list[dict[str, float]] = Field(default_factory=list, description="measured (active_blocks, peak_mb)")
+    source: str = "given"
+
+    @model_validator(mode="after")
+    def _one_entry_per_block(self) -> "MemoryProfile":
+        if len(self.block_mb) != len(self.block_params):
+            raise ValueError("block_mb and block_params need one entry per block")
+        if min(self.block_mb) <= 0 or min(self.block_params) <= 0:
+            raise ValueError("every block needs positive memory and parameters")
+        return self
+
+
+class ZorbaSettings(Settings):
+    lr: float = Field(1e-3, gt=0)
+    mu: float = Field(1e-3, gt=0)
+    directions: Literal["gaussian", "pool"] = "gaussian"
+    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
+    inactive_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    budgets_mb: list[float] | None = Field(None, description="one budget per client; else device_profile")
+    device_profile: str = "mixed"
+    eps: float = Field(0.05, ge=0)
+    resolve_every: int = Field(0, ge=0, description="R: re-solve every R rounds (0: solve once)")
+    exact_limit: int = Field(2**16, ge=1, description="enumerate exactly while 2^(clients·blocks) <= this")
+    memory_profile: MemoryProfile | None = Field(None, description="measured at start-up when not given")
+    num_clients: int | None = Field(None, ge=1, description="filled from the run's clients")
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> "ZorbaSettings":
+        if self.budgets_mb is None and self.device_profile not in DEVICE_PROFILES:
+            raise ValueError(f"unknown device_profile '{self.device_profile}'; use one of "
+                             f"{', '.join(DEVICE_PROFILES)} or give budgets_mb")
+        if self.budgets_mb is not None and self.num_clients is not None and len(self.budgets_mb) != self.num_clients:
+            raise ValueError(f"budgets_mb has {len(self.budgets_mb)} entries for {self.num_clients} clients; "
+                             "give one budget per client")
+        return self
+
+
+def client_budgets(settings: ZorbaSettings, profile: MemoryProfile, num_clients: int) -> list[float]:
+    if settings.budgets_mb is not None:
+        return list(settings.budgets_mb)
+    fractions = DEVICE_PROFILES[settings.device_profile]
+    blocks = len(profile.block_mb)
+    largest = max(profile.block_mb)
+    # a device holding fraction f of the layers fits that many of the largest blocks, one at least
+    return [profile.base_mb + max(1, round(fractions[n % len(fractions)] * blocks)) * largest
+            for n in range(num_clients)]
+
+
+def plan(settings: ZorbaSettings, penalties: Sequence[float] | None = None) -> dict:
+    """The assignment of blocks to clients with what it was decided on, as JSON for the server's info."""
+    profile, num_clients = require_profile(settings), require_clients(settings)
+    budgets = client_budgets(settings, profile, num_clients)
+    sizes = np.asarray(profile.block_params, float)
+    penalty = None if penalties is None else np.asarray(penalties, float)
+    active = zorba_solver.solve(sizes, profile.block_mb, [profile.base_mb] * num_clients, budgets,
+                                eps=settings.eps, penalty=penalty, exact_limit=settings.exact_limit)
+    memory = zorba_solver.memory(active, [profile.base_mb] * num_clients, profile.block_mb)
+    return {
+        "active": [[int(layer) for layer in np.flatnonzero(row)] for row in active],
+        "proxy": zorba_solver.proxy(active, sizes, penalty),
+        "predicted_mb": [round(float(value), 1) for value in memory],
+        "budgets_mb": [round(float(value), 1) for value in budgets],
+        "uncovered": [int(layer) for layer in np.flatnonzero(~active.any(axis=0))],
+    }
+
+
+def require_profile(settings: ZorbaSettings) -> MemoryProfile:
+    if settings.memory_profile is None:
+        raise ZofedError("zorba needs a memory profile; run it through `zofed run` (which measures one at start-up) "
+                         "or give zorba.memory_profile {base_mb, block_mb, block_params}")
+    return settings.memory_profile
+
+
+def require_clients(settings: ZorbaSettings) -> int:
+    if settings.num_clients is None:
+        raise ZofedError("zorba needs the number of clients; run it through a config (clients: N) or set zorba.num_clients")
+    return settings.num_clients
+
+
+class Zorba:
+    def __init__(self, settings: ZorbaSettings) -> None:
+        self.settings = settings
+
+    def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
+        blocks = len(require_profile(self.settings).block_mb)
+        decided = plan(self.settings)
+        return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()},
+                           info={"seed": seed, "plan": decided, "plan_round": 1, "last_trained": [0] * blocks,
+                                 "plans": [{"round": 1, **decided}]})
+
+    def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
+        s = self.settings
+        active = state.info["plan"]["active"]
+        config = {"lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size,
+                  "inactive_dtype": s.inactive_dtype}
+        return [Message(kind="weights", round=round, config={**config, "active": active[client]},
+                        tensors=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
+                for client in clients]
+
+    def train(self, message: Message, env: ClientEnv) -> Message:
+        config = dict(message.config)
+        lr, mu = float(config["lr"]), float(config["mu"])
+        model = env.split
+        if model is None or not hasattr(model, "lowered"):
+            raise ZofedError("zorba needs a transformers model with a layer list (to lower inactive blocks); "
+                             "use a decoder-only causal LM, or another algorithm")
+        active = sorted(int(layer) for layer in config["active"])
+        by_layer = {layer: [i for i, at in enumerate(model.tensor_layers) if at == layer] for layer in active}
+        empty = [layer for layer, indices in by_layer.items() if not indices]
+        if empty:
+            raise ZofedError(f"zorba assigned layers {empty} but they hold no trainable tensors; "
+                             "train every layer (LoRA on all layers, or trainable.mode=full without trainable.layers)")
+        block = sorted(i for indices in by_layer.values() for i in indices)
+        inactive = [layer for layer in range(model.num_layers) if layer not in by_layer]
+        directions, scratch = make_directions(str(config["directions"]), int(config["pool_size"])), Scratch()
+        seeds, grads, losses, skipped = [], [], [], 0
+        with model.lowered(inactive, DTYPES[str(config["inactive_dtype"])]):
+            for step, batch in enumerate(env.batches):
+                seed = mix_seed(env.seed, step)
+                g, loss = block_estimate(env.tensors, block, partial(env.loss, batch), seed, mu, directions, scratch)
+                if not math.isfinite(g):
+                    skipped += 1
+                    continue
+                perturb_block_(env.tensors, block, seed, -lr * g, directions, scratch)
+                seeds.append(seed)
+                grads.append(g)
+                losses.append(loss)
+        metrics = {
+            **zo_metrics(env, losses, skipped),
+            "active_blocks": float(len(active)),
+            "active_params": float(sum(env.tensors[i].numel() for i in block)),
+        }
+        layers = {str(layer): to_ranges(indices) for layer, indices in by_layer.items()}
+        return Message(kind="seeds", round=message.round, config={"lr": lr, "layers": layers}, seeds=tuple(seeds),
+                       scalars=tuple(grads), metrics=metrics)
+
+    def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
+        s = self.settings
+        count = len(state.weights)
+        assigned = state.info["plan"]["active"]
+        usable = [(reply, layers) for client, reply in replies
+                  if (layers := reply_layers(reply, count, assigned[client])) is not None]
+        covering: dict[int, float] = {}
+        for reply, layers in usable:
+            for layer in layers:
+                covering[layer] = covering.get(layer, 0.0) + float(reply.metrics["num_examples"])
+        weights = [tensor.clone() for tensor in state.weights.values()]
+        directions, scratch = make_directions(s.directions, s.pool_size), Scratch()
+        for reply, layers in usable:
+            lr = float(reply.config["lr"])
+            for layer, indices in layers.items():
+                share = float(reply.metrics["num_examples"]) / covering[layer]
+                for seed, g in zip(reply.seeds, reply.scalars):
+                    perturb_block_(weights, indices, seed, -share * lr * g, directions, scratch)
+        last_trained = [round if layer in covering else at for layer, at in enumerate(state.info["last_trained"])]
+        info = {**state.info, "last_trained": last_trained}
+        if s.resolve_every and round % s.resolve_every == 0:
+            info = replan(s, info, round)
+        return ServerState(weights=dict(zip(state.weights, weights)), buffers=state.buffers, info=info)
+
+
+def client_precision(weights: Mapping[str, torch.Tensor], active: Sequence[int], low: torch.dtype) -> dict[str, torch.Tensor]:
+    """The weights as the client will hold them: its inactive layers' tensors already in `low`."""
+    kept = set(active)
+    return {name: tensor if (layer := name_layer(name)) is None or layer in kept else tensor.to(low)
+            for name, tensor in weights.items()}
+
+
+def name_layer(name: str) -> int | None:
+    """The layer a parameter name belongs to in transformers' decoder layer lists (`layers.i`, GPT-2's `h.i`)."""
+    match = LAYER_NAME.search(name)
+    return int(match.group(1)) if match else None
+
+
+def replan(settings: ZorbaSettings, info: Mapping, round: int) -> dict:
+    """Re-solve with each block's uncovered penalty grown by the rounds since it was last trained."""
+    sizes = require_profile(settings).block_params
+    base_penalty = float(sum(sizes))
+    penalties = [base_penalty * (1 + round - at) for at in info["last_trained"]]
+    decided = plan(settings, penalties)
+    return {**info, "plan": decided, "plan_round": round + 1, "plans": [*info["plans"], {"round": round + 1, **decided}]}
+
+
+def reply_layers(reply: Message, count: int, assigned: Sequence[int]) -> dict[int, list[int]] | None:
+    """layer -> view indices of a reply, or None when malformed or not the layers it was assigned."""
+    layers = reply.config.get("layers")
+    if not isinstance(layers, Mapping) or len(reply.seeds) != len(reply.scalars):
+        return None
+    if not isinstance(reply.config.get("lr"), (int, float)) or "num_examples" not in reply.metrics:
+        return None
+    try:
+        parsed = {int(layer): from_ranges(ranges, count) for layer, ranges in layers.items()}
+    except (TypeError, ValueError):
+        return None
+    if set(parsed) != set(assigned) or any(indices is None for indices in parsed.values()):
+        return None
+    flat = [i for indices in parsed.values() for i in indices]
+    if len(set(flat)) != len(flat):
+        return None
+    return parsed  # type: ignore[return-value]
+
+
+register(AlgorithmEntry(
+    name="zorba",
+    description="ZorBA: each client trains the blocks its memory budget allows, the rest frozen in bf16 (Meng et al., 2026)",
+    settings=ZorbaSettings,
+    build=Zorba,
+))

@@ -1,0 +1,129 @@
+"""ZorBA: block-wise aggregation, active blocks only, plans within budgets, coverage rotation."""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from zofed.algorithms import build_algorithm
+from zofed.algorithms.zorba import client_budgets, plan
+from zofed.errors import ZofedError
+from zofed.messages import Message
+
+from .toy import ToyProblem
+
+PROFILE = {"base_mb": 100.0, "block_mb": [10.0, 10.0], "block_params": [18, 3]}
+SETTINGS = {"lr": 0.02, "mu": 1e-3, "memory_profile": PROFILE, "num_clients": 3, "budgets_mb": [120, 120, 120]}
+
+
+class TwoLayerToy:
+    """The toy's weight is layer 0 and its bias layer 1; `lowered` records what it was asked to lower."""
+
+    num_layers = 2
+    tensor_layers = (0, 1)
+
+    def __init__(self) -> None:
+        self.lowered_calls: list[tuple[list[int], torch.dtype]] = []
+
+    @contextmanager
+    def lowered(self, layers, dtype, keep_master=True):
+        self.lowered_calls.append((list(layers), dtype))
+        yield
+
+
+def with_plan(algorithm, problem, active):
+    state = algorithm.init(problem.initial(), seed=0)
+    return dataclasses.replace(state, info={**state.info, "plan": {**state.info["plan"], "active": active}})
+
+
+def train(algorithm, problem, state, client, model=None):
+    model = model or TwoLayerToy()
+    [message] = algorithm.configure(state, 1, [client])
+    problem.weight.data.copy_(state.weights["weight"])
+    problem.bias.data.copy_(state.weights["bias"])
+    env = dataclasses.replace(problem.env(client, seed=100 + client), split=model)
+    reply = algorithm.train(message, env)
+    return reply, {"weight": problem.weight.data.clone(), "bias": problem.bias.data.clone()}
+
+
+def test_each_block_is_averaged_over_the_clients_that_trained_it():
+    problem, algorithm = ToyProblem(), build_algorithm("zorba", SETTINGS)
+    state = with_plan(algorithm, problem, [[0], [0, 1], [1]])
+    replies, finals = [], {}
+    for client in range(3):
+        reply, finals[client] = train(algorithm, problem, state, client)
+        replies.append((client, reply))
+    new = algorithm.aggregate(state, 1, replies)
+    examples = {client: float(reply.metrics["num_examples"]) for client, reply in replies}
+    # Manual: each block moves by the example-weighted mean of the local updates of its trainers.
+    for name, trainers in (("weight", (0, 1)), ("bias", (1, 2))):
+        total = sum(examples[c] for c in trainers)
+        expected = state.weights[name] + sum(examples[c] / total * (finals[c][name] - state.weights[name]) for c in trainers)
+        torch.testing.assert_close(new.weights[name], expected, atol=1e-6, rtol=1e-5)
+    assert new.info["last_trained"] == [1, 1]
+
+
+def test_a_client_trains_only_its_active_blocks_with_the_rest_lowered():
+    problem, algorithm = ToyProblem(), build_algorithm("zorba", SETTINGS)
+    state = with_plan(algorithm, problem, [[1], [0, 1], [1]])
+    model = TwoLayerToy()
+    reply, final = train(algorithm, problem, state, 0, model)
+    assert torch.equal(final["weight"], state.weights["weight"])  # layer 0 inactive: untouched
+    assert not torch.equal(final["bias"], state.weights["bias"])
+    assert model.lowered_calls == [([0], torch.bfloat16)]
+    assert reply.config["layers"] == {"1": [[1, 2]]} and reply.metrics["active_blocks"] == 1.0
+
+
+def test_a_reply_claiming_other_blocks_than_assigned_is_not_applied():
+    problem, algorithm = ToyProblem(), build_algorithm("zorba", SETTINGS)
+    state = with_plan(algorithm, problem, [[1], [0, 1], [1]])
+    reply, _ = train(algorithm, problem, state, 0)
+    forged = Message(kind="seeds", round=1, config={**reply.config, "layers": {"0": [[0, 1]], "1": [[1, 2]]}},
+                     seeds=reply.seeds, scalars=reply.scalars, metrics=reply.metrics)
+    new = algorithm.aggregate(state, 1, [(0, forged)])
+    assert all(torch.equal(new.weights[name], state.weights[name]) for name in state.weights)
+
+
+def test_plans_fit_every_budget_and_cost_less_memory_than_training_everything():
+    profile = {"base_mb": 400.0, "block_mb": [6.0] * 8, "block_params": [1000] * 8}
+    settings = build_algorithm("zorba", {"memory_profile": profile, "num_clients": 6,
+                                         "device_profile": "mixed"}).settings
+    budgets = client_budgets(settings, settings.memory_profile, 6)
+    assert budgets[0] < budgets[1] < budgets[2] == budgets[5]  # mixed: phone, laptop, workstation, cycled
+    decided = plan(settings)
+    assert all(v <= b + 1e-6 for v, b in zip(decided["predicted_mb"], decided["budgets_mb"]))
+    assert decided["uncovered"] == [] and all(decided["active"])
+    assert sum(decided["predicted_mb"]) < 6 * (400 + 8 * 6)
+
+
+def test_re_solving_rotates_blocks_that_tight_budgets_leave_untrained():
+    profile = {"base_mb": 100.0, "block_mb": [10.0] * 4, "block_params": [50] * 4}
+    algorithm = build_algorithm("zorba", {"lr": 0.02, "memory_profile": profile, "num_clients": 2,
+                                          "budgets_mb": [110, 110], "resolve_every": 1})
+    weights = {f"t{i}": torch.zeros(3) for i in range(4)}
+    state = algorithm.init(weights, seed=0)
+    covered = set()
+    for round in range(1, 5):
+        active = state.info["plan"]["active"]
+        covered |= {layer for row in active for layer in row}
+        replies = [(client, Message(kind="seeds", round=round, config={"lr": 0.02, "layers": {str(row[0]): [[row[0], row[0] + 1]]}},
+                                    seeds=(1,), scalars=(0.5,), metrics={"num_examples": 4.0}))
+                   for client, row in enumerate(active)]
+        state = algorithm.aggregate(state, round, replies)
+    assert covered == {0, 1, 2, 3}
+    assert len(state.info["plans"]) == 5
+
+
+def test_bad_budgets_are_one_line_errors(tmp_path):
+    from ..runtime.helpers import tiny_config
+
+    with pytest.raises(ZofedError, match="one budget per client"):
+        tiny_config(tmp_path, "zorba", "zorba.budgets_mb=[900]")
+    with pytest.raises(ZofedError, match="device_profile"):
+        tiny_config(tmp_path, "zorba", "zorba.device_profile=toaster")
+    algorithm = build_algorithm("zorba", {"memory_profile": PROFILE, "num_clients": 1, "budgets_mb": [105]})
+    with pytest.raises(ZofedError, match="cannot hold even one block"):
+        algorithm.init({"a": torch.zeros(1)}, seed=0)

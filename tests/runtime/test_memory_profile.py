@@ -1,0 +1,52 @@
+"""ZorBA's memory model measured at start-up, kept with the run, and honoured by a real client process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zofed.config import load_config
+from zofed.runtime.local import run_local
+from zofed.runtime.memory_profile import with_memory_profile
+
+from .helpers import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_profile_is_measured_once_kept_with_the_run_and_reused_on_resume(tmp_path):
+    config = tiny_config(tmp_path, "zorba", "rounds=2", "local.local_steps=3", "zorba.memory_profile=null")
+    assert run_local(config, show_progress=False, stop_after_round=1) is None
+    saved = yaml.safe_load((config.run_dir / "config.yaml").read_text())["zorba"]["memory_profile"]
+    assert saved["source"].startswith("measured") and len(saved["block_mb"]) == 4
+    assert [point["active_blocks"] for point in saved["points"]] == [1.0, 2.0, 4.0]
+    for point in saved["points"]:
+        cumulative = sum(saved["block_mb"][: int(point["active_blocks"])])
+        assert saved["base_mb"] + cumulative >= point["peak_mb"] - 1e-6  # never under-predicts a measured point
+    assert all(value > 0 for value in saved["block_mb"]) and saved["block_params"] == [896] * 4
+    resumed = with_memory_profile(config, resume=True)
+    assert resumed.algorithm_settings.memory_profile.model_dump() == saved
+    run_local(config, resume=True, show_progress=False)
+
+
+@pytest.mark.slow
+def test_a_smollm2_zorba_client_stays_within_its_budget(tmp_path):
+    """The smallest device of the 'mixed' profile: one real client round in a process of its own."""
+    config = with_memory_profile(load_config(ROOT / "configs" / "quickstart.yaml", [
+        "algorithm=zorba", "trainable.mode=full", "clients=3", "clients_per_round=3", "zorba.device_profile=mixed",
+        "local.local_steps=2", "local.batch_size=2", f"output_dir={tmp_path}"]))
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    output = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "zorba_memory.py"), "--child", str(config_path), "0"],
+        check=True, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+    ).stdout
+    row = json.loads(output.strip().splitlines()[-1])
+    assert len(row["active_blocks"]) < 30
+    assert row["peak_rss_mb"] <= row["budget_mb"], row
