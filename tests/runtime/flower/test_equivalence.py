@@ -18,8 +18,9 @@ pytest.importorskip("ray")
 
 SMALL = ("rounds=2", "local.local_steps=3", "eval.val_examples=8", "eval.test_examples=8", "eval.accuracy_examples=0")
 CASES = {
-    "weights-upload": (),
-    "seeds-upload-replay-downlink": ("fedmezo.upload=seeds", "fedmezo.downlink=replay"),
+    "weights-upload": ("fedmezo",),
+    "seeds-upload-replay-downlink": ("fedmezo", "fedmezo.upload=seeds", "fedmezo.downlink=replay"),
+    "zorba-blocks-in-bf16": ("zorba",),  # per-client messages, lowered layers restored between clients
 }
 
 
@@ -51,9 +52,10 @@ def assert_same_run(reference, other) -> None:
 def test_flower_simulation_matches_local(tmp_path, case):
     from zofed.runtime.flower.simulation import run_flower_sim
 
-    local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *CASES[case])
+    algorithm, *overrides = CASES[case]
+    local = tiny_config(tmp_path / "local", algorithm, *SMALL, *overrides)
     run_local(local, show_progress=False)
-    simulated = tiny_config(tmp_path / "sim", "fedmezo", *SMALL, *CASES[case], "runtime=flower-sim")
+    simulated = tiny_config(tmp_path / "sim", algorithm, *SMALL, *overrides, "runtime=flower-sim")
     summary = run_flower_sim(simulated, show_progress=False)
     assert summary["bytes_up"] == json.loads((local.run_dir / "summary.json").read_text())["bytes_up"]
     assert_same_run(local, simulated)
@@ -68,7 +70,7 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
 
     from zofed.cli import main
 
-    case = CASES["seeds-upload-replay-downlink"]
+    _, *case = CASES["seeds-upload-replay-downlink"]
     local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *case)
     run_local(local, show_progress=False)
     certificates = self_signed_certificates(tmp_path / "certificates")
