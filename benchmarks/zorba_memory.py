@@ -1,9 +1,10 @@
 """ZorBA against full-parameter FedMeZO, FedKSeed and backprop FedAvg: peak client memory, loss, bytes.
 
-Memory: each case is one client's round in a fresh process (as benchmarks/client_memory.py): the
-model is loaded, the peak-RSS window reset, the client decodes its encoded downlink and trains a
-few local steps; the peak is that window's VmHWM. A ZorBA client first puts its inactive layers in
-bf16 (a real client loads them so), then opens the window; it gets the plan's blocks for its
+Memory: each case is one client's round in a fresh process (`client_round_peak`, the same
+function the start-up profile uses): the model is loaded, the peak-RSS window reset, the client
+decodes its encoded downlink and trains a few local steps; the peak is that window's VmHWM. A
+ZorBA client first puts its inactive layers in bf16 (a real client loads them so; this also copies
+the model out of the weight file's memory map), then opens the window; it gets the plan's blocks for its
 device class (`zorba.device_profile`, clients 0/1/2 = smallest/middle/largest budget), and its peak
 is checked against its budget. Loss: the same config run by each method for `--rounds` rounds on
 the local runtime (same data, sampling, seeds), final test loss and bytes per client per round.
@@ -36,40 +37,30 @@ ZO_LR = ["fedmezo.lr=1e-5", "fedmezo.mu=1e-3", "fedkseed.lr=1e-5", "fedkseed.mu=
 
 def client_peak(config_json: str, client: int) -> dict:
     """One client's round in this (fresh) process; its peak RSS and, for ZorBA, its plan and budget."""
-    import torch  # noqa: F401  (imported before the window like every case)
-
     from zofed.algorithms import build_algorithm
     from zofed.algorithms.zorba import DTYPES
     from zofed.config import parse_config
-    from zofed.metrics import peak_rss_mb, reset_peak_rss
-    from zofed.runtime.client import receive_model_
-    from zofed.runtime.codec import decode, encode
     from zofed.runtime.experiment import build_experiment
-    from zofed.runtime.local import client_env
+    from zofed.runtime.memory_profile import client_round_peak, experiment_split
 
     config = parse_config(json.loads(config_json))
     experiment = build_experiment(config)
     method = build_algorithm(config.algorithm, config.algorithm_settings)
     state = method.init(experiment.view.state_dict(), config.seed)
-    outbox = [encode(method.configure(state, 1, [client])[0])]
-    del state
-    env = client_env(experiment, 1, client)
-    extra, lowering = {}, None
+    message = method.configure(state, 1, [client])[0]
+    extra, lower, dtype = {}, None, None
     if config.algorithm == "zorba":
-        plan = method.init({}, config.seed).info["plan"]
+        plan = state.info["plan"]
         active = plan["active"][client]
         extra = {"active_blocks": active, "budget_mb": plan["budgets_mb"][client],
                  "predicted_mb": plan["predicted_mb"][client]}
-        inactive = [layer for layer in range(env.split.num_layers) if layer not in active]
-        lowering = env.split.lowered(inactive, DTYPES[config.algorithm_settings.inactive_dtype], keep_master=False)
-        lowering.__enter__()
+        lower = [layer for layer in range(experiment_split(experiment).num_layers) if layer not in active]
+        dtype = DTYPES[config.algorithm_settings.inactive_dtype]
+    del state
     gc.collect()
-    resident = peak_rss_mb()
-    reset_peak_rss()
-    message, _ = receive_model_(decode(outbox.pop()), env.tensors, env.names, None)
-    method.train(message, env)
-    return {"algorithm": config.algorithm, "client": client, "resident_before_mb": round(resident, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "trainable_params": experiment.view.numel(), **extra}
+    peak = client_round_peak(experiment, method, message, client, lower, dtype)
+    return {"algorithm": config.algorithm, "client": client, **peak, "trainable_params": experiment.view.numel(),
+            **extra}
 
 
 def run_child(config, client: int) -> dict:

@@ -154,8 +154,9 @@ class ModelSplit:
         """Layers `layers` in `dtype` inside the block, as they were after it.
 
         With `keep_master` the original tensors are kept and put back (exact restore: the local
-        runtime shares one model between all simulated clients); without, nothing is kept, so the
-        memory really falls (a client process of its own), and leaving the block casts back up.
+        runtime shares one model between all simulated clients); without, nothing is kept and the
+        model no longer views its weight file, so the memory really falls (a client process of its
+        own), and leaving the block casts back up.
         The trainable view's tensors follow their parameters, so a lowered layer's full-precision
         storage is referenced by nothing and freed.
         """
@@ -187,6 +188,14 @@ class ModelSplit:
                 del original
             hooks.append(layer.register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True))
             hooks.append(layer.register_forward_hook(_cast_output(high)))
+        if not keep_master:
+            # transformers memory-maps the weight file: the lowered layers' full-precision pages stay
+            # resident while any tensor still views the file, so the rest is copied out of it too.
+            for tensor in [*self.model.parameters(), *self.model.buffers()]:
+                if tensor.is_floating_point() and tensor.dtype != dtype:
+                    copy = tensor.data.clone()
+                    for holder in [tensor, *holders_of.get(tensor.data_ptr(), [])]:
+                        holder.data = copy
         try:
             yield
         finally:

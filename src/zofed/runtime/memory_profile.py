@@ -2,8 +2,10 @@
 
 The profile runs in a child process of its own, as a client would: it builds the run's model and
 data, then for k = 1, a quarter, half and all layers active keeps the other layers in the
-method's low precision (without full-precision copies), resets the peak-RSS window and runs one
-local step of the method on client 0's first batch. The peaks are fitted by least squares to
+method's low precision (without full-precision copies, out of the weight file's memory map),
+resets the peak-RSS window and runs client 0's round as it would arrive: decode the encoded
+downlink (the weights in the client's precision), load it, one local step (`client_round_peak`,
+which benchmarks/zorba_memory.py uses for every method). The peaks are fitted by least squares to
 base + m·k; each layer's m_l is m scaled by its share of the layers' bytes, never below what
 moving its bytes to full precision costs (the floor matters on tiny models, where the peaks are
 interpreter noise), and base is the upper envelope max_k(peak_k − Σ_{l<k} m_l), so the model never
@@ -71,31 +73,61 @@ def measure_profile(config: RunConfig) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def experiment_split(experiment):
+    from zofed.llm.split import ModelSplit
+
+    return ModelSplit(experiment.model, experiment.view.tensors)
+
+
 def profile_points(num_layers: int) -> list[int]:
     return sorted({1, max(1, num_layers // 4), max(1, num_layers // 2), num_layers})
+
+
+def client_round_peak(experiment, algorithm, message, client: int, lower: list[int] | None, dtype=None) -> dict:
+    """One client's round as its own process runs it, from the downlink's bytes; peak RSS of the round.
+
+    `lower`: layers to hold in `dtype` for the whole round (a ZorBA client loads them so), or None.
+    The encoded downlink is resident when the window opens, as bytes from the network would be.
+    """
+    from contextlib import nullcontext
+
+    from zofed.metrics import peak_rss_mb, reset_peak_rss
+    from zofed.runtime.client import receive_model_
+    from zofed.runtime.codec import decode, encode
+    from zofed.runtime.local import client_env
+
+    outbox = [encode(message)]
+    del message
+    env = client_env(experiment, 1, client)
+    with nullcontext() if lower is None else env.split.lowered(lower, dtype, keep_master=False):
+        gc.collect()
+        resident = peak_rss_mb()
+        reset_peak_rss()
+        # pop: the client owns the only reference to the bytes, so they can go once decoded
+        received, _ = receive_model_(decode(outbox.pop()), env.tensors, env.names, None)
+        algorithm.train(received, env)
+        peak = peak_rss_mb()
+    return {"resident_before_mb": round(resident, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def _measure(config: RunConfig) -> dict:
     import torch
 
     from zofed.algorithms import build_algorithm
-    from zofed.algorithms.zorba import DTYPES
+    from zofed.algorithms.zorba import DTYPES, client_precision
     from zofed.messages import Message
-    from zofed.metrics import peak_rss_mb, reset_peak_rss
     from zofed.runtime.experiment import build_experiment, prepare_data
-    from zofed.runtime.local import client_env
 
     settings = config.algorithm_settings
     config = parse_config(config.to_dict() | {"local": {**config.to_dict()["local"], "local_steps": 1}})
     experiment = build_experiment(config, prepare_data(config))
     algorithm = build_algorithm(config.algorithm, settings)
-    env = client_env(experiment, 1, 0)
-    split = env.split
+    split = experiment_split(experiment)
     layers = split.num_layers
     low = DTYPES[settings.inactive_dtype]
     block_params = [0] * layers
     saved_bytes = [0.0] * layers
-    for tensor, layer in zip(env.tensors, split.tensor_layers):
+    for tensor, layer in zip(experiment.view.tensors, split.tensor_layers):
         if 0 <= layer < layers:
             block_params[layer] += tensor.numel()
     module_list = split._layers[2]
@@ -107,14 +139,13 @@ def _measure(config: RunConfig) -> dict:
         raise ZofedError("every layer needs trainable tensors for a block profile; train all layers")
     points = []
     for active in profile_points(layers):
-        with split.lowered(range(active, layers), low, keep_master=False):
-            gc.collect()
-            reset_peak_rss()
-            message = Message(kind="weights", round=1, config={
-                "lr": 0.0, "mu": settings.mu, "directions": settings.directions, "pool_size": settings.pool_size,
-                "inactive_dtype": settings.inactive_dtype, "active": list(range(active))})
-            algorithm.train(message, client_env(experiment, 1, 0))
-            points.append({"active_blocks": float(active), "peak_mb": round(peak_rss_mb(), 1)})
+        config_of_round = {"lr": 0.0, "mu": settings.mu, "directions": settings.directions,
+                           "pool_size": settings.pool_size, "inactive_dtype": settings.inactive_dtype,
+                           "active": list(range(active))}
+        message = Message(kind="weights", round=1, config=config_of_round,
+                          tensors=client_precision(experiment.view.state_dict(), range(active), low))
+        peak = client_round_peak(experiment, algorithm, message, 0, list(range(active, layers)), low)["peak_rss_mb"]
+        points.append({"active_blocks": float(active), "peak_mb": peak})
     ks = np.array([p["active_blocks"] for p in points])
     peaks = np.array([p["peak_mb"] for p in points])
     slope = float(np.polyfit(ks, peaks, 1)[0]) if len(points) > 1 else 0.0
