@@ -80,6 +80,9 @@ def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:
     if "setup_s" in clients[0]:
         result["client_setup_s_mean"] = statistics.mean(client["setup_s"] for client in clients)
         result["model_load_s_per_round"] = [max(c["model_load_s"] for c in row["per_client"]) for row in rows]
+        # CPU seconds: what the load costs on a core of its own, whatever else the machine runs.
+        result["model_load_cpu_s_per_round"] = [max(c["model_load_cpu_s"] for c in row["per_client"]) for row in rows]
+        result["imports_cpu_s_mean"] = statistics.mean(c.get("imports_cpu_s", 0.0) for row in later for c in row["per_client"])
         result["breakdown_after_first"] = breakdown(later, parallel_clients)
     for key in ("flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes"):
         if key in summary:

@@ -7,7 +7,7 @@ message cost before training (`seconds`): `setup_s` = `model_load_s` (from the s
 cache, LoRA applied) + data preparation and tokenisation (~0 when cached); and, for the first
 message a process serves, `process_start_s` (interpreter start, Flower's imports and pulling the
 message, up to importing this module) and `imports_s` (this module's imports: torch,
-transformers, zofed). A simulation's worker pays those once; a deployment pays them per message.
+transformers, zofed); `*_cpu_s`: the same in CPU seconds, the cost on an idle core. A simulation's worker pays those once; a deployment pays them per message.
 
 Node config keys (`flower-supernode --node-config`, all optional except in deployment
 `partition-id`): `partition-id` (the client id), `model` and `data-path` (node-local paths that
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-_IMPORTS_STARTED = time.time()
+_IMPORTS_STARTED, _IMPORTS_CPU_STARTED = time.time(), time.process_time()
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -41,6 +41,7 @@ app = ClientApp()
 _PROCESS_COSTS = {
     "process_start_s": max(0.0, _IMPORTS_STARTED - psutil.Process().create_time()),
     "imports_s": time.time() - _IMPORTS_STARTED,
+    "imports_cpu_s": time.process_time() - _IMPORTS_CPU_STARTED,  # what they cost on a core of their own
 }
 
 # One experiment per process: (config JSON, experiment, algorithm). A new config replaces it.
@@ -60,13 +61,13 @@ def train(message: Message, context: Context) -> Message:
     client = partition_id(context)
     config = node_run_config(context)
     setup_started = time.perf_counter()
-    experiment, algorithm, model_load_s = cached_experiment(config)
+    experiment, algorithm, model_load = cached_experiment(config)
     setup_s = time.perf_counter() - setup_started
     store = kept_store(context, config)
     uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
     runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "setup_s": setup_s,
-               "model_load_s": model_load_s, **_PROCESS_COSTS}
+               **model_load, **_PROCESS_COSTS}
     _PROCESS_COSTS.clear()
     return Message(pack(uplink, runtime), reply_to=message)
 
@@ -99,16 +100,17 @@ def node_run_config(context: Context) -> RunConfig:
     return config
 
 
-def cached_experiment(config: RunConfig) -> tuple[Experiment, Algorithm, float]:
-    """The process's experiment for this config, and the seconds this call spent loading the model."""
+def cached_experiment(config: RunConfig) -> tuple[Experiment, Algorithm, dict[str, float]]:
+    """The process's experiment for this config, and what this call spent loading the model
+    (wall and CPU seconds; CPU is what it costs on a core of its own, on a busy machine too)."""
     key = json.dumps(config.to_dict(), sort_keys=True)
     if _CACHE and _CACHE[0][0] == key:
-        return _CACHE[0][1], _CACHE[0][2], 0.0
+        return _CACHE[0][1], _CACHE[0][2], {"model_load_s": 0.0, "model_load_cpu_s": 0.0}
     _CACHE.clear()
     data = prepare_data(config)
-    load_started = time.perf_counter()
+    load_started, load_cpu_started = time.perf_counter(), time.process_time()
     model = build_model(config)
-    model_load_s = time.perf_counter() - load_started
+    model_load = {"model_load_s": time.perf_counter() - load_started, "model_load_cpu_s": time.process_time() - load_cpu_started}
     experiment = build_experiment(config, data, model)
     _CACHE.append((key, experiment, build_algorithm(config.algorithm, config.algorithm_settings)))
-    return experiment, _CACHE[0][2], model_load_s
+    return experiment, _CACHE[0][2], model_load

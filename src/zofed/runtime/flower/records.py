@@ -30,7 +30,7 @@ LARGE_PAYLOAD = "zofed.large"  # ArrayRecord: "message", a uint8 Array of the co
 RUN = "zofed.run"  # ConfigRecord: the run's config, sent once per node
 NODE = "zofed.node"  # ConfigRecord: the node's partition id, in a query reply
 KEPT = "zofed.kept"  # ArrayRecord in Context state: the client's kept model (safetensors bytes, version in metadata)
-RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s", "model_load_s", "process_start_s", "imports_s")
+RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s", "model_load_s", "model_load_cpu_s", "process_start_s", "imports_s", "imports_cpu_s")
 
 
 def pack(data: bytes, runtime: dict[str, float] | None = None) -> RecordDict:
