@@ -3,11 +3,13 @@
 Runs the config three times (local, flower-sim, flower on a loopback SuperLink with one
 SuperNode per client), then reports per runtime: the median round time after the first round
 (the first pays model loads and Ray start), the overhead against local, and for the Flower
-runtimes what a client spent training (`seconds`) and building its model and data (`setup_s`; a
-deployment's fresh ClientApp process per message pays it every round), the rest of the round
-being transport, polling and process start; plus the ledger's codec bytes, Flower's encoding of
-the same messages and, in deployment, the SuperLink's TCP bytes. All three runs must end with
-bit-identical weights (checked).
+runtimes a breakdown of the round (the slowest client's process start, imports, model load, data
+and training, as its ClientApp measured them; the rest of the exchange = transport, polling and
+queueing; the server's aggregation, evaluation and checkpoint): a simulation's Ray workers pay
+the start, imports and load once, a deployment's fresh ClientApp process per message every
+round. Plus the ledger's codec bytes, Flower's encoding of the same messages and, in deployment,
+the SuperLink's TCP bytes, as ratios for the uplink. All three runs must end with bit-identical
+weights (checked).
 
     .venv/bin/python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--rounds 4] [key=value ...]
 """
@@ -53,7 +55,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
                 federation.stop_all()
         rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
         weights[runtime] = load_file(str(config.run_dir / "final.safetensors"))
-        results[runtime] = describe(rows, summary)
+        results[runtime] = describe(rows, summary, parallel_clients=runtime == "flower" or config.flower.sim_workers > 1)
     local_round = results["local"]["round_s_median_after_first"]
     for runtime, result in results.items():
         result["overhead_vs_local"] = result["round_s_median_after_first"] / local_round - 1.0
@@ -65,7 +67,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
             "bit_identical_final_weights": identical, "runtimes": results}
 
 
-def describe(rows: list[dict], summary: dict) -> dict:
+def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:
     later = rows[1:] or rows
     clients = [client for row in later for client in row["per_client"]]
     result = {
@@ -77,10 +79,46 @@ def describe(rows: list[dict], summary: dict) -> dict:
     }
     if "setup_s" in clients[0]:
         result["client_setup_s_mean"] = statistics.mean(client["setup_s"] for client in clients)
+        result["model_load_s_per_round"] = [max(c["model_load_s"] for c in row["per_client"]) for row in rows]
+        # CPU seconds: what the load costs on a core of its own, whatever else the machine runs.
+        result["model_load_cpu_s_per_round"] = [max(c["model_load_cpu_s"] for c in row["per_client"]) for row in rows]
+        result["imports_cpu_s_mean"] = statistics.mean(c.get("imports_cpu_s", 0.0) for row in later for c in row["per_client"])
+        result["breakdown_after_first"] = breakdown(later, parallel_clients)
     for key in ("flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes"):
         if key in summary:
             result[key] = summary[key]
+    if "flower_bytes_up" in summary:
+        # Seeds-and-scalars payloads are small: Flower's framing of them is the overhead that matters.
+        result["uplink_flower_over_ledger"] = summary["flower_bytes_up"] / summary["bytes_up"]
+        replies = sum(len(row["per_client"]) for row in rows)
+        result["uplink_payload_bytes_per_reply"] = summary["bytes_up"] / replies
+        result["uplink_flower_framing_bytes_per_reply"] = (summary["flower_bytes_up"] - summary["bytes_up"]) / replies
+        if "superlink_tcp_bytes" in summary:  # everything the SuperNodes sent: replies, polls, heartbeats
+            result["uplink_tcp_over_ledger"] = summary["superlink_tcp_bytes"]["nodes_received"] / summary["bytes_up"]
     return result
+
+
+def breakdown(rows: list[dict], parallel_clients: bool) -> dict:
+    """Where a Flower round's seconds went, medians over rounds: the clients' process start,
+    imports, model load, data and training (the slowest client's when they run side by side, one
+    SuperNode each; their sum when one worker runs them in turn); the rest of the exchange
+    (transport, polling, queueing) and the server's own work (aggregation, evaluation, checkpoint)."""
+    keys = {"process_start_s": "process_start_s", "imports_s": "imports_s", "model_load_s": "model_load_s", "compute_s": "seconds"}
+    parts = []
+    for row in rows:
+        per_client = [{part: c.get(key, 0.0) for part, key in keys.items()} | {"data_s": c["setup_s"] - c["model_load_s"]}
+                      for c in row["per_client"]]
+        if parallel_clients:
+            client = max(per_client, key=lambda c: sum(c.values()))
+        else:
+            client = {part: sum(c[part] for c in per_client) for part in per_client[0]}
+        parts.append({
+            **client,
+            "transport_polling_s": row["flower_exchange_s"] - sum(client.values()),
+            "server_s": row["seconds"] - row["flower_exchange_s"],
+            "round_s": row["seconds"],
+        })
+    return {key: statistics.median(part[key] for part in parts) for key in parts[0]}
 
 
 def main() -> int:

@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     superlink.add_argument("--ssl-keyfile", default=None, help="server private key")
     superlink.add_argument("--ssl-ca-certfile", default=None, help="CA certificate that signed the server's")
     superlink.add_argument("--database", default=None, help="state file (default: in memory)")
+    superlink.add_argument("--enable-supernode-auth", action="store_true",
+                           help="accept only SuperNodes whose public key was registered (`zofed flower register`; TLS required)")
     superlink.set_defaults(handler=_flower_superlink)
     supernode = flower_commands.add_parser("supernode", help="one client: trains partition K of the run's data")
     supernode.add_argument("--partition-id", type=int, required=True, help="the client id this node plays")
@@ -95,7 +97,18 @@ def _parser() -> argparse.ArgumentParser:
     supernode.add_argument("--data-path", default=None, help="node-local data path (default: the run's)")
     supernode.add_argument("--state-dir", default=None, help="keep the client's model here across rounds and restarts")
     supernode.add_argument("--root-certificates", default=None, help="CA certificate of a TLS SuperLink")
+    supernode.add_argument("--auth-private-key", default=None,
+                           help="this node's private key (`zofed flower keys`), for a SuperLink with --enable-supernode-auth")
     supernode.set_defaults(handler=_flower_supernode)
+    keys = flower_commands.add_parser("keys", help="a new key pair for one SuperNode (SuperNode authentication)")
+    keys.add_argument("directory", help="where to write NAME (private, mode 600) and NAME.pub")
+    keys.add_argument("--name", default="supernode", help="file name of the pair (default supernode)")
+    keys.set_defaults(handler=_flower_keys)
+    register = flower_commands.add_parser("register", help="allow a SuperNode's public key on a SuperLink with --enable-supernode-auth")
+    register.add_argument("public_key", help="the node's NAME.pub from `zofed flower keys`")
+    register.add_argument("--superlink", default="127.0.0.1:9093", help="HOST:PORT of the SuperLink")
+    register.add_argument("--root-certificates", default=None, help="CA certificate of the SuperLink (TLS)")
+    register.set_defaults(handler=_flower_register)
 
     bench = commands.add_parser("bench", help="micro-benchmarks")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
@@ -150,19 +163,38 @@ def _compare(args: argparse.Namespace) -> int:
 def _flower_superlink(args: argparse.Namespace) -> int:
     from zofed.runtime.flower.deployment import flower_env, superlink_command
 
-    command = superlink_command(args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile, args.database)
+    command = superlink_command(args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile, args.database,
+                                args.enable_supernode_auth)
     os.execve(command[0], command, flower_env())  # becomes the SuperLink: same pid, signals reach it
 
 
 def _flower_supernode(args: argparse.Namespace) -> int:
     from zofed.runtime.flower.deployment import flower_env, supernode_command
 
+    private_key = str(Path(args.auth_private_key).resolve()) if args.auth_private_key else None
     node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir}
     # Paths that exist are made absolute (ClientApps run elsewhere); names (tiny-llama, hub ids) pass as given.
     node_config = {key: str(Path(value).resolve()) if Path(value).exists() else value
                    for key, value in node_config.items() if value is not None}
-    command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates)
+    command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates, private_key)
     os.execve(command[0], command, flower_env())
+
+
+def _flower_keys(args: argparse.Namespace) -> int:
+    from zofed.runtime.flower.deployment import write_supernode_keys
+
+    private, public = write_supernode_keys(Path(args.directory), args.name)
+    # Paths only: the private key's contents never reach a terminal or a log.
+    print(json.dumps({"private_key": str(private), "public_key": str(public)}))
+    return 0
+
+
+def _flower_register(args: argparse.Namespace) -> int:
+    from zofed.runtime.flower.deployment import register_supernode
+
+    node_id = register_supernode(args.public_key, args.superlink, args.root_certificates)
+    print(json.dumps({"public_key": args.public_key, "node_id": node_id}))
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

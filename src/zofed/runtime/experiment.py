@@ -128,9 +128,11 @@ def build_model(config: RunConfig) -> tuple[LoadedModel, TrainableView]:
     return loaded, trainable_view(loaded, trainable.mode, trainable.layers)
 
 
-def build_experiment(config: RunConfig, data: FederatedData | None = None) -> Experiment:
+def build_experiment(
+    config: RunConfig, data: FederatedData | None = None, model: tuple[LoadedModel, TrainableView] | None = None
+) -> Experiment:
     data = data or prepare_data(config)
-    loaded, view = build_model(config)
+    loaded, view = model or build_model(config)
     max_length = config.data.max_length or data.task.default_max_length
     tokenizer = loaded.tokenizer
 

@@ -32,7 +32,6 @@ from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.llm.split import ModelSplit
 from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
-from zofed.report import plot_run
 from zofed.runtime.client import KeptModel, receive_model_
 from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
@@ -126,6 +125,8 @@ def run_local(
         "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
         "data_hashes": data_fingerprint(experiment),
     }
+    from zofed.report import plot_run  # matplotlib: not for a ClientApp process, which imports this module per message
+
     plot_run(extra["history"], extra["initial"]["eval_loss"], paths.root / "report.png", f"{config.name}: {config.algorithm}")
     _write_json(paths.summary, summary)
     return summary

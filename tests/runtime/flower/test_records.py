@@ -32,3 +32,19 @@ def test_kept_models_round_trip_in_context_state_and_files(tmp_path):
         assert loaded.version == 3 and all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(kept.tensors, loaded.tensors))
         store.save(0, None)
         assert store.load(0) is None
+
+
+def test_runtime_measurements_cost_little_more_than_their_floats():
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from zofed.runtime.flower.records import RUNTIME_KEYS
+
+    def flower_bytes(content) -> int:
+        return sum(len(part.deflate()) for part in get_all_nested_objects(content).values())
+
+    data = bytes(237)  # a two-step seed upload
+    measured = {key: 1.0 + i for i, key in enumerate(RUNTIME_KEYS)}
+    assert runtime_measurements(pack(data, measured)) == measured
+    assert flower_bytes(pack(data, measured)) - flower_bytes(pack(data)) <= 8 * len(RUNTIME_KEYS) + 32
+    with pytest.raises(ValueError, match="unknown"):
+        pack(data, {"secnds": 1.0})

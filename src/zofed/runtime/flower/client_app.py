@@ -2,9 +2,12 @@
 
 The experiment (model, data, partitions) is built once per process and reused while the config
 stays the same: a simulation's Ray worker serves every round from one copy; a deployment's
-fresh ClientApp process per message pays it every time: `setup_s` in each client's metrics row is
-that cost (model load from the safetensors cache plus data preparation and tokenisation; ~0
-when cached).
+fresh ClientApp process per message pays it every time. Each client's metrics row says what the
+message cost before training (`seconds`): `setup_s` = `model_load_s` (from the safetensors
+cache, LoRA applied) + data preparation and tokenisation (~0 when cached); and, for the first
+message a process serves, `process_start_s` (interpreter start, Flower's imports and pulling the
+message, up to importing this module) and `imports_s` (this module's imports: torch,
+transformers, zofed); `*_cpu_s`: the same in CPU seconds, the cost on an idle core. A simulation's worker pays those once; a deployment pays them per message.
 
 Node config keys (`flower-supernode --node-config`, all optional except in deployment
 `partition-id`): `partition-id` (the client id), `model` and `data-path` (node-local paths that
@@ -13,21 +16,33 @@ replace the config's), `state-dir` (keep the client's model in a file there, not
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
+_IMPORTS_STARTED, _IMPORTS_CPU_STARTED = time.time(), time.process_time()
 
-from zofed.algorithms import Algorithm, build_algorithm
-from zofed.config import RunConfig, parse_config
-from zofed.errors import ZofedError
-from zofed.runtime.experiment import Experiment, build_experiment
-from zofed.runtime.flower.records import NODE, RUN, ContextKeptStore, FileKeptStore, pack, unpack
-from zofed.runtime.local import client_round
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from zofed.algorithms import Algorithm, build_algorithm  # noqa: E402
+from zofed.config import RunConfig, parse_config  # noqa: E402
+from zofed.errors import ZofedError  # noqa: E402
+from zofed.runtime.experiment import Experiment, build_experiment, build_model, prepare_data  # noqa: E402
+from zofed.runtime.flower.records import NODE, RUN, ContextKeptStore, FileKeptStore, pack, unpack  # noqa: E402
+from zofed.runtime.local import client_round  # noqa: E402
 
 app = ClientApp()
+
+# What this process paid before it could serve its first message, reported once (then emptied).
+_PROCESS_COSTS = {
+    "process_start_s": max(0.0, _IMPORTS_STARTED - psutil.Process().create_time()),
+    "imports_s": time.time() - _IMPORTS_STARTED,
+    "imports_cpu_s": time.process_time() - _IMPORTS_CPU_STARTED,  # what they cost on a core of their own
+}
 
 # One experiment per process: (config JSON, experiment, algorithm). A new config replaces it.
 _CACHE: list[tuple[str, Experiment, Algorithm]] = []
@@ -37,6 +52,7 @@ _CACHE: list[tuple[str, Experiment, Algorithm]] = []
 def hello(message: Message, context: Context) -> Message:
     """Keep the run's config in the node's state and tell the server which client this node is."""
     context.state[RUN] = ConfigRecord({"config": str(message.content.config_records[RUN]["config"])})
+    _PROCESS_COSTS.clear()  # paid before the run's rounds, not by the first round's message
     return Message(RecordDict({NODE: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=message)
 
 
@@ -45,12 +61,14 @@ def train(message: Message, context: Context) -> Message:
     client = partition_id(context)
     config = node_run_config(context)
     setup_started = time.perf_counter()
-    experiment, algorithm = cached_experiment(config)
+    experiment, algorithm, model_load = cached_experiment(config)
     setup_s = time.perf_counter() - setup_started
     store = kept_store(context, config)
     uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
-    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "setup_s": setup_s}
+    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "setup_s": setup_s,
+               **model_load, **_PROCESS_COSTS}
+    _PROCESS_COSTS.clear()
     return Message(pack(uplink, runtime), reply_to=message)
 
 
@@ -82,11 +100,17 @@ def node_run_config(context: Context) -> RunConfig:
     return config
 
 
-def cached_experiment(config: RunConfig) -> tuple[Experiment, Algorithm]:
+def cached_experiment(config: RunConfig) -> tuple[Experiment, Algorithm, dict[str, float]]:
+    """The process's experiment for this config, and what this call spent loading the model
+    (wall and CPU seconds; CPU is what it costs on a core of its own, on a busy machine too)."""
     key = json.dumps(config.to_dict(), sort_keys=True)
-    if not _CACHE or _CACHE[0][0] != key:
-        _CACHE.clear()
-        experiment = build_experiment(config)
-        _CACHE.append((key, experiment, build_algorithm(config.algorithm, config.algorithm_settings)))
-    _, experiment, algorithm = _CACHE[0]
-    return experiment, algorithm
+    if _CACHE and _CACHE[0][0] == key:
+        return _CACHE[0][1], _CACHE[0][2], {"model_load_s": 0.0, "model_load_cpu_s": 0.0}
+    _CACHE.clear()
+    data = prepare_data(config)
+    load_started, load_cpu_started = time.perf_counter(), time.process_time()
+    model = build_model(config)
+    model_load = {"model_load_s": time.perf_counter() - load_started, "model_load_cpu_s": time.process_time() - load_cpu_started}
+    experiment = build_experiment(config, data, model)
+    _CACHE.append((key, experiment, build_algorithm(config.algorithm, config.algorithm_settings)))
+    return experiment, _CACHE[0][2], model_load

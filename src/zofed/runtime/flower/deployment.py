@@ -17,6 +17,13 @@ installation is off, so nothing is fetched), and model and data paths are the no
 (node config `model`, `data-path`). Without certificate paths everything is insecure, meant for
 127.0.0.1; with them the SuperLink serves TLS and SuperNodes and `flwr run` check it against the
 CA certificate (`flower.root_certificates`).
+
+SuperNode authentication is Flower's own: each SuperNode holds an EC private key
+(`zofed flower keys` writes a P-384 pair in OpenSSH format, the private file readable by its
+owner only), the SuperLink runs with `--enable-supernode-auth` (TLS required) and accepts only
+nodes whose public key was registered with it (`zofed flower register`, which is `flwr supernode
+register`); a node signs its requests with its private key (`--auth-private-key`). Key contents
+are never printed or logged by zofed: commands carry paths.
 """
 
 from __future__ import annotations
@@ -78,9 +85,15 @@ def superlink_command(
     keyfile: str | None = None,
     ca_certfile: str | None = None,
     database: str | None = None,
+    enable_supernode_auth: bool = False,
 ) -> list[str]:
     command = [_script("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
-    command += _tls_or_insecure(certfile=certfile, keyfile=keyfile, ca_certfile=ca_certfile)
+    tls = _tls_or_insecure(certfile=certfile, keyfile=keyfile, ca_certfile=ca_certfile)
+    command += tls
+    if enable_supernode_auth:
+        if tls == ["--insecure"]:
+            raise ZofedError("SuperNode authentication needs TLS: give --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile too")
+        command += ["--enable-supernode-auth"]
     if database:
         command += ["--database", database]
     return command
@@ -92,6 +105,7 @@ def supernode_command(
     port: int = 9094,
     node_config: dict[str, str] | None = None,
     root_certificates: str | None = None,
+    auth_private_key: str | None = None,
 ) -> list[str]:
     entries = {"partition-id": partition_id, **(node_config or {})}
     rendered = " ".join(f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in entries.items())
@@ -100,7 +114,53 @@ def supernode_command(
         command += ["--root-certificates", root_certificates]
     else:
         command += ["--insecure"]
+    if auth_private_key:
+        if not root_certificates:
+            raise ZofedError("SuperNode authentication needs TLS: give --root-certificates (the SuperLink's CA) too")
+        if not Path(auth_private_key).is_file():
+            raise ZofedError(f"private key file '{auth_private_key}' not found; create one with `zofed flower keys`")
+        command += ["--auth-supernode-private-key", auth_private_key]
     return command
+
+
+def write_supernode_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """A new EC P-384 key pair for one SuperNode, in the OpenSSH formats Flower reads: the private
+    key in `directory/name` (mode 600), the public key in `directory/name.pub`. Returns both paths."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = directory / name, directory / f"{name}.pub"
+    if private_path.exists() or public_path.exists():
+        raise ZofedError(f"'{private_path}' already exists; pick another --name or remove the old pair first")
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    # Created readable by the owner only, before a byte of the key is written.
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as output:
+        output.write(private)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    public_path.write_bytes(public + b"\n")
+    return private_path, public_path
+
+
+def register_supernode(public_key: str, superlink: str, root_certificates: str | None) -> int:
+    """Register a SuperNode's public key with the SuperLink (`flwr supernode register`); its node id."""
+    if not Path(public_key).is_file():
+        raise ZofedError(f"public key file '{public_key}' not found; create a pair with `zofed flower keys`")
+    with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as home:
+        Path(home, "config.toml").write_text(_connection_toml(superlink, root_certificates))
+        env = {**flower_env(), "FLWR_HOME": home}
+        command = [_script("flwr"), "supernode", "register", str(Path(public_key).resolve()), "zofed", "--format", "json"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    try:
+        answer = json.loads(result.stdout[result.stdout.index("{"):])
+    except ValueError:
+        answer = {}
+    if result.returncode != 0 or not answer.get("success"):
+        reason = answer.get("error-message") or (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ZofedError(f"the SuperLink at {superlink} did not register '{public_key}': {reason}")
+    return int(answer["node-id"])
 
 
 def run_flower(
@@ -116,7 +176,7 @@ def run_flower(
         app.mkdir()
         home.mkdir()
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
-        (home / "config.toml").write_text(_connection_toml(config))
+        (home / "config.toml").write_text(_connection_toml(config.superlink, config.flower.root_certificates))
         overrides = Path(scratch) / "run-config.toml"
         overrides.write_text(
             f"config-json = {json.dumps(json.dumps(config.to_dict()))}\n"
@@ -133,10 +193,11 @@ def run_flower(
     return json.loads(summary_path.read_text())
 
 
-def _connection_toml(config: RunConfig) -> str:
-    lines = ["[superlink]", 'default = "zofed"', "", "[superlink.zofed]", f"address = {json.dumps(config.superlink)}"]
-    if config.flower.root_certificates:
-        lines.append(f"root-certificates = {json.dumps(str(Path(config.flower.root_certificates).resolve()))}")
+def _connection_toml(superlink: str, root_certificates: str | None) -> str:
+    """`flwr`'s connection file: the SuperLink's address, and its CA certificate or insecure."""
+    lines = ["[superlink]", 'default = "zofed"', "", "[superlink.zofed]", f"address = {json.dumps(superlink)}"]
+    if root_certificates:
+        lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}")
     else:
         lines.append("insecure = true")
     return "\n".join(lines) + "\n"

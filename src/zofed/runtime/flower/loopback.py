@@ -90,6 +90,35 @@ class LoopbackFederation:
         for child in alive:
             child.kill()
 
+    def crash(self, process: subprocess.Popen) -> None:
+        """SIGKILL a process and every process it started, as when its machine dies: nothing cleans up."""
+        try:
+            family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for member in family:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        process.wait()
+        psutil.wait_procs(family, timeout=10)
+
+    def descendants(self, process: subprocess.Popen, command: str) -> list[psutil.Process]:
+        """The processes under `process` whose command line mentions `command` (e.g. flwr-serverapp)."""
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        found = []
+        for child in children:
+            try:
+                if any(command in part for part in child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             self.stop(process)

@@ -4,13 +4,15 @@ A codec message rides as raw bytes, never re-encoded: a small one (seeds and sca
 as one bytes value of a ConfigRecord, the record type with the least framing (measured: 293
 bytes of Flower objects around a 356-byte seed upload, against 605 in an ArrayRecord); a large
 one (weights) as one uint8 Array of an ArrayRecord, which Flower transfers in chunks. The
-client's runtime measurements (seconds, peak memory, model load) ride in the same ConfigRecord;
+client's runtime measurements (seconds, peak memory, model load, ...) ride in the same ConfigRecord
+as one packed bytes value;
 its train metrics are already in the codec message.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -28,11 +30,18 @@ LARGE_PAYLOAD = "zofed.large"  # ArrayRecord: "message", a uint8 Array of the co
 RUN = "zofed.run"  # ConfigRecord: the run's config, sent once per node
 NODE = "zofed.node"  # ConfigRecord: the node's partition id, in a query reply
 KEPT = "zofed.kept"  # ArrayRecord in Context state: the client's kept model (safetensors bytes, version in metadata)
-RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s")
+RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s", "model_load_s", "model_load_cpu_s", "process_start_s", "imports_s", "imports_cpu_s")
 
 
 def pack(data: bytes, runtime: dict[str, float] | None = None) -> RecordDict:
-    values: dict = {key: float(value) for key, value in (runtime or {}).items()}
+    values: dict = {}
+    if runtime:
+        unknown = set(runtime) - set(RUNTIME_KEYS)
+        if unknown:
+            raise ValueError(f"unknown runtime measurements {sorted(unknown)}")
+        # One bytes value of float64s in RUNTIME_KEYS order (NaN: not measured): a ConfigRecord
+        # entry per measurement would cost its key and framing each (measured: 24 bytes apiece).
+        values["runtime"] = struct.pack(f"<{len(RUNTIME_KEYS)}d", *(float(runtime.get(key, math.nan)) for key in RUNTIME_KEYS))
     if len(data) < LARGE:
         return RecordDict({PAYLOAD: ConfigRecord({"message": bytes(data), **values})})
     large = ArrayRecord({"message": Array("uint8", (len(data),), CODEC_STYPE, bytes(data))})
@@ -52,7 +61,10 @@ def unpack(content: RecordDict) -> bytes:
 
 def runtime_measurements(content: RecordDict) -> dict[str, float]:
     record = content.config_records[PAYLOAD]
-    return {key: float(record[key]) for key in RUNTIME_KEYS if key in record}
+    if "runtime" not in record:
+        return {}
+    values = struct.unpack(f"<{len(RUNTIME_KEYS)}d", bytes(record["runtime"]))
+    return {key: value for key, value in zip(RUNTIME_KEYS, values) if not math.isnan(value)}
 
 
 class ContextKeptStore:

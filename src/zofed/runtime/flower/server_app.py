@@ -30,7 +30,8 @@ from zofed.runtime.flower.records import NODE, RUN, pack, runtime_measurements, 
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
 from zofed.runtime.local import RoundFn, round_row, run_local
 
-POLL_S = 0.5
+POLL_S = 0.5  # between looks for SuperNodes that have not appeared yet
+PULL_S = 0.1  # between looks for replies (Flower's deployment Grid.send_and_receive waits 3 s between looks)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,22 @@ def flower_size(message: Message) -> int:
     return sum(len(part.deflate()) for part in get_all_nested_objects(message).values())
 
 
+def exchange(grid: Grid, messages: list[Message], timeout_s: float | None) -> list[Message]:
+    """`Grid.send_and_receive`, looking for replies every PULL_S: the round ends when the last reply
+    is in, not up to 3 s later (measured in benchmarks/flower_overhead.py)."""
+    waiting = set(grid.push_messages(messages))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    replies: list[Message] = []
+    while waiting:
+        arrived = list(grid.pull_messages(list(waiting)))
+        replies += arrived
+        waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+        if not waiting or (deadline is not None and time.monotonic() >= deadline):
+            break
+        time.sleep(PULL_S)
+    return replies
+
+
 def _resync_first(play_round, clients) -> RoundFn:
     """A resumed session's first round sends every client the weights: nodes of the earlier session
     may have lost the models they kept (a node's Context state lives only as long as its run)."""
@@ -146,7 +163,7 @@ class Nodes:
             Message(RecordDict({RUN: ConfigRecord({"config": self.config_json})}), dst_node_id=node, message_type=MessageType.QUERY)
             for node in new
         ]
-        for reply in self.grid.send_and_receive(hellos, timeout=self.timeout_s):
+        for reply in exchange(self.grid, hellos, self.timeout_s):
             if reply.has_error():
                 continue
             node, client = reply.metadata.src_node_id, int(reply.content.config_records[NODE]["partition-id"])
@@ -190,7 +207,7 @@ def flower_round(
     clients = experiment.sample_clients(round)
     messages = algorithm.configure(state, round, clients)
     ledger = ByteLedger()
-    outgoing, failures = [], {}
+    outgoing, receivers, failures = [], [], {}
     for client, message in zip(clients, messages):
         if client not in nodes.node_of:
             failures[client] = "no SuperNode"
@@ -199,13 +216,20 @@ def flower_round(
         ledger.record(client, "down", down_sizes)
         node = nodes.node_of[client]
         outgoing.append(Message(pack(downlink), dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(round)))
+        receivers.append(client)
     flower_down = sum(flower_size(message) for message in outgoing)
     arrived, flower_up = {}, 0
-    for reply in grid.send_and_receive(outgoing, timeout=settings.timeout_s):
-        flower_up += flower_size(reply)
-        client = nodes.client_of.get(reply.metadata.src_node_id)
+    exchange_started = time.perf_counter()
+    answers = exchange(grid, outgoing, settings.timeout_s)
+    exchange_s = time.perf_counter() - exchange_started  # the clients' work plus Flower's transport, polling, processes
+    # Replies are matched to the message they answer: the SuperLink itself answers for a node that
+    # went offline (its heartbeats stopped), from its own node id.
+    client_of = {message.metadata.message_id: client for message, client in zip(outgoing, receivers)}
+    for reply in answers:
+        client = client_of.get(reply.metadata.reply_to_message_id)
         if client is None:
             continue
+        flower_up += flower_size(reply)
         if reply.has_error():
             failures[client] = reply.error.reason or f"error code {reply.error.code}"
             continue
@@ -248,6 +272,7 @@ def flower_round(
         **row,
         "flower_bytes_up": flower_up,
         "flower_bytes_down": flower_down,
+        "flower_exchange_s": exchange_s,
         "superlink_tcp_bytes": wire,
         "dropped": dropped,
         "dropped_reasons": {str(c): failures[c] for c in dropped},
