@@ -36,7 +36,8 @@ class Checkpoint:
     round: int
     state: ServerState
     extra: dict[str, Any]  # runtime bookkeeping: metrics history, initial evaluation, elapsed time
-    kept: Mapping[int, KeptModel] = field(default_factory=dict)  # simulated clients' own model copies
+    # simulated clients' model copies: read from older checkpoints; the local runtime now keeps them in a KeptStore
+    kept: Mapping[int, KeptModel] = field(default_factory=dict)
 
 
 def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:

@@ -70,7 +70,10 @@ def apply_round(
     if settings.downlink == "replay":
         segment = {"round": round, "seeds": [seed for seed, _ in records], "coeffs": [coeff for _, coeff in records]}
         info["replay_log"] = (list(state.info.get("replay_log", [])) + [segment])[-settings.max_lag :]
-        versions = dict(state.info.get("client_versions", {}))
+        # A client whose version precedes the log can never replay again (it gets the weights):
+        # forgetting it keeps this map, and the checkpoint, bounded by max_lag rounds of repliers.
+        versions = {client: version for client, version in state.info.get("client_versions", {}).items()
+                    if version >= round - settings.max_lag}
         versions.update({str(client): round - 1 for client in repliers})
         info["client_versions"] = versions
     return ServerState(weights=weights, buffers=state.buffers, info=info)

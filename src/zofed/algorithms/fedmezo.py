@@ -24,6 +24,9 @@ records (seeds upload), to that optimiser instead of taking the mean as the new 
 
 The official code handles exactly three clients; this works for any number and for partial
 participation because the server computes Φ from whatever history it has.
+Only the history-based strategies (round-wise, five-round, model-diff) keep a record per client
+that has replied; frozen and random keep nothing per client, so the server's state does not grow
+with the number of clients.
 """
 
 from __future__ import annotations
@@ -153,6 +156,8 @@ class FedMeZO:
                 coeffs.extend(-size / total * lr * grad for grad in reply.scalars)
             new_state = apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s,
                                     make_directions(s.directions, s.pool_size))
+        if s.lr_strategy in ("frozen", "random"):
+            return new_state  # no signal to record: the server keeps nothing per client
         history = update_history(state, new_state.weights, replies, client_weights)
         return replace(new_state, info={**new_state.info, "history": history})
 

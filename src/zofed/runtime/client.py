@@ -5,15 +5,19 @@ server sent: a `weights` message's tensors, or the client's kept copy moved by a
 message's records. A client told to keep its model (`keep_model`, or any replay message) keeps
 the synced model, not its locally trained one, because the next replay starts from the global
 version it synced to. Where a runtime keeps those copies is its business: in memory for the
-in-process runtime (and in its checkpoints), on node-local disk for a deployment.
+in-process runtime's `KeptStore` (files, one per client and version, so its memory does not grow
+with the number of clients), in a node's state or on its disk for a deployment.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from zofed.algorithms.downlink import method_scalars, replay_segments
 from zofed.errors import ZofedError
@@ -25,6 +29,58 @@ from zofed.zo import Scratch, make_directions, replay_
 class KeptModel:
     version: int
     tensors: tuple[torch.Tensor, ...]
+
+
+class KeptStore:
+    """The simulated clients' kept models, on disk: `<directory>/<client>/v<version>.safetensors`.
+
+    Stands in for each client's own storage. Nothing is held in memory and a round touches only
+    its sampled clients' files, so the in-process runtime's memory and per-round work do not grow
+    with the number of clients, and checkpoints need not carry the copies.
+
+    Each client keeps its newest `VERSIONS` models. A resumed run redoes at most the rounds after
+    its checkpoint (two, when the newest checkpoint is corrupt and the one before is used), and a
+    redone round starts from version round − 1; `load(client, at_most=round − 1)` returns the newest
+    version not past it. A version newer than the server's record of the client is harmless: the
+    client skips the replayed rounds it already holds, and the global model of each version is the
+    same in every session, so the redone round is bit-identical.
+    """
+
+    VERSIONS = 3
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _versions(self, client: int) -> list[int]:
+        folder = self.directory / str(client)
+        if not folder.is_dir():
+            return []
+        return sorted(int(path.stem[1:]) for path in folder.glob("v*.safetensors"))
+
+    def _path(self, client: int, version: int) -> Path:
+        return self.directory / str(client) / f"v{version:06d}.safetensors"
+
+    def load(self, client: int, at_most: int) -> KeptModel | None:
+        usable = [version for version in self._versions(client) if version <= at_most]
+        if not usable:
+            return None
+        tensors = load_file(str(self._path(client, usable[-1])))
+        return KeptModel(usable[-1], tuple(tensors[str(i)] for i in range(len(tensors))))
+
+    def save(self, client: int, kept: KeptModel | None) -> None:
+        """Keep `kept` as the client's newest version; None: the client keeps nothing."""
+        if kept is None:
+            shutil.rmtree(self.directory / str(client), ignore_errors=True)
+            return
+        path = self._path(client, kept.version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.tmp")
+        save_file({str(i): tensor.contiguous() for i, tensor in enumerate(kept.tensors)}, str(staging))
+        staging.replace(path)
+        for old in [version for version in self._versions(client) if version > kept.version]:
+            self._path(client, old).unlink()  # a redone round's sync supersedes what the lost session kept
+        for old in self._versions(client)[: -self.VERSIONS]:
+            self._path(client, old).unlink()
 
 
 @torch.no_grad()

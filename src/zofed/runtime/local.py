@@ -6,8 +6,10 @@ client's kept copy moved by replayed records) and run the algorithm's client ste
 reply and decode it as the server would; aggregate; evaluate; checkpoint. Every message goes
 through the codec so the byte ledger counts exactly what a real transport would carry.
 
-Clients told to keep their model (replay downlink) have their copy held here, standing in for
-their own memory, and checkpointed with the server so a resumed run continues bit-identically.
+Clients told to keep their model (replay downlink) keep their copy in a `KeptStore` under the run
+directory, standing in for their own storage: the runtime holds no per-client state in memory, and
+a round's work (messages, client steps, files touched, checkpoint size) grows with the sampled
+clients, not the total. A resumed run finds the copies there and continues bit-identically.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.llm.split import ModelSplit
 from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
-from zofed.runtime.client import KeptModel, receive_model_
+from zofed.runtime.client import KeptModel, KeptStore, receive_model_
 from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
 from zofed.runtime.memory_profile import with_memory_profile
@@ -43,7 +45,7 @@ DEFAULT_MAX_NEW_TOKENS = 16
 
 
 # (experiment, algorithm, state, round, kept models) -> (new state, the round's metrics row)
-RoundFn = Callable[[Experiment, Algorithm, ServerState, int, dict[int, KeptModel]], tuple[ServerState, dict]]
+RoundFn = Callable[[Experiment, Algorithm, ServerState, int, KeptStore], tuple[ServerState, dict]]
 
 
 class RunPaths:
@@ -52,6 +54,7 @@ class RunPaths:
         self.checkpoints = self.root / "checkpoints"
         self.metrics = self.root / "metrics.jsonl"
         self.summary = self.root / "summary.json"
+        self.clients = self.root / "clients"  # the simulated clients' kept models
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,16 @@ def run_local(
     experiment = build_experiment(config, data)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
     checkpoint = load_latest_checkpoint(paths.checkpoints) if resume else None
+    kept = KeptStore(paths.clients)
     if checkpoint is not None:
         state, first_round, extra = checkpoint.state, checkpoint.round + 1, checkpoint.extra
-        kept = dict(checkpoint.kept)
+        for client, model in checkpoint.kept.items():  # a checkpoint from before the store held the copies
+            kept.save(client, model)
         experiment.view.load_(state.weights)
     else:
         if paths.root.exists():
             shutil.rmtree(paths.root)
-        state, first_round, kept = algorithm.init(experiment.view.state_dict(), config.seed), 1, {}
+        state, first_round = algorithm.init(experiment.view.state_dict(), config.seed), 1
         extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None}
     _write_run_files(paths, config, extra["history"])
     clock = _Clock(extra["elapsed_s"], session_started)
@@ -114,7 +119,7 @@ def run_local(
             if budget is not None and budget.spent(extra["history"]) >= budget.value:
                 break
             state, row = play_round(experiment, algorithm, state, round, kept)
-            extra = _record_round(paths, state, kept, row, extra, clock.elapsed())
+            extra = _record_round(paths, state, row, extra, clock.elapsed())
             progress.update(task, advance=1, loss=_loss_text(row))
             if stop_after_round is not None and round >= stop_after_round:
                 return None
@@ -133,9 +138,9 @@ def run_local(
 
 
 def run_round(
-    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int, kept: dict[int, KeptModel]
+    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int, kept: KeptStore
 ) -> tuple[ServerState, dict]:
-    """One round; `kept` (client -> its kept model) is updated in place, as each client's own memory would be."""
+    """One round; `kept` is updated for the sampled clients, as each client's own storage would be."""
     round_started = time.perf_counter()
     clients = experiment.sample_clients(round)
     messages = algorithm.configure(state, round, clients)
@@ -146,8 +151,8 @@ def run_round(
     for client, message in zip(clients, messages):
         downlink, down_sizes = encode_with_sizes(message)
         ledger.record(client, "down", down_sizes)
-        uplink, client_row, kept_model = client_round(experiment, algorithm, client, downlink, kept.get(client))
-        _keep(kept, client, kept_model)
+        uplink, client_row, kept_model = client_round(experiment, algorithm, client, downlink, kept.load(client, round - 1))
+        kept.save(client, kept_model)
         if reply_lost(faults, experiment.config.seed, round, client):
             dropped.append(client)
             per_client.append({**client_row, "bytes_up": 0, "bytes_down": down_sizes.total, "dropped": True})
@@ -219,13 +224,6 @@ def round_row(
     }
 
 
-def _keep(kept: dict[int, KeptModel], client: int, model: KeptModel | None) -> None:
-    if model is None:
-        kept.pop(client, None)
-    else:
-        kept[client] = model
-
-
 def client_env(experiment: Experiment, round: int, client: int) -> ClientEnv:
     model = experiment.model
 
@@ -279,9 +277,7 @@ def _validation_loss(experiment: Experiment) -> float:
     )
 
 
-def _record_round(
-    paths: RunPaths, state: ServerState, kept: dict[int, KeptModel], row: dict, extra: dict, elapsed_s: float
-) -> dict:
+def _record_round(paths: RunPaths, state: ServerState, row: dict, extra: dict, elapsed_s: float) -> dict:
     """Append the round's metrics, keep the best weights, and checkpoint; returns the new bookkeeping."""
     best = extra["best_eval_loss"]
     if row["eval_loss"] is not None and math.isfinite(row["eval_loss"]) and (best is None or row["eval_loss"] < best):
@@ -295,7 +291,7 @@ def _record_round(
         "best_eval_loss": best,
         "elapsed_s": elapsed_s,
     }
-    save_checkpoint(paths.checkpoints, Checkpoint(round=row["round"], state=state, extra=extra, kept=dict(kept)))
+    save_checkpoint(paths.checkpoints, Checkpoint(round=row["round"], state=state, extra=extra))
     return extra
 
 
