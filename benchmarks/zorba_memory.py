@@ -40,6 +40,7 @@ def client_peak(config_json: str, client: int) -> dict:
     from zofed.algorithms import build_algorithm
     from zofed.algorithms.zorba import DTYPES
     from zofed.config import parse_config
+    from zofed.runtime.codec import encode
     from zofed.runtime.experiment import build_experiment
     from zofed.runtime.memory_profile import client_round_peak, experiment_split
 
@@ -47,7 +48,7 @@ def client_peak(config_json: str, client: int) -> dict:
     experiment = build_experiment(config)
     method = build_algorithm(config.algorithm, config.algorithm_settings)
     state = method.init(experiment.view.state_dict(), config.seed)
-    message = method.configure(state, 1, [client])[0]
+    outbox = [encode(method.configure(state, 1, [client])[0])]
     extra, lower, dtype = {}, None, None
     if config.algorithm == "zorba":
         plan = state.info["plan"]
@@ -58,7 +59,7 @@ def client_peak(config_json: str, client: int) -> dict:
         dtype = DTYPES[config.algorithm_settings.inactive_dtype]
     del state
     gc.collect()
-    peak = client_round_peak(experiment, method, message, client, lower, dtype)
+    peak = client_round_peak(experiment, method, outbox, client, lower, dtype)
     return {"algorithm": config.algorithm, "client": client, **peak, "trainable_params": experiment.view.numel(),
             **extra}
 

@@ -83,27 +83,26 @@ def profile_points(num_layers: int) -> list[int]:
     return sorted({1, max(1, num_layers // 4), max(1, num_layers // 2), num_layers})
 
 
-def client_round_peak(experiment, algorithm, message, client: int, lower: list[int] | None, dtype=None) -> dict:
+def client_round_peak(experiment, algorithm, outbox: list[bytes], client: int, lower: list[int] | None,
+                      dtype=None) -> dict:
     """One client's round as its own process runs it, from the downlink's bytes; peak RSS of the round.
 
+    `outbox` holds the encoded downlink and nothing else may (it is popped, so the bytes can go
+    once decoded); they are resident when the window opens, as bytes from the network would be.
     `lower`: layers to hold in `dtype` for the whole round (a ZorBA client loads them so), or None.
-    The encoded downlink is resident when the window opens, as bytes from the network would be.
     """
     from contextlib import nullcontext
 
     from zofed.metrics import peak_rss_mb, reset_peak_rss
     from zofed.runtime.client import receive_model_
-    from zofed.runtime.codec import decode, encode
+    from zofed.runtime.codec import decode
     from zofed.runtime.local import client_env
 
-    outbox = [encode(message)]
-    del message
     env = client_env(experiment, 1, client)
     with nullcontext() if lower is None else env.split.lowered(lower, dtype, keep_master=False):
         gc.collect()
         resident = peak_rss_mb()
         reset_peak_rss()
-        # pop: the client owns the only reference to the bytes, so they can go once decoded
         received, _ = receive_model_(decode(outbox.pop()), env.tensors, env.names, None)
         algorithm.train(received, env)
         peak = peak_rss_mb()
@@ -116,6 +115,7 @@ def _measure(config: RunConfig) -> dict:
     from zofed.algorithms import build_algorithm
     from zofed.algorithms.zorba import DTYPES, client_precision
     from zofed.messages import Message
+    from zofed.runtime.codec import encode
     from zofed.runtime.experiment import build_experiment, prepare_data
 
     settings = config.algorithm_settings
@@ -142,9 +142,9 @@ def _measure(config: RunConfig) -> dict:
         config_of_round = {"lr": 0.0, "mu": settings.mu, "directions": settings.directions,
                            "pool_size": settings.pool_size, "inactive_dtype": settings.inactive_dtype,
                            "active": list(range(active))}
-        message = Message(kind="weights", round=1, config=config_of_round,
-                          tensors=client_precision(experiment.view.state_dict(), range(active), low))
-        peak = client_round_peak(experiment, algorithm, message, 0, list(range(active, layers)), low)["peak_rss_mb"]
+        outbox = [encode(Message(kind="weights", round=1, config=config_of_round,
+                                 tensors=client_precision(experiment.view.state_dict(), range(active), low)))]
+        peak = client_round_peak(experiment, algorithm, outbox, 0, list(range(active, layers)), low)["peak_rss_mb"]
         points.append({"active_blocks": float(active), "peak_mb": peak})
     ks = np.array([p["active_blocks"] for p in points])
     peaks = np.array([p["peak_mb"] for p in points])
