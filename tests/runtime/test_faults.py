@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import torch
 
+import zofed.runtime.local as local
 from zofed.errors import ZofedError
+from zofed.runtime.client import receive_model_
 from zofed.runtime.local import run_local
 
 from .helpers import tiny_config
@@ -28,6 +31,37 @@ def test_thirty_percent_lost_replies_finish_and_are_recorded_with_replay_catch_u
     again = tiny_config(tmp_path / "again", "fedmezo", "rounds=4", "clients=6", "clients_per_round=4",
                         "local.local_steps=4", "fedmezo.upload=seeds", "fedmezo.downlink=replay", "faults.drop_rate=0.3")
     assert run_local(again, show_progress=False)["final_eval_loss"] == summary["final_eval_loss"]  # reproducible
+
+
+def test_replay_clients_that_missed_rounds_catch_up_bit_exactly_or_get_weights_past_the_bound(tmp_path, monkeypatch):
+    """30% of replies lost, max_lag 2: every client starts its round on exactly the server's model."""
+    config = tiny_config(tmp_path, "fedmezo", "rounds=10", "clients=5", "clients_per_round=3", "local.local_steps=2",
+                         "fedmezo.upload=seeds", "fedmezo.downlink=replay", "fedmezo.max_lag=2", "faults.drop_rate=0.3")
+    server = {}
+    received = []  # (kind, version the client held, version it needed, whether it now holds the server's model)
+
+    def play(experiment, algorithm, state, round, kept):
+        server["weights"] = {name: tensor.clone() for name, tensor in state.weights.items()}
+        state, row = local.run_round(experiment, algorithm, state, round, kept)
+        versions = state.info["client_versions"]
+        # only the replies that came moved the model: the server records exactly the repliers as synced
+        assert {int(c) for c, v in versions.items() if v == round - 1} == set(row["clients"]) - set(row["dropped"])
+        return state, row
+
+    def checked_receive(message, tensors, names, kept):
+        message, new_kept = receive_model_(message, tensors, names, kept)
+        exact = all(torch.equal(tensor, server["weights"][name]) for name, tensor in zip(names, tensors))
+        received.append((message.kind, None if kept is None else kept.version, message.round - 1, exact))
+        return message, new_kept
+
+    monkeypatch.setattr(local, "receive_model_", checked_receive)
+    summary = run_local(config, show_progress=False, play_round=play)
+
+    assert summary["rounds_run"] == 10 and all(exact for *_, exact in received)
+    replays = [(held, needed) for kind, held, needed, _ in received if kind == "replay"]
+    assert any(needed - held >= 2 for held, needed in replays)  # caught up over missed rounds
+    # past the bound (held a model older than the replay log) or its last reply lost: the weights again
+    assert any(kind == "weights" and held is not None and needed - held > 2 for kind, held, needed, _ in received)
 
 
 def test_nan_replies_are_rejected_and_counted_never_applied(tmp_path):

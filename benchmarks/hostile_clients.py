@@ -1,0 +1,157 @@
+"""One hostile client of 8 on the real model: clean run vs attacked without and with robust aggregation.
+
+SmolLM2-135M + LoRA (configs/quickstart.yaml) trained by FedMeZO, 8 clients all sampled every
+round, client 3 hostile. For each hostile mode (scale ×1e3, sign-flip, random, nan) three runs on
+the same data, sampling and seeds: the clean run (shared by all modes), the attack with the
+method's plain mean, and the attack with the robust option that fits the upload:
+  weights  FedMeZO uploading weights, robust.aggregator=trimmed-mean (cuts 1 of 8 at each end)
+  seeds    FedMeZO uploading (seed, g) records, robust.clip_scalar (g clipped to [-c, c])
+Goal: final test loss with robust aggregation within 5% of the clean run. Reported next to the
+initial test loss, so how much training there was to protect is visible too.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/hostile_clients.py [--upload weights] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODES = ("scale", "sign-flip", "random", "nan")
+HOSTILE_CLIENT = 3
+TOLERANCE = 0.05
+ROBUST = {"weights": ["robust.aggregator=trimmed-mean", "robust.trim_fraction=0.125"],
+          "seeds": ["robust.clip_scalar={clip}"]}
+
+
+def overrides(args) -> list[str]:
+    return [
+        "clients=8", "clients_per_round=8", f"rounds={args.rounds}", f"local.local_steps={args.local_steps}",
+        f"local.batch_size={args.batch_size}", f"data.limit={args.limit}", f"eval.every={args.rounds + 1}",
+        "eval.val_examples=1", f"eval.test_examples={args.eval_examples}", "eval.accuracy_examples=0",
+        f"fedmezo.upload={args.upload}",
+    ]
+
+
+def play(experiment, initial: dict, extra: list[str], args, out: Path, name: str) -> dict:
+    """The config's rounds from the initial weights through the local runtime's `run_round`, then the test loss.
+
+    One loaded model serves every case (loading SmolLM2 and evaluating the initial model nine times
+    would cost more than the training): each case gets the experiment with its own config.
+    """
+    from zofed.algorithms import build_algorithm
+    from zofed.config import load_config
+    from zofed.eval import evaluate_loss
+    from zofed.runtime.client import KeptStore
+    from zofed.runtime.local import run_round
+
+    config = load_config(args.config, overrides(args) + extra)
+    case = replace(experiment, config=config)
+    case.view.load_(initial)
+    algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
+    state, kept, rejected = algorithm.init(initial, config.seed), KeptStore(out / name), 0
+    started = time.perf_counter()
+    for round in range(1, config.rounds + 1):
+        state, row = run_round(case, algorithm, state, round, kept)
+        rejected += len(row["rejected"])
+    loss = evaluate_loss(case.model, case.test_tokens, case.pad_token_id, config.eval.batch_size)
+    result = {"final_test_loss": loss, "rejected_replies": rejected, "wall_s": round_s(time.perf_counter() - started)}
+    print(f"  {name:20s} test loss {loss:.4f}  rejected {rejected}  ({result['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    return result
+
+
+def round_s(seconds: float) -> float:
+    return float(f"{seconds:.1f}")
+
+
+def relative_gap(loss: float, clean: float) -> float:
+    return abs(loss - clean) / clean if math.isfinite(loss) else math.inf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--upload", choices=("weights", "seeds"), default="weights")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--local-steps", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=400)
+    parser.add_argument("--eval-examples", type=int, default=24)
+    parser.add_argument("--clip", type=float, default=50.0, help="--upload seeds: robust.clip_scalar")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default="benchmarks/results/hostile_clients.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from zofed.machine import describe_machine
+
+    torch.set_num_threads(args.threads)
+    robust = [option.format(clip=args.clip) for option in ROBUST[args.upload]]
+    modes = args.modes.split(",")
+    started = time.perf_counter()
+    from zofed.config import load_config
+    from zofed.eval import evaluate_loss
+    from zofed.runtime.experiment import build_experiment
+
+    experiment = build_experiment(load_config(args.config, overrides(args)))
+    initial = {name: tensor.clone() for name, tensor in experiment.view.state_dict().items()}
+    initial_loss = evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id,
+                                 experiment.config.eval.batch_size)
+    print(f"  initial test loss {initial_loss:.4f}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="zofed-hostile-") as tmp:
+        out = Path(tmp)
+        clean = play(experiment, initial, [], args, out, "clean")
+        cases = []
+        for mode in modes:
+            attack = [f"faults.hostile_clients=[{HOSTILE_CLIENT}]", f"faults.hostile_mode={mode}", "faults.hostile_scale=1000"]
+            plain = play(experiment, initial, attack, args, out, f"{mode}-mean")
+            defended = play(experiment, initial, attack + robust, args, out, f"{mode}-robust")
+            cases.append({
+                "hostile_mode": mode,
+                "without_robust": plain | {"gap_to_clean": relative_gap(plain["final_test_loss"], clean["final_test_loss"])},
+                "with_robust": defended | {"gap_to_clean": relative_gap(defended["final_test_loss"], clean["final_test_loss"])},
+            })
+    goal_met = all(case["with_robust"]["gap_to_clean"] <= TOLERANCE for case in cases)
+    document = {
+        "machine": describe_machine(),
+        "setup": {
+            "config": args.config, "algorithm": "fedmezo", "upload": args.upload, "clients": 8, "sampled": 8,
+            "hostile_client": HOSTILE_CLIENT, "hostile_scale": 1000, "rounds": args.rounds,
+            "local_steps": args.local_steps, "batch_size": args.batch_size, "data_limit": args.limit,
+            "eval_examples": args.eval_examples, "robust": robust, "tolerance": TOLERANCE,
+        },
+        "initial_test_loss": initial_loss,
+        "clean": clean,
+        "cases": cases,
+        "goal_met": goal_met,
+        "wall_s": round_s(time.perf_counter() - started),
+    }
+    print(f"\nclean: test loss {initial_loss:.4f} -> {clean['final_test_loss']:.4f}")
+    print(f"{'mode':10s} {'mean: loss':>12s} {'gap':>8s} {'robust: loss':>13s} {'gap':>8s}")
+    for case in cases:
+        plain, defended = case["without_robust"], case["with_robust"]
+        print(f"{case['hostile_mode']:10s} {plain['final_test_loss']:12.4f} {plain['gap_to_clean']:8.1%} "
+              f"{defended['final_test_loss']:13.4f} {defended['gap_to_clean']:8.1%}")
+    print(f"robust within {TOLERANCE:.0%} of clean in every mode: {goal_met}")
+    output = Path(args.output)
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    existing = existing if "by_upload" in existing else {"by_upload": {}}
+    existing["by_upload"][args.upload] = document
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(existing, indent=2, allow_nan=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
