@@ -16,7 +16,7 @@ from zofed.messages import Message
 from .toy import ToyProblem
 
 PROFILE = {"base_mb": 100.0, "block_mb": [10.0, 10.0], "block_params": [18, 3]}
-SETTINGS = {"lr": 0.02, "mu": 1e-3, "memory_profile": PROFILE, "num_clients": 3, "budgets_mb": [120, 120, 120]}
+SETTINGS = {"lr": 0.02, "mu": 1e-3, "memory_profile": PROFILE, "num_clients": 3, "budgets_mb": [125, 125, 125]}
 
 
 class TwoLayerToy:
@@ -102,7 +102,7 @@ def test_plans_fit_every_budget_and_cost_less_memory_than_training_everything():
 def test_re_solving_rotates_blocks_that_tight_budgets_leave_untrained():
     profile = {"base_mb": 100.0, "block_mb": [10.0] * 4, "block_params": [50] * 4}
     algorithm = build_algorithm("zorba", {"lr": 0.02, "memory_profile": profile, "num_clients": 2,
-                                          "budgets_mb": [110, 110], "resolve_every": 1})
+                                          "budgets_mb": [115, 115], "resolve_every": 1})
     weights = {f"t{i}": torch.zeros(3) for i in range(4)}
     state = algorithm.init(weights, seed=0)
     covered = set()

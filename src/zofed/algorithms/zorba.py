@@ -18,8 +18,9 @@ Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a
 their own at start-up (runtime/memory_profile.py: peak RSS of a local step with 1, 2, 4, ...
 active layers, fitted by least squares) unless `memory_profile` is given. Budgets come from
 `budgets_mb` (one per client) or a named device profile: client n can hold a fraction f of the
-layers (f cycling through the profile's fractions, `DEVICE_PROFILES`), so its budget is base +
-max(1, round(f·L))·max_l m_l.
+layers (f cycling through the profile's fractions, `DEVICE_PROFILES`), so its budget is
+base·(1 + headroom) + max(1, round(f·L))·max_l m_l. The plan counts base·(1 + headroom) (2% by
+default): measured peaks vary a little from process to process, and a budget is a hard limit.
 
 Our choices where the paper's abstract is silent (all configurable):
   - Tensors outside the layers (embeddings, final norm, an untied head) are never trained and stay
@@ -97,6 +98,7 @@ class ZorbaSettings(Settings):
     budgets_mb: list[float] | None = Field(None, description="one budget per client; else device_profile")
     device_profile: str = "mixed"
     eps: float = Field(0.05, ge=0)
+    headroom: float = Field(0.02, ge=0, le=1, description="plan with base·(1 + headroom): run-to-run variation of peaks")
     resolve_every: int = Field(0, ge=0, description="R: re-solve every R rounds (0: solve once)")
     exact_limit: int = Field(2**16, ge=1, description="enumerate exactly while 2^(clients·blocks) <= this")
     memory_profile: MemoryProfile | None = Field(None, description="measured at start-up when not given")
@@ -120,8 +122,12 @@ def client_budgets(settings: ZorbaSettings, profile: MemoryProfile, num_clients:
     blocks = len(profile.block_mb)
     largest = max(profile.block_mb)
     # a device holding fraction f of the layers fits that many of the largest blocks, one at least
-    return [profile.base_mb + max(1, round(fractions[n % len(fractions)] * blocks)) * largest
+    return [planned_base(settings, profile) + max(1, round(fractions[n % len(fractions)] * blocks)) * largest
             for n in range(num_clients)]
+
+
+def planned_base(settings: ZorbaSettings, profile: MemoryProfile) -> float:
+    return profile.base_mb * (1.0 + settings.headroom)
 
 
 def plan(settings: ZorbaSettings, penalties: Sequence[float] | None = None) -> dict:
@@ -130,9 +136,10 @@ def plan(settings: ZorbaSettings, penalties: Sequence[float] | None = None) -> d
     budgets = client_budgets(settings, profile, num_clients)
     sizes = np.asarray(profile.block_params, float)
     penalty = None if penalties is None else np.asarray(penalties, float)
-    active = zorba_solver.solve(sizes, profile.block_mb, [profile.base_mb] * num_clients, budgets,
+    base = [planned_base(settings, profile)] * num_clients
+    active = zorba_solver.solve(sizes, profile.block_mb, base, budgets,
                                 eps=settings.eps, penalty=penalty, exact_limit=settings.exact_limit)
-    memory = zorba_solver.memory(active, [profile.base_mb] * num_clients, profile.block_mb)
+    memory = zorba_solver.memory(active, base, profile.block_mb)
     return {
         "active": [[int(layer) for layer in np.flatnonzero(row)] for row in active],
         "proxy": zorba_solver.proxy(active, sizes, penalty),
