@@ -15,7 +15,8 @@ is not committed, and a finished run there is reused when the command is repeate
   fedspzo-quickstart, fedspzo-gsm8k
                    FedSPZO against FedMeZO: layer-forwards and wall time to a common target
                    validation loss (benchmarks/fedspzo_vs_fedmezo.py on fedspzo_*.yaml);
-                   --fedspzo KEY=VALUE sets FedSPZO's p1, p2, split_layer, lr, mu.
+                   --fedspzo KEY=VALUE sets FedSPZO's p1, p2, split_layer, lr, mu (a variant:
+                   results in a subdirectory named after the settings; FedMeZO's run is reused).
 
     .venv/bin/python benchmarks/reproduce/run.py fedmezo-lr
     .venv/bin/python benchmarks/reproduce/run.py fedspzo-gsm8k --set data.path=/my/gsm8k/train.jsonl
@@ -153,7 +154,7 @@ def fedspzo(config_name: str):
         import fedspzo_vs_fedmezo
 
         argv = ["--config", str(HERE / f"fedspzo_{config_name}.yaml"), "--out", str(out / "results.json"),
-                "--workdir", str(RUNS / f"fedspzo-{config_name}")]
+                "--workdir", str(RUNS / f"fedspzo-{config_name}"), "--reuse"]
         argv += [f"--set={s}" for s in args.set] + [f"--fedspzo={s}" for s in args.fedspzo]
         document = fedspzo_vs_fedmezo.main(argv)
         figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
@@ -189,6 +190,8 @@ def main() -> None:
     parser.add_argument("--rerun", action="store_true", help="fedmezo-memory: measure again")
     args = parser.parse_args()
     out = RESULTS / args.claim
+    if args.fedspzo:  # a tuning variant: next to the default's results, not over them
+        out = out / ("fedspzo_" + "_".join(setting.replace("=", "-") for setting in args.fedspzo))
     out.mkdir(parents=True, exist_ok=True)
     document = CLAIMS[args.claim](args, out)
     (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
