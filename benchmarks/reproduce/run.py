@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -121,8 +122,9 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
 
 
 def fedkseed_bytes(args: argparse.Namespace, out: Path) -> dict:
-    document = run_compare(HERE / "fedkseed_bytes.yaml", args.set, ["fedkseed", "fedmezo", "decomfl"],
-                           out=RUNS / "fedkseed-bytes", show_progress=False)
+    # Relative paths, so the committed results.json/results.md do not name this checkout.
+    document = run_compare(os.path.relpath(HERE / "fedkseed_bytes.yaml"), args.set, ["fedkseed", "fedmezo", "decomfl"],
+                           out=Path(os.path.relpath(RUNS / "fedkseed-bytes")), show_progress=False)
     for name in ("results.md", "loss_vs_bytes.png"):
         shutil.copy(RUNS / "fedkseed-bytes" / name, out / name)
     # Per client per round from the ledger, round by round: the first contact downloads weights,
@@ -153,7 +155,7 @@ def fedspzo(config_name: str):
     def run(args: argparse.Namespace, out: Path) -> dict:
         import fedspzo_vs_fedmezo
 
-        argv = ["--config", str(HERE / f"fedspzo_{config_name}.yaml"), "--out", str(out / "results.json"),
+        argv = ["--config", os.path.relpath(HERE / f"fedspzo_{config_name}.yaml"), "--out", str(out / "results.json"),
                 "--workdir", str(RUNS / f"fedspzo-{config_name}"), "--reuse"]
         argv += [f"--set={s}" for s in args.set] + [f"--fedspzo={s}" for s in args.fedspzo]
         document = fedspzo_vs_fedmezo.main(argv)
