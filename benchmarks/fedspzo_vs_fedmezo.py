@@ -38,9 +38,10 @@ from zofed.runtime.local import run_local
 ALGORITHMS = ("fedmezo", "fedspzo")
 
 
-def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path, reuse: bool = False) -> dict:
+def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path, reuse: bool = False,
+               name: str | None = None) -> dict:
     config = load_config(config_path, [*overrides, f"algorithm={algorithm}", "eval.every=1",
-                                       f"output_dir={workdir}", f"name={algorithm}"])
+                                       f"output_dir={workdir}", f"name={name or algorithm}"])
     started = time.perf_counter()
     if reuse and finished_with(config):
         print(f"reusing {config.run_dir}", file=sys.stderr, flush=True)
@@ -70,7 +71,13 @@ def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: 
 def finished_with(config) -> bool:
     """Whether config.run_dir holds a finished run of exactly this config (so tuning one method reuses the other)."""
     saved, summary = config.run_dir / "config.yaml", config.run_dir / "summary.json"
-    return summary.is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == config.to_dict()
+    if not (summary.is_file() and saved.is_file()):
+        return False
+
+    def own(data: dict) -> dict:  # the other methods' sections (FedSPZO's settings for FedMeZO) do not matter
+        return {key: value for key, value in data.items() if key not in config.methods or key == config.algorithm}
+
+    return own(yaml.safe_load(saved.read_text())) == own(config.to_dict())
 
 
 def first_reaching(curve: list[dict], target: float) -> dict | None:
@@ -112,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
         runs = {}
         for algorithm in ALGORITHMS:
             print(f"running {algorithm} ...", file=sys.stderr, flush=True)
-            runs[algorithm] = run_method(args.config, overrides, algorithm, workdir, args.reuse)
+            # FedSPZO variants get their own run directories, so a tuning sweep keeps each of them.
+            name = "-".join([algorithm, *(s.replace("=", "") for s in args.fedspzo)]) if algorithm == "fedspzo" else algorithm
+            runs[algorithm] = run_method(args.config, overrides, algorithm, workdir, args.reuse, name)
     hashes = {name: run["summary"]["data_hashes"] for name, run in runs.items()}
     if hashes["fedmezo"] != hashes["fedspzo"]:
         raise SystemExit("the two runs saw different data; nothing to compare")
