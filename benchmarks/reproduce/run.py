@@ -158,6 +158,8 @@ def fedspzo(config_name: str):
         argv = ["--config", os.path.relpath(HERE / f"fedspzo_{config_name}.yaml"), "--out", str(out / "results.json"),
                 "--workdir", str(RUNS / f"fedspzo-{config_name}"), "--reuse"]
         argv += [f"--set={s}" for s in args.set] + [f"--fedspzo={s}" for s in args.fedspzo]
+        if args.fedspzo_rounds:
+            argv += ["--fedspzo-rounds", str(args.fedspzo_rounds)]
         document = fedspzo_vs_fedmezo.main(argv)
         figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
         for axis, key, label in ((axes[0], "layer_forwards", "cumulative layer-forwards"),
@@ -189,6 +191,7 @@ def main() -> None:
     parser.add_argument("claim", choices=sorted(CLAIMS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--fedspzo", action="append", default=[], metavar="KEY=VALUE", help="FedSPZO setting (fedspzo-*)")
+    parser.add_argument("--fedspzo-rounds", type=int, default=None, help="fedspzo-*: FedSPZO runs only this many rounds")
     parser.add_argument("--rerun", action="store_true", help="fedmezo-memory: measure again")
     args = parser.parse_args()
     out = RESULTS / args.claim
