@@ -102,7 +102,8 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
     for run in runs.values():
         run["round_to_target"] = next(p["round"] for p in run["curve"] if p["eval_loss"] is not None
                                       and p["eval_loss"] <= target)
-    fastest = min(runs, key=lambda s: (runs[s]["round_to_target"], runs[s]["summary"]["final_eval_loss"]))
+    first = min(run["round_to_target"] for run in runs.values())
+    fastest = [strategy for strategy, run in runs.items() if run["round_to_target"] == first]  # ties are common
     figure, axis = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     for strategy, run in runs.items():
         points = [p for p in run["curve"] if p["eval_loss"] is not None]
