@@ -10,6 +10,8 @@ Target: the lowest validation loss both methods reach (the larger of their best 
 layer-forwards (FedMeZO's are its forward passes × L), forward passes, client training seconds
 (the clients' own time, no evaluation) and wall seconds (rounds including evaluation).
 `speedup` is FedMeZO's cost over FedSPZO's (the issue's goal: >= 1.6x fewer layer-forwards).
+`--fedspzo-rounds N` stops FedSPZO after N rounds (a default step costs 3.25 MeZO steps, so
+fewer rounds give a rough equal-compute comparison at a fraction of the CPU time).
 
     .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --config configs/quickstart.yaml
     .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --config configs/gsm8k.yaml --fedspzo p2=8
