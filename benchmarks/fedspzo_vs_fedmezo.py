@@ -10,9 +10,13 @@ Target: the lowest validation loss both methods reach (the larger of their best 
 layer-forwards (FedMeZO's are its forward passes × L), forward passes, client training seconds
 (the clients' own time, no evaluation) and wall seconds (rounds including evaluation).
 `speedup` is FedMeZO's cost over FedSPZO's (the issue's goal: >= 1.6x fewer layer-forwards).
+`--fedspzo-rounds N` stops FedSPZO after N rounds (a default step costs 3.25 MeZO steps, so
+fewer rounds give a rough equal-compute comparison at a fraction of the CPU time).
 
     .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --config configs/quickstart.yaml
     .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --config configs/gsm8k.yaml --fedspzo p2=8
+    # tune FedSPZO without re-running FedMeZO:
+    .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --workdir runs/spzo --reuse --fedspzo lr=1e-3
     # smoke on the random 4-layer model:
     .venv/bin/python benchmarks/fedspzo_vs_fedmezo.py --set model=tiny-llama --set rounds=3 --out /tmp/smoke.json
 """
@@ -36,11 +40,16 @@ from zofed.runtime.local import run_local
 ALGORITHMS = ("fedmezo", "fedspzo")
 
 
-def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path) -> dict:
+def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path, reuse: bool = False,
+               name: str | None = None) -> dict:
     config = load_config(config_path, [*overrides, f"algorithm={algorithm}", "eval.every=1",
-                                       f"output_dir={workdir}", f"name={algorithm}"])
+                                       f"output_dir={workdir}", f"name={name or algorithm}"])
     started = time.perf_counter()
-    summary = run_local(config, overwrite=True, show_progress=False)
+    if reuse and finished_with(config):
+        print(f"reusing {config.run_dir}", file=sys.stderr, flush=True)
+        summary = json.loads((config.run_dir / "summary.json").read_text())
+    else:
+        summary = run_local(config, overwrite=True, show_progress=False)
     history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
     totals = {"layer_forwards": 0, "forward_passes": 0, "train_s": 0.0, "wall_s": 0.0}
     curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], **totals}]
@@ -59,6 +68,18 @@ def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: 
         "curve": curve,
         "run_s": time.perf_counter() - started,
     }
+
+
+def finished_with(config) -> bool:
+    """Whether config.run_dir holds a finished run of exactly this config (so tuning one method reuses the other)."""
+    saved, summary = config.run_dir / "config.yaml", config.run_dir / "summary.json"
+    if not (summary.is_file() and saved.is_file()):
+        return False
+
+    def own(data: dict) -> dict:  # the other methods' sections (FedSPZO's settings for FedMeZO) do not matter
+        return {key: value for key, value in data.items() if key not in config.methods or key == config.algorithm}
+
+    return own(yaml.safe_load(saved.read_text())) == own(config.to_dict())
 
 
 def first_reaching(curve: list[dict], target: float) -> dict | None:
@@ -87,6 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target", type=float, default=None, help="target validation loss (default: the lowest both reach)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fedspzo_vs_fedmezo_<name>.json)")
     parser.add_argument("--workdir", default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--fedspzo-rounds", type=int, default=None,
+                        help="run FedSPZO for only this many rounds (its step costs several MeZO steps: a rough "
+                             "equal layer-forward budget saves CPU hours); default: the config's rounds")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a finished run in --workdir whose config is identical (e.g. FedMeZO while tuning FedSPZO)")
     args = parser.parse_args(argv)
 
     base = load_config(args.config, args.set)
@@ -98,7 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
         runs = {}
         for algorithm in ALGORITHMS:
             print(f"running {algorithm} ...", file=sys.stderr, flush=True)
-            runs[algorithm] = run_method(args.config, overrides, algorithm, workdir)
+            # FedSPZO variants get their own run directories, so a tuning sweep keeps each of them.
+            name = "-".join([algorithm, *(s.replace("=", "") for s in args.fedspzo)]) if algorithm == "fedspzo" else algorithm
+            rounds = [f"rounds={args.fedspzo_rounds}"] if algorithm == "fedspzo" and args.fedspzo_rounds else []
+            runs[algorithm] = run_method(args.config, [*overrides, *rounds], algorithm, workdir, args.reuse, name)
     hashes = {name: run["summary"]["data_hashes"] for name, run in runs.items()}
     if hashes["fedmezo"] != hashes["fedspzo"]:
         raise SystemExit("the two runs saw different data; nothing to compare")

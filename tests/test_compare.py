@@ -94,6 +94,14 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, message, config_file, tm
     assert not (tmp_path / "x").exists()
 
 
+def test_other_runtime_is_refused_not_run_locally(config_file, tmp_path, capsys):
+    assert main(["compare", str(config_file), *QUICK, "runtime=flower-sim", "--algorithms", "fedmezo",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot honour runtime=flower-sim" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 def test_budget_parser():
     assert parse_budget(None) is None
     assert parse_budget("forward_passes=1e4").value == 1e4

@@ -7,6 +7,9 @@ hashes in results.json and checked equal across algorithms. A finished run (its 
 exists) is never run again; a half-finished one resumes from its checkpoint. So re-running the
 same command after an interruption, or with more seeds or algorithms, runs only what is missing.
 
+Runs are in-process (`runtime: local`); a config or override asking for another runtime is
+refused rather than silently run locally.
+
 Budgets: by default every run gets the config's rounds. `--budget bytes=N` (total uplink bytes
 of the run), `forward_passes=N` or `wall_s=N` stop each run before the first round that would
 start with the budget spent (the crossing round completes; `rounds` stays an upper limit).
@@ -77,7 +80,13 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
         raise ZofedError(f"--algorithms lists one twice: {','.join(algorithms)}")
     if seeds < 1:
         raise ZofedError(f"--seeds {seeds} must be at least 1")
-    base_seed = load_config(config_path, list(overrides)).seed
+    base = load_config(config_path, list(overrides))
+    if base.runtime != "local":
+        # Identical partitions, sampling and evaluation are guaranteed (and hash-checked) for the
+        # in-process runtime only; silently running locally would mislabel the results.
+        raise ZofedError(f"zofed compare runs every algorithm in-process and cannot honour runtime={base.runtime}; "
+                         "drop the runtime setting, or use `zofed run` per algorithm")
+    base_seed = base.seed
     runs = []
     for algorithm in algorithms:
         for offset in range(seeds):
