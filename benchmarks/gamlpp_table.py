@@ -85,7 +85,9 @@ def main(root: Path) -> None:
         for part, _ in ABLATIONS:
             document = load(root / task / part / "results.json")
             ablated = per_seed(document, "final_test_loss").get("gamlpp") if document else None
-            cells.append(cell(ablated, "{:.4f}") + (f" (full gamlpp lower in {wins(full, ablated)})" if full and ablated else ""))
+            same = {seed: full[seed] for seed in ablated if seed in full} if full and ablated else None
+            cells.append(cell(ablated, "{:.4f}") + (f" (full gamlpp on the same seeds: {cell(same, '{:.4f}')}, lower in "
+                                                    f"{wins(full, ablated)})" if same else ""))
         lines.append(f"| {task} | {cell(full, '{:.4f}')} | " + " | ".join(cells) + " |")
     lines += ["", "Goal (gamlpp's mean final test loss below every ZO baseline's):", *verdicts]
     print("\n".join(lines))
