@@ -107,3 +107,17 @@ def test_budget_parser():
     assert parse_budget("forward_passes=1e4").value == 1e4
     with pytest.raises(ZofedError):
         parse_budget("bytes=-1")
+
+
+def test_budget_cut_runs_agree_on_the_rounds_they_share():
+    # A byte budget stops fedmezo (weights up) after round 1 while seed-based methods run on.
+    hashes = {key: "h" for key in ("partition", "train", "val", "test", "accuracy", "sampling")}
+
+    def run(algorithm, sampling):
+        return {"algorithm": algorithm, "seed": 0, "hashes": hashes, "sampling": sampling}
+
+    compare_module.check_same_conditions([run("fedmezo", [[0, 1]]), run("fedkseed", [[0, 1], [1, 2]])])
+    with pytest.raises(ZofedError, match="sampling"):
+        compare_module.check_same_conditions([run("fedmezo", [[0, 2]]), run("fedkseed", [[0, 1], [1, 2]])])
+    with pytest.raises(ZofedError, match="test data"):
+        compare_module.check_same_conditions([run("fedmezo", [[0, 1]]), run("x", [[0, 1]]) | {"hashes": hashes | {"test": "other"}}])

@@ -155,6 +155,7 @@ def collect(run: CompareRun) -> dict:
         },
         "curve": curve,
         "hashes": summary["data_hashes"] | {"sampling": json_digest(sampling)},
+        "sampling": sampling,  # clients per round; a budget may stop runs at different rounds
     }
 
 
@@ -179,15 +180,26 @@ def build_results(name: str, config_path, overrides, budget: Budget | None, resu
 
 
 def check_same_conditions(results: list[dict]) -> None:
-    """Same data for every run, and the same sampling for every algorithm at a given seed."""
-    for key in ("partition", "train", "val", "test", "accuracy", "sampling"):
-        for seed in {r["seed"] for r in results}:
-            values = {r["hashes"][key] for r in results if r["seed"] == seed}
-            if len(values) != 1:
-                raise ZofedError(
-                    f"runs with seed {seed} differ in their {key} data although they share a config; "
-                    f"delete the compare directory's runs/ and run again"
-                )
+    """Same data for every run, and the same sampling for every algorithm at a given seed.
+
+    Under a budget, runs stop at different rounds, so their sampling must agree on the rounds
+    they share: the shortest run's clients per round are a prefix of every other run's.
+    """
+    for seed in {r["seed"] for r in results}:
+        runs = [r for r in results if r["seed"] == seed]
+        for key in ("partition", "train", "val", "test", "accuracy"):
+            if len({r["hashes"][key] for r in runs}) != 1:
+                _differ(seed, key)
+        shortest = min((r["sampling"] for r in runs), key=len)
+        if any(r["sampling"][: len(shortest)] != shortest for r in runs):
+            _differ(seed, "sampling")
+
+
+def _differ(seed: int, key: str) -> None:
+    raise ZofedError(
+        f"runs with seed {seed} differ in their {key} data although they share a config; "
+        f"delete the compare directory's runs/ and run again"
+    )
 
 
 def results_table(document: dict) -> str:

@@ -1,5 +1,6 @@
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -25,10 +26,10 @@ def test_partitions_cover_everything_once_and_are_seeded(method):
         assert parts != partition(method, LABELS, 8, seed=4)
 
 
-def mean_label_entropy(parts):
+def mean_label_entropy(parts, labels=LABELS):
     entropies = []
     for part in parts:
-        counts = Counter(LABELS[i] for i in part)
+        counts = Counter(labels[i] for i in part)
         total = sum(counts.values())
         entropies.append(-sum(c / total * math.log(c / total) for c in counts.values()))
     return sum(entropies) / len(entropies)
@@ -80,3 +81,22 @@ def test_splits_are_disjoint_and_seeded():
     assert splits == split_examples(examples, seed=1, val_size=30, test_size=0.1)
     with pytest.raises(ZofedError, match="nothing to train"):
         split_examples(examples[:10], seed=0, val_size=5, test_size=5)
+
+
+GSM8K = "/work/shared/data/gsm8k/train.jsonl"
+
+
+@pytest.mark.parametrize("task, path", [("builtin", None), ("gsm8k", GSM8K)])
+def test_dirichlet_alpha_0_1_skews_each_real_task_by_its_labels(task, path):
+    # The GAM-LPP benchmark's split: Dirichlet(0.1) over the built-in categories and GSM8K's step buckets.
+    from zofed.data import load_examples
+
+    if path is not None and not Path(path).is_file():
+        pytest.skip(f"{path} not present")
+    labels = [example.category for example in load_examples(task, path, limit=400, seed=0)]
+    assert len(set(labels)) >= 4
+    for seed in range(3):
+        parts = partition("dirichlet", labels, 4, seed=seed, alpha=0.1)
+        assert_is_partition(parts, len(labels))
+        iid = partition("iid", labels, 4, seed=seed)
+        assert mean_label_entropy(parts, labels) < 0.75 * mean_label_entropy(iid, labels)

@@ -98,3 +98,12 @@ def test_missing_file_is_reported(tmp_path):
 
 def test_every_task_is_described():
     assert {"builtin", "gsm8k", "alpaca", "codealpaca", "dolly"} <= set(TASKS)
+
+
+def test_gsm8k_label_counts_reasoning_lines():
+    from zofed.data.loaders import gsm8k_steps_label
+
+    assert gsm8k_steps_label("He pays 3.\n#### 3") == "steps-2"  # one line joins the two-line bucket
+    assert gsm8k_steps_label("a\nb\n\nc\n#### 1") == "steps-3"  # blank lines do not count
+    assert gsm8k_steps_label("a\nb\nc\nd\n#### 1") == "steps-4"
+    assert gsm8k_steps_label("\n".join("abcdefg") + "\n#### 1") == "steps-5+"
