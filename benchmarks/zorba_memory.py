@@ -38,11 +38,11 @@ ZO_LR = ["fedmezo.lr=1e-5", "fedmezo.mu=1e-3", "fedkseed.lr=1e-5", "fedkseed.mu=
 def client_peak(config_json: str, client: int) -> dict:
     """One client's round in this (fresh) process; its peak RSS and, for ZorBA, its plan and budget."""
     from zofed.algorithms import build_algorithm
-    from zofed.algorithms.zorba import DTYPES
+    from zofed.algorithms.zorba import DTYPES, current_plan
     from zofed.config import parse_config
     from zofed.runtime.codec import encode
     from zofed.runtime.experiment import build_experiment
-    from zofed.runtime.memory_profile import client_round_peak, experiment_split
+    from zofed.runtime.memory_profile import client_round_peak
 
     config = parse_config(json.loads(config_json))
     experiment = build_experiment(config)
@@ -51,11 +51,11 @@ def client_peak(config_json: str, client: int) -> dict:
     outbox = [encode(method.configure(state, 1, [client])[0])]
     extra, lower, dtype = {}, None, None
     if config.algorithm == "zorba":
-        plan = state.info["plan"]
+        plan = current_plan(state.info)
         active = plan["active"][client]
         extra = {"active_blocks": active, "budget_mb": plan["budgets_mb"][client],
                  "predicted_mb": plan["predicted_mb"][client]}
-        lower = [layer for layer in range(experiment_split(experiment).num_layers) if layer not in active]
+        lower = [layer for layer in range(experiment.loaded.num_layers) if layer not in active]
         dtype = DTYPES[config.algorithm_settings.inactive_dtype]
     del state
     gc.collect()

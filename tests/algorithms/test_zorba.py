@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zofed.algorithms import build_algorithm
-from zofed.algorithms.zorba import client_budgets, plan
+from zofed.algorithms.zorba import client_budgets, current_plan, plan
 from zofed.errors import ZofedError
 from zofed.messages import Message
 
@@ -36,7 +36,7 @@ class TwoLayerToy:
 
 def with_plan(algorithm, problem, active):
     state = algorithm.init(problem.initial(), seed=0)
-    return dataclasses.replace(state, info={**state.info, "plan": {**state.info["plan"], "active": active}})
+    return dataclasses.replace(state, info={**state.info, "plans": [{**current_plan(state.info), "active": active}]})
 
 
 def train(algorithm, problem, state, client, model=None):
@@ -107,7 +107,7 @@ def test_re_solving_rotates_blocks_that_tight_budgets_leave_untrained():
     state = algorithm.init(weights, seed=0)
     covered = set()
     for round in range(1, 5):
-        active = state.info["plan"]["active"]
+        active = current_plan(state.info)["active"]
         covered |= {layer for row in active for layer in row}
         replies = [(client, Message(kind="seeds", round=round, config={"lr": 0.02, "layers": {str(row[0]): [[row[0], row[0] + 1]]}},
                                     seeds=(1,), scalars=(0.5,), metrics={"num_examples": 4.0}))

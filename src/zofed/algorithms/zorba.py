@@ -170,12 +170,11 @@ class Zorba:
         blocks = len(require_profile(self.settings).block_mb)
         decided = plan(self.settings)
         return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-                           info={"seed": seed, "plan": decided, "plan_round": 1, "last_trained": [0] * blocks,
-                                 "plans": [{"round": 1, **decided}]})
+                           info={"seed": seed, "last_trained": [0] * blocks, "plans": [{"round": 1, **decided}]})
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
-        active = state.info["plan"]["active"]
+        active = current_plan(state.info)["active"]
         config = {"lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size,
                   "inactive_dtype": s.inactive_dtype}
         return [Message(kind="weights", round=round, config={**config, "active": active[client]},
@@ -222,7 +221,7 @@ class Zorba:
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings
         count = len(state.weights)
-        assigned = state.info["plan"]["active"]
+        assigned = current_plan(state.info)["active"]
         usable = [(reply, layers) for client, reply in replies
                   if (layers := reply_layers(reply, count, assigned[client])) is not None]
         covering: dict[int, float] = {}
@@ -263,7 +262,12 @@ def replan(settings: ZorbaSettings, info: Mapping, round: int) -> dict:
     base_penalty = float(sum(sizes))
     penalties = [base_penalty * (1 + round - at) for at in info["last_trained"]]
     decided = plan(settings, penalties)
-    return {**info, "plan": decided, "plan_round": round + 1, "plans": [*info["plans"], {"round": round + 1, **decided}]}
+    return {**info, "plans": [*info["plans"], {"round": round + 1, **decided}]}
+
+
+def current_plan(info: Mapping) -> dict:
+    """The plan in force: the newest of the plans decided so far (each from its `round` on)."""
+    return info["plans"][-1]
 
 
 def reply_layers(reply: Message, count: int, assigned: Sequence[int]) -> dict[int, list[int]] | None:

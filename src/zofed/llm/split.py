@@ -169,8 +169,8 @@ class ModelSplit:
         holders_of: dict[int, list[torch.Tensor]] = {}
         for tensor in self._tensors:
             holders_of.setdefault(tensor.data_ptr(), []).append(tensor)
-        saved: list[tuple[list[torch.Tensor], torch.Tensor]] = []
-        moved: list[list[torch.Tensor]] = []
+        # (the tensor and every view tensor on its storage, its original or None when not kept)
+        moved: list[tuple[list[torch.Tensor], torch.Tensor | None]] = []
         hooks = []
         for index in chosen:
             layer = module_list[index]
@@ -182,9 +182,7 @@ class ModelSplit:
                 low = original.to(dtype)
                 for holder in holders:
                     holder.data = low
-                moved.append(holders)
-                if keep_master:
-                    saved.append((holders, original))
+                moved.append((holders, original if keep_master else None))
                 del original
             hooks.append(layer.register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True))
             hooks.append(layer.register_forward_hook(_cast_output(high)))
@@ -201,15 +199,10 @@ class ModelSplit:
         finally:
             for hook in hooks:
                 hook.remove()
-            if keep_master:
-                for holders, original in saved:
-                    for holder in holders:
-                        holder.data = original
-            else:
-                for holders in moved:
-                    restored = holders[0].data.to(high)
-                    for holder in holders:
-                        holder.data = restored
+            for holders, original in moved:
+                restored = holders[0].data.to(high) if original is None else original
+                for holder in holders:
+                    holder.data = restored
 
     def check_split(self, split: int) -> None:
         if not 1 <= split <= self.num_layers:

@@ -46,8 +46,8 @@ def with_memory_profile(config: RunConfig, resume: bool = False) -> RunConfig:
     profile = _saved_profile(config) if resume else None
     if profile is None:
         profile = measure_profile(config)
-    return parse_config(config.to_dict() | {config.algorithm: {
-        **config.to_dict()[config.algorithm], "memory_profile": profile}})
+    raw = config.to_dict()
+    return parse_config(raw | {config.algorithm: {**raw[config.algorithm], "memory_profile": profile}})
 
 
 def _saved_profile(config: RunConfig) -> dict | None:
@@ -71,12 +71,6 @@ def measure_profile(config: RunConfig) -> dict:
         raise ZofedError(f"measuring the client memory profile failed ({lines[-1]}); "
                          f"give {config.algorithm}.memory_profile in the config instead")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def experiment_split(experiment):
-    from zofed.llm.split import ModelSplit
-
-    return ModelSplit(experiment.model, experiment.view.tensors)
 
 
 def profile_points(num_layers: int) -> list[int]:
@@ -110,19 +104,18 @@ def client_round_peak(experiment, algorithm, outbox: list[bytes], client: int, l
 
 
 def _measure(config: RunConfig) -> dict:
-    import torch
-
     from zofed.algorithms import build_algorithm
     from zofed.algorithms.zorba import DTYPES, client_precision
     from zofed.messages import Message
     from zofed.runtime.codec import encode
     from zofed.runtime.experiment import build_experiment, prepare_data
+    from zofed.runtime.local import client_env
 
     settings = config.algorithm_settings
     config = parse_config(config.to_dict() | {"local": {**config.to_dict()["local"], "local_steps": 1}})
     experiment = build_experiment(config, prepare_data(config))
     algorithm = build_algorithm(config.algorithm, settings)
-    split = experiment_split(experiment)
+    split = client_env(experiment, 1, 0).split
     layers = split.num_layers
     low = DTYPES[settings.inactive_dtype]
     block_params = [0] * layers
@@ -134,7 +127,7 @@ def _measure(config: RunConfig) -> dict:
     for layer in range(layers):
         for tensor in [*module_list[layer].parameters(), *module_list[layer].buffers()]:
             if tensor.is_floating_point():
-                saved_bytes[layer] += tensor.numel() * (tensor.element_size() - torch.empty((), dtype=low).element_size())
+                saved_bytes[layer] += tensor.numel() * (tensor.element_size() - low.itemsize)
     if min(block_params) == 0:
         raise ZofedError("every layer needs trainable tensors for a block profile; train all layers")
     points = []
