@@ -11,13 +11,16 @@ with the number of clients), in a node's state or on its disk for a deployment.
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 from zofed.algorithms.downlink import method_scalars, replay_segments
 from zofed.errors import ZofedError
@@ -62,25 +65,39 @@ class KeptStore:
 
     def load(self, client: int, at_most: int) -> KeptModel | None:
         usable = [version for version in self._versions(client) if version <= at_most]
-        if not usable:
-            return None
-        tensors = load_file(str(self._path(client, usable[-1])))
-        return KeptModel(usable[-1], tuple(tensors[str(i)] for i in range(len(tensors))))
+        return kept_from_bytes(self._path(client, usable[-1]).read_bytes()) if usable else None
 
     def save(self, client: int, kept: KeptModel | None) -> None:
         """Keep `kept` as the client's newest version; None: the client keeps nothing."""
         if kept is None:
             shutil.rmtree(self.directory / str(client), ignore_errors=True)
             return
-        path = self._path(client, kept.version)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        save_file({str(i): tensor.contiguous() for i, tensor in enumerate(kept.tensors)}, str(staging))
-        staging.replace(path)
+        write_kept(self._path(client, kept.version), kept)
         for old in [version for version in self._versions(client) if version > kept.version]:
             self._path(client, old).unlink()  # a redone round's sync supersedes what the lost session kept
         for old in self._versions(client)[: -self.VERSIONS]:
             self._path(client, old).unlink()
+
+
+def kept_to_bytes(kept: KeptModel) -> bytes:
+    """A kept model as safetensors bytes: tensors by view index, the version in the metadata."""
+    tensors = {str(i): tensor.detach().contiguous() for i, tensor in enumerate(kept.tensors)}
+    return safetensors_save(tensors, metadata={"version": str(kept.version)})
+
+
+def kept_from_bytes(data: bytes) -> KeptModel:
+    (header_length,) = struct.unpack_from("<Q", data, 0)
+    version = int(json.loads(data[8 : 8 + header_length])["__metadata__"]["version"])
+    tensors = safetensors_load(bytes(data))
+    return KeptModel(version, tuple(tensors[str(i)] for i in range(len(tensors))))
+
+
+def write_kept(path: Path, kept: KeptModel) -> None:
+    """Tensors and version in one file, replaced atomically (a kill leaves the old file or the new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_bytes(kept_to_bytes(kept))
+    staging.replace(path)
 
 
 @torch.no_grad()

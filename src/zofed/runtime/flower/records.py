@@ -11,17 +11,14 @@ its train metrics are already in the codec message.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 
 from zofed.errors import ZofedError
-from zofed.runtime.client import KeptModel
+from zofed.runtime.client import KeptModel, kept_from_bytes, kept_to_bytes, write_kept
 
 CODEC_STYPE = "zofed.codec"
 LARGE = 1 << 20  # bytes from which a message travels as a chunked Array
@@ -76,13 +73,13 @@ class ContextKeptStore:
     def load(self, client: int) -> KeptModel | None:
         if KEPT not in self.state:
             return None
-        return _kept_from_bytes(self.state.array_records[KEPT]["model"].data)
+        return kept_from_bytes(self.state.array_records[KEPT]["model"].data)
 
     def save(self, client: int, kept: KeptModel | None) -> None:
         if kept is None:
             self.state.pop(KEPT, None)
             return
-        data = _kept_to_bytes(kept)
+        data = kept_to_bytes(kept)
         self.state[KEPT] = ArrayRecord({"model": Array("uint8", (len(data),), "safetensors", data)})
 
 
@@ -97,26 +94,11 @@ class FileKeptStore:
 
     def load(self, client: int) -> KeptModel | None:
         path = self._path(client)
-        return _kept_from_bytes(path.read_bytes()) if path.is_file() else None
+        return kept_from_bytes(path.read_bytes()) if path.is_file() else None
 
     def save(self, client: int, kept: KeptModel | None) -> None:
         path = self._path(client)
         if kept is None:
             path.unlink(missing_ok=True)
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.write_bytes(_kept_to_bytes(kept))
-        staging.replace(path)  # tensors and version in one file, replaced atomically
-
-
-def _kept_to_bytes(kept: KeptModel) -> bytes:
-    tensors = {str(i): tensor.detach().contiguous() for i, tensor in enumerate(kept.tensors)}
-    return safetensors_save(tensors, metadata={"version": str(kept.version)})
-
-
-def _kept_from_bytes(data: bytes) -> KeptModel:
-    (header_length,) = struct.unpack_from("<Q", data, 0)
-    version = int(json.loads(data[8 : 8 + header_length])["__metadata__"]["version"])
-    tensors = safetensors_load(bytes(data))
-    return KeptModel(version, tuple(tensors[str(i)] for i in range(len(tensors))))
+        write_kept(path, kept)
