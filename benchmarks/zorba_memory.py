@@ -9,8 +9,14 @@ device class (`zorba.device_profile`, clients 0/1/2 = smallest/middle/largest bu
 is checked against its budget. Loss: the same config run by each method for `--rounds` rounds on
 the local runtime (same data, sampling, seeds), final test loss and bytes per client per round.
 
+`--shape smollm2-360m` measures memory (not loss) on a larger member of the model's family: the
+architecture of SmolLM2-360M with random weights (memory does not depend on the values, and
+nothing may be downloaded), the built-in tokenizer, written to a temporary directory. It shows
+how the ratio moves as the layers outweigh what every client holds regardless (the interpreter,
+torch, the fp32 embedding and head).
+
     .venv/bin/python benchmarks/zorba_memory.py [--config configs/quickstart.yaml] [--steps 3] [--rounds 4]
-        [--skip-loss] [key=value ...]
+        [--skip-loss] [--shape smollm2-360m] [key=value ...]
 """
 
 from __future__ import annotations
@@ -31,48 +37,96 @@ BASELINES = {
     "fedkseed": ["fedkseed.directions=pool"],
     "fedavg": ["fedavg.optimizer=sgd"],
 }
+# Architectures of the family's larger members (their published configs); vocabulary and tokenizer as the built-in.
+SHAPES = {
+    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                     "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64},
+    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                     "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 64},
+}
 ZO_LR = ["fedmezo.lr=1e-5", "fedmezo.mu=1e-3", "fedkseed.lr=1e-5", "fedkseed.mu=1e-3", "zorba.lr=1e-5", "zorba.mu=1e-3",
          "fedavg.lr=1e-5"]
 
 
-def client_peak(config_json: str, client: int) -> dict:
-    """One client's round in this (fresh) process; its peak RSS and, for ZorBA, its plan and budget."""
+def server_downlink(config_json: str, client: int, downlink: Path) -> dict:
+    """The server's side, in a process of its own: the round-1 downlink to `client`, written to `downlink`.
+
+    Returns what the client process needs to know besides the bytes (for ZorBA: its plan).
+    """
     from zofed.algorithms import build_algorithm
-    from zofed.algorithms.zorba import DTYPES, current_plan
+    from zofed.algorithms.zorba import current_plan
     from zofed.config import parse_config
     from zofed.runtime.codec import encode
+    from zofed.runtime.experiment import build_experiment
+
+    config = parse_config(json.loads(config_json))
+    experiment = build_experiment(config)
+    num_layers, weights = experiment.loaded.num_layers, experiment.view.state_dict()
+    del experiment  # the server holds its state, not a model; a large model cannot have both here
+    gc.collect()
+    method = build_algorithm(config.algorithm, config.algorithm_settings)
+    state = method.init(weights, config.seed)
+    del weights
+    gc.collect()
+    downlink.write_bytes(encode(method.configure(state, 1, [client])[0]))
+    if config.algorithm != "zorba":
+        return {}
+    plan = current_plan(state.info)
+    active = plan["active"][client]
+    return {"active_blocks": active, "budget_mb": plan["budgets_mb"][client], "predicted_mb": plan["predicted_mb"][client],
+            "lower": [layer for layer in range(num_layers) if layer not in active]}
+
+
+def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> dict:
+    """The client's round in this (fresh) process, from the downlink's bytes as they would arrive."""
+    from zofed.algorithms import build_algorithm
+    from zofed.algorithms.zorba import DTYPES
+    from zofed.config import parse_config
     from zofed.runtime.experiment import build_experiment
     from zofed.runtime.memory_profile import client_round_peak
 
     config = parse_config(json.loads(config_json))
     experiment = build_experiment(config)
     method = build_algorithm(config.algorithm, config.algorithm_settings)
-    state = method.init(experiment.view.state_dict(), config.seed)
-    outbox = [encode(method.configure(state, 1, [client])[0])]
-    extra, lower, dtype = {}, None, None
-    if config.algorithm == "zorba":
-        plan = current_plan(state.info)
-        active = plan["active"][client]
-        extra = {"active_blocks": active, "budget_mb": plan["budgets_mb"][client],
-                 "predicted_mb": plan["predicted_mb"][client]}
-        lower = [layer for layer in range(experiment.loaded.num_layers) if layer not in active]
-        dtype = DTYPES[config.algorithm_settings.inactive_dtype]
-    del state
+    lower = plan.pop("lower", None)
+    dtype = DTYPES[config.algorithm_settings.inactive_dtype] if lower is not None else None
+    outbox = [downlink.read_bytes()]
     gc.collect()
     peak = client_round_peak(experiment, method, outbox, client, lower, dtype)
     return {"algorithm": config.algorithm, "client": client, **peak, "trainable_params": experiment.view.numel(),
-            **extra}
+            **plan}
+
+
+def write_shape(shape: str, directory: Path) -> Path:
+    """A random-weight model of `shape` (and the built-in tokenizer) saved under `directory`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from zofed.llm.models import SMOLLM2, load_model
+
+    builtin = load_model(SMOLLM2)
+    config = builtin.model.config.__class__.from_dict({**builtin.model.config.to_dict(), **SHAPES[shape]})
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # stored as the family's checkpoints are
+    target = directory / shape
+    model.save_pretrained(target)
+    builtin.tokenizer.save_pretrained(target)
+    return target
 
 
 def run_child(config, client: int) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(config.to_dict(), handle)
-    try:
-        output = subprocess.run([sys.executable, __file__, "--child", handle.name, str(client)], check=True,
-                                capture_output=True, text=True, env=CHILD_ENV).stdout
-    finally:
-        os.unlink(handle.name)
-    return json.loads(output.strip().splitlines()[-1])
+    """The server's downlink in one process, then the client's round in another (each fresh)."""
+    with tempfile.TemporaryDirectory(prefix="zofed-zorba-memory-") as scratch:
+        config_path, downlink = Path(scratch) / "config.json", Path(scratch) / "downlink.bin"
+        config_path.write_text(json.dumps(config.to_dict()))
+
+        def child(role: str, *extra: str) -> dict:
+            output = subprocess.run([sys.executable, __file__, role, str(config_path), str(client), str(downlink), *extra],
+                                    check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
+            return json.loads(output.strip().splitlines()[-1])
+
+        plan = child("--server")
+        return child("--client", json.dumps(plan))
 
 
 def main() -> None:
@@ -81,12 +135,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--skip-loss", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/zorba_memory.json")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="memory only, on this architecture with random weights")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="comma-separated; backprop FedAvg at 1.7B does not fit this machine's memory")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/zorba_memory[_<shape>].json")
+    parser.add_argument("--server", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(client_peak(Path(args.child[0]).read_text(), int(args.child[1]))))
+    if args.server:
+        print(json.dumps(server_downlink(Path(args.server[0]).read_text(), int(args.server[1]), Path(args.server[2]))))
+        return
+    if args.client:
+        config_path, client, downlink, plan = args.client
+        print(json.dumps(client_peak(Path(config_path).read_text(), int(client), Path(downlink), json.loads(plan))))
         return
 
     from zofed.config import load_config
@@ -94,13 +156,24 @@ def main() -> None:
     from zofed.runtime.local import run_local
     from zofed.runtime.memory_profile import with_memory_profile
 
+    baselines = args.baselines.split(",")
+    if "fedmezo" not in baselines or not set(baselines) <= set(BASELINES):
+        parser.error(f"--baselines: fedmezo (the reference) and any of {', '.join(BASELINES)}")
+    shape_dir = None
+    if args.shape:
+        shape_dir = tempfile.TemporaryDirectory(prefix="zofed-shape-")
+        model_dir = write_shape(args.shape, Path(shape_dir.name))
+        args.overrides = [*args.overrides, f"model={model_dir}"]
+        args.skip_loss = True  # random weights: the loss says nothing
+    out = Path(args.out or f"benchmarks/results/zorba_memory{'_' + args.shape if args.shape else ''}.json")
     common = [*FULL, *ZO_LR, f"local.local_steps={args.steps}", *args.overrides]
     zorba_config = with_memory_profile(load_config(args.config, [*common, "algorithm=zorba"]))
     profile = zorba_config.algorithm_settings.memory_profile
     print(f"profile: base {profile.base_mb:.0f} MB, block {profile.block_mb[0]:.1f} MB x {len(profile.block_mb)}",
           flush=True)
     memory = []
-    for name, extra in BASELINES.items():
+    for name in baselines:
+        extra = BASELINES[name]
         memory.append(run_child(load_config(args.config, [*common, *extra, f"algorithm={name}"]), 0))
         print(f"{name:9s} peak {memory[-1]['peak_rss_mb']:8.1f} MB", flush=True)
     for client in range(3):
@@ -108,17 +181,18 @@ def main() -> None:
         row = memory[-1]
         print(f"zorba c{client}  peak {row['peak_rss_mb']:8.1f} MB  budget {row['budget_mb']:8.1f} MB  "
               f"{len(row['active_blocks'])} active blocks", flush=True)
-    fedmezo_peak = memory[0]["peak_rss_mb"]
+    fedmezo_peak = next(row["peak_rss_mb"] for row in memory if row["algorithm"] == "fedmezo")
     zorba_rows = [row for row in memory if row["algorithm"] == "zorba"]
     ratios = {
         f"zorba c{row['client']} / fedmezo full": round(row["peak_rss_mb"] / fedmezo_peak, 3) for row in zorba_rows
-    } | {f"{row['algorithm']} / fedmezo full": round(row["peak_rss_mb"] / fedmezo_peak, 3) for row in memory[1:3]}
+    } | {f"{row['algorithm']} / fedmezo full": round(row["peak_rss_mb"] / fedmezo_peak, 3) for row in memory
+         if row["algorithm"] in BASELINES and row["algorithm"] != "fedmezo"}
     within_budget = all(row["peak_rss_mb"] <= row["budget_mb"] for row in zorba_rows)
 
     losses = {}
     if not args.skip_loss:
         with tempfile.TemporaryDirectory() as root:
-            for name in ["zorba", *BASELINES]:
+            for name in ["zorba", *baselines]:
                 extra = BASELINES.get(name, [])
                 config = load_config(args.config, [*common, *extra, f"algorithm={name}", f"rounds={args.rounds}",
                                                    f"output_dir={root}", f"name={name}", "eval.accuracy_examples=0"])
@@ -137,11 +211,15 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name:28s} {value}")
     print(f"every ZorBA client within its budget: {within_budget}")
-    result = {"machine": describe_machine(), "config": args.config, "overrides": common, "steps": args.steps,
+    if shape_dir is not None:
+        common = [item for item in common if not item.startswith("model=")] + [f"model=<{args.shape}, random weights>"]
+        shape_dir.cleanup()
+    result = {"machine": describe_machine(), "config": args.config, "shape": args.shape, "overrides": common,
+              "steps": args.steps,
               "profile": profile.model_dump(), "memory": memory, "ratios": ratios,
               "zorba_within_budget": within_budget, "loss_at_equal_rounds": losses, "rounds": args.rounds}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

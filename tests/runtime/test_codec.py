@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +57,63 @@ def test_receiver_reads_the_same_sizes_the_sender_counted():
     )
     data, sizes = encode_with_sizes(message)
     assert sizes_of(data) == sizes
+
+
+def _weights_message() -> Message:
+    return Message(kind="weights", round=1, config={"x": "odd-length-header"},
+                   tensors={"w": torch.randn(4, 5), "b": torch.randn(3).to(torch.bfloat16), "n": torch.arange(3)},
+                   seeds=(7,), scalars=(0.5,))
+
+
+def test_decoded_tensors_view_the_message_bytes_instead_of_copying_them():
+    message = _weights_message()
+    data = encode(message)
+    start = np.frombuffer(data, dtype=np.uint8).ctypes.data
+    decoded = decode(data)
+    for name, tensor in decoded.tensors.items():
+        assert start <= tensor.data_ptr() < start + len(data), name
+        assert torch.equal(tensor, message.tensors[name])
+    assert decoded.seeds == (7,) and decoded.scalars == (0.5,)
+
+
+def test_tensor_blob_starts_aligned_so_views_are_aligned():
+    for key in ("a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "abcdefgh"):
+        data = encode(Message(kind="weights", round=1, config={key: 1}, tensors={"w": torch.ones(3)}))
+        header_length = int.from_bytes(data[4:8], "little")
+        assert (8 + header_length) % 8 == 0
+        assert decode(data).config == {key: 1}
+
+
+def test_unaligned_buffer_still_decodes_exactly():
+    message = _weights_message()
+    data = encode(message)
+    shifted = memoryview(b"x" + data)[1:]  # the same message, one byte off alignment
+    decoded = decode(shifted)
+    assert torch.equal(decoded.tensors["w"], decode(data).tensors["w"])
+    assert decoded.tensors["b"].dtype == torch.bfloat16 and decoded.tensors["n"].tolist() == [0, 1, 2]
+
+
+def _with_tensor_header(entry: dict) -> bytes:
+    """A weights message whose safetensors header is replaced by `entry` for tensor 'w' (same lengths)."""
+    import json
+
+    data = bytearray(encode(Message(kind="weights", round=1, tensors={"w": torch.ones(4)})))
+    offset = 8 + int.from_bytes(data[4:8], "little")
+    length = int.from_bytes(data[offset:offset + 8], "little")
+    header = json.dumps({"w": entry}, separators=(",", ":")).encode().ljust(length)
+    assert len(header) == length
+    data[offset + 8:offset + 8 + length] = header
+    return bytes(data)
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [5], "data_offsets": [0, 20]},  # past the blob
+    {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]},  # shape does not match the bytes
+    {"dtype": "Q7", "shape": [4], "data_offsets": [0, 16]},  # unknown dtype
+    {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]},
+])
+def test_tensor_headers_that_do_not_match_their_bytes_are_rejected(entry):
+    with pytest.raises(CodecError):
+        decode(_with_tensor_header(entry))
+    assert torch.equal(decode(_with_tensor_header({"dtype": "I32", "shape": [4], "data_offsets": [0, 16]}))
+                       .tensors["w"], torch.ones(4).view(torch.int32))

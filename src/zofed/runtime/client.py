@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from zofed.algorithms.downlink import method_scalars, replay_segments
 from zofed.errors import ZofedError
 from zofed.messages import Message
+from zofed.runtime.codec import tensor_views
 from zofed.zo import Scratch, make_directions, replay_
 
 
@@ -88,7 +88,7 @@ def kept_to_bytes(kept: KeptModel) -> bytes:
 def kept_from_bytes(data: bytes) -> KeptModel:
     (header_length,) = struct.unpack_from("<Q", data, 0)
     version = int(json.loads(data[8 : 8 + header_length])["__metadata__"]["version"])
-    tensors = safetensors_load(bytes(data))
+    tensors = tensor_views(data, 0, len(data))  # read-only: they are only copied into the model
     return KeptModel(version, tuple(tensors[str(i)] for i in range(len(tensors))))
 
 

@@ -4,17 +4,25 @@ Layout: magic, u32 header length, JSON header (kind, round, config, metrics, cou
 tensors as a safetensors blob, then seeds as little-endian int64 and scalars as float32. Scalars
 are float32 on the wire; algorithms round g to float32 before using it, so the value a client
 applied is exactly the value the server replays.
+
+Decoded tensors are views of the message's bytes, not copies: a client receiving the weights
+holds them once (the bytes) until it has loaded them into its model, where `safetensors.torch.load`
+would hold a slice of the bytes and the tensors besides, three copies of the largest thing it ever
+receives. So the JSON header of a message with tensors is padded with spaces to end on an 8-byte
+boundary: safetensors aligns each tensor within its blob, and the blob then starts aligned too.
+The views are read-only by contract (the bytes may be immutable); copy before writing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from zofed.messages import Message
@@ -22,6 +30,13 @@ from zofed.zo.seeds import SEED_LIMIT
 
 MAGIC = b"ZOF1"
 _HEADER_LENGTH = struct.Struct("<I")
+_BLOB_HEADER_LENGTH = struct.Struct("<Q")
+_ALIGNMENT = 8
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,11 @@ def encode_with_sizes(message: Message) -> tuple[bytes, EncodedSizes]:
     header_json = json.dumps(header, separators=(",", ":"), allow_nan=True)
     header_json = header_json.replace('"__METRICS__"', metrics_json, 1)
     header_bytes = header_json.encode("utf-8")
+    if tensor_blob:
+        header_bytes += b" " * (-(len(MAGIC) + _HEADER_LENGTH.size + len(header_bytes)) % _ALIGNMENT)
     records = seeds.astype("<i8").tobytes() + scalars.tobytes()
-    data = MAGIC + _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + tensor_blob + records
+    # one join, not a chain of +: each + would copy the weights once more
+    data = b"".join([MAGIC, _HEADER_LENGTH.pack(len(header_bytes)), header_bytes, tensor_blob, records])
     metrics_size = len(metrics_json.encode("utf-8"))
     sizes = EncodedSizes(
         weights=len(tensor_blob),
@@ -92,16 +110,16 @@ def sizes_of(data: bytes) -> EncodedSizes:
     return EncodedSizes(weights=tensor_bytes, records=records, metrics=metrics, control=control)
 
 
-def decode(data: bytes) -> Message:
+def decode(data: bytes | bytearray | memoryview) -> Message:
     try:
-        if data[:4] != MAGIC:
+        if bytes(data[:4]) != MAGIC:
             raise CodecError("not a zofed message (bad magic)")
         (header_length,) = _HEADER_LENGTH.unpack_from(data, 4)
         start = 4 + _HEADER_LENGTH.size
-        header = json.loads(data[start : start + header_length].decode("utf-8"))
+        header = json.loads(bytes(data[start : start + header_length]).decode("utf-8"))
         offset = start + header_length
         tensor_bytes = int(header["tensor_bytes"])
-        tensors = safetensors_load(data[offset : offset + tensor_bytes]) if tensor_bytes else {}
+        tensors = tensor_views(data, offset, tensor_bytes) if tensor_bytes else {}
         offset += tensor_bytes
         n_seeds, n_scalars = int(header["seeds"]), int(header["scalars"])
         if len(data) != offset + 8 * n_seeds + 4 * n_scalars:
@@ -121,6 +139,41 @@ def decode(data: bytes) -> Message:
         raise
     except (KeyError, TypeError, ValueError, struct.error, UnicodeDecodeError) as error:
         raise CodecError(f"malformed message: {error}") from error
+
+
+def tensor_views(data, offset: int, length: int) -> dict[str, torch.Tensor]:
+    """The safetensors blob at data[offset : offset + length] as tensors viewing `data` (no copy).
+
+    A tensor whose bytes are not aligned for its dtype (a buffer that starts unaligned) is copied.
+    """
+    (header_length,) = _BLOB_HEADER_LENGTH.unpack_from(data, offset)
+    start = offset + _BLOB_HEADER_LENGTH.size + header_length
+    if start > offset + length:
+        raise CodecError("malformed message: tensor header runs past its blob")
+    header = json.loads(bytes(data[offset + _BLOB_HEADER_LENGTH.size : start]).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise CodecError("malformed message: tensor header is not a table")
+    header.pop("__metadata__", None)
+    tensors = {}
+    with warnings.catch_warnings():
+        # bytes are immutable and torch warns that it cannot enforce that; the views are read-only by contract
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        for name, entry in header.items():
+            dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) if isinstance(entry, dict) else None
+            if dtype is None:
+                raise CodecError(f"malformed message: tensor '{name}' has no known dtype")
+            shape = [int(size) for size in entry["shape"]]
+            begin, end = (int(bound) for bound in entry["data_offsets"])
+            count = math.prod(shape)
+            if min(shape, default=0) < 0 or not 0 <= begin <= end <= offset + length - start \
+                    or (end - begin) != count * dtype.itemsize:
+                raise CodecError(f"malformed message: tensor '{name}' does not match its bytes")
+            if count == 0:
+                tensors[name] = torch.empty(shape, dtype=dtype)
+                continue
+            tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin).view(shape)
+            tensors[name] = tensor if tensor.data_ptr() % dtype.itemsize == 0 else tensor.clone()
+    return tensors
 
 
 def _contiguous(tensors) -> dict[str, torch.Tensor]:

@@ -130,13 +130,15 @@ def _measure(config: RunConfig) -> dict:
                 saved_bytes[layer] += tensor.numel() * (tensor.element_size() - low.itemsize)
     if min(block_params) == 0:
         raise ZofedError("every layer needs trainable tensors for a block profile; train all layers")
+    # the model's own tensors, not a copy: the downlink's values do not matter here, its size does
+    weights = dict(zip(experiment.view.names, experiment.view.tensors))
     points = []
     for active in profile_points(layers):
         config_of_round = {"lr": 0.0, "mu": settings.mu, "directions": settings.directions,
                            "pool_size": settings.pool_size, "inactive_dtype": settings.inactive_dtype,
                            "active": list(range(active))}
         outbox = [encode(Message(kind="weights", round=1, config=config_of_round,
-                                 tensors=client_precision(experiment.view.state_dict(), range(active), low)))]
+                                 tensors=client_precision(weights, range(active), low)))]
         peak = client_round_peak(experiment, algorithm, outbox, 0, list(range(active, layers)), low)["peak_rss_mb"]
         points.append({"active_blocks": float(active), "peak_mb": peak})
     ks = np.array([p["active_blocks"] for p in points])
