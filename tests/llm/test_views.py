@@ -180,3 +180,10 @@ def test_lora_target_typo(tiny):
 )
 def test_layer_index(name, layer):
     assert layer_index(name) == layer
+
+
+def test_lora_rank_above_the_targets_rank_is_refused_before_allocating(tiny):
+    smallest = min(min(m.in_features, m.out_features) for name, m in tiny.model.named_modules()
+                   if name.endswith(("q_proj", "v_proj")))
+    with pytest.raises(ZofedError, match=rf"trainable.r=1000000000000 exceeds .*at most {smallest}$"):
+        apply_lora(tiny, LoraSettings(r=10**12, target_modules=("q_proj", "v_proj")), seed=0)

@@ -39,6 +39,7 @@ class LoraSettings:
 def apply_lora(loaded: LoadedModel, settings: LoraSettings, seed: int) -> LoadedModel:
     """`loaded` with PEFT LoRA adapters; the base model is wrapped in place, so use only the result."""
     _check_targets(loaded, settings.target_modules)
+    _check_rank(loaded, settings)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -73,6 +74,18 @@ def _check_targets(loaded: LoadedModel, targets: Sequence[str]) -> None:
         raise ZofedError(
             f"LoRA target modules {unknown} match no module of model '{loaded.name}'; "
             "set trainable.target_modules to module names such as q_proj, v_proj"
+        )
+
+
+def _check_rank(loaded: LoadedModel, settings: LoraSettings) -> None:
+    # A rank above a target's smaller side adds nothing a full update lacks, and a mistyped one
+    # (r=10^12) would ask the allocator for terabytes before PEFT could object.
+    sides = [min(module.in_features, module.out_features) for name, module in loaded.model.named_modules()
+             if name.rsplit(".", 1)[-1] in settings.target_modules and hasattr(module, "in_features")]
+    if sides and settings.r > min(sides):
+        raise ZofedError(
+            f"trainable.r={settings.r} exceeds the rank of the smallest LoRA target ({min(sides)}); "
+            f"set trainable.r to at most {min(sides)}"
         )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from zofed.config import RunConfig
+from zofed.errors import ZofedError
 from zofed.data import (
     Example,
     Splits,
@@ -56,6 +57,9 @@ def prepare_data(config: RunConfig) -> FederatedData:
         alpha=config.partition.alpha,
         labels_per_client=config.partition.labels_per_client,
     )
+    if config.local.batch_size > len(splits.train):
+        raise ZofedError(f"local.batch_size={config.local.batch_size} exceeds the {len(splits.train)} training "
+                         "examples; lower local.batch_size or use more data")
     return FederatedData(task, splits, client_indices)
 
 
@@ -94,11 +98,13 @@ class Experiment:
         indices = self.data.client_indices[client]
         local = self.config.local
         rng = np.random.default_rng(mix_seed(self.config.seed, BATCH_STREAM, round, client))
-        needed = local.local_steps * local.batch_size
-        order = np.concatenate([rng.permutation(indices) for _ in range(-(-needed // len(indices)))])
-        for step in range(local.local_steps):
-            chosen = order[step * local.batch_size : (step + 1) * local.batch_size]
-            yield collate([self.train_tokens[int(i)] for i in chosen], self.pad_token_id)
+        # One pass at a time, drawn when the last runs out: memory stays one pass whatever local_steps is.
+        order: list[int] = []
+        for _ in range(local.local_steps):
+            while len(order) < local.batch_size:
+                order.extend(int(i) for i in rng.permutation(indices))
+            chosen, order = order[: local.batch_size], order[local.batch_size :]
+            yield collate([self.train_tokens[i] for i in chosen], self.pad_token_id)
 
 
 def json_digest(value) -> str:
