@@ -1,22 +1,25 @@
 """ZorBA against full-parameter FedMeZO, FedKSeed and backprop FedAvg: peak client memory, loss, bytes.
 
-Memory: each case is one client's round in a fresh process (`client_round_peak`, the same
-function the start-up profile uses): the model is loaded, the peak-RSS window reset, the client
-decodes its encoded downlink and trains a few local steps; the peak is that window's VmHWM. A
-ZorBA client first puts its inactive layers in bf16 (a real client loads them so; this also copies
-the model out of the weight file's memory map), then opens the window; it gets the plan's blocks for its
-device class (`zorba.device_profile`, clients 0/1/2 = smallest/middle/largest budget), and its peak
-is checked against its budget. Loss: the same config run by each method for `--rounds` rounds on
+Memory: each case is one client's round, the server's side in a process of its own (it encodes
+the round-1 downlink to a file) and the client's in another (`client_round_peak`, the same
+function the start-up profile uses): the model is loaded, the downlink's bytes read, the peak-RSS
+window reset, the client decodes the downlink, loads it and trains a few local steps; the peak is
+that window's VmHWM. A ZorBA client first puts its inactive layers in bf16 (this also copies the
+model out of the weight file's memory map), then opens the window; it gets the plan's blocks for
+its device class (`zorba.device_profile`, clients 0/1/2 = smallest/middle/largest budget), and
+its peak is checked against its budget. The window measures the round, not the model load: our
+clients load the model in the configured dtype and then lower it, so a ZorBA process's lifetime
+peak is that load (`resident_before_mb`). Loss: the same config run by each method for `--rounds` rounds on
 the local runtime (same data, sampling, seeds), final test loss and bytes per client per round.
 
-`--shape smollm2-360m` measures memory (not loss) on a larger member of the model's family: the
-architecture of SmolLM2-360M with random weights (memory does not depend on the values, and
+`--shape smollm2-360m` (or `smollm2-1.7b`) measures memory (not loss) on a larger member of the
+model's family: its published architecture with random weights (memory does not depend on the values, and
 nothing may be downloaded), the built-in tokenizer, written to a temporary directory. It shows
 how the ratio moves as the layers outweigh what every client holds regardless (the interpreter,
 torch, the fp32 embedding and head).
 
     .venv/bin/python benchmarks/zorba_memory.py [--config configs/quickstart.yaml] [--steps 3] [--rounds 4]
-        [--skip-loss] [--shape smollm2-360m] [key=value ...]
+        [--skip-loss] [--shape smollm2-360m|smollm2-1.7b] [--baselines fedmezo,...] [key=value ...]
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ CASES = {
     "weights-upload": ("fedmezo",),
     "seeds-upload-replay-downlink": ("fedmezo", "fedmezo.upload=seeds", "fedmezo.downlink=replay"),
     "zorba-blocks-in-bf16": ("zorba",),  # per-client messages, lowered layers restored between clients
+    "fedspzo-split-forward": ("fedspzo",),  # block-tagged seeds up, cached split forward on the client
 }
 
 
