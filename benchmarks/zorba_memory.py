@@ -142,10 +142,18 @@ def main() -> None:
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="comma-separated; backprop FedAvg at 1.7B does not fit this machine's memory")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/zorba_memory[_<shape>].json")
+    parser.add_argument("--one-client", nargs=2, metavar=("CONFIG_JSON", "CLIENT"),
+                        help="only this client's round (server and client processes); prints its row")
     parser.add_argument("--server", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.one_client:
+        from zofed.config import parse_config
+
+        config = parse_config(json.loads(Path(args.one_client[0]).read_text()))
+        print(json.dumps(run_child(config, int(args.one_client[1]))))
+        return
     if args.server:
         print(json.dumps(server_downlink(Path(args.server[0]).read_text(), int(args.server[1]), Path(args.server[2]))))
         return

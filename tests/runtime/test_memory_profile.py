@@ -37,14 +37,15 @@ def test_profile_is_measured_once_kept_with_the_run_and_reused_on_resume(tmp_pat
 
 @pytest.mark.slow
 def test_a_smollm2_zorba_client_stays_within_its_budget(tmp_path):
-    """The smallest device of the 'mixed' profile: one real client round in a process of its own."""
+    """The smallest device of the 'mixed' profile: one real client round in a process of its own
+    (the server's downlink encoded in another, as it would arrive)."""
     config = with_memory_profile(load_config(ROOT / "configs" / "quickstart.yaml", [
         "algorithm=zorba", "trainable.mode=full", "clients=3", "clients_per_round=3", "zorba.device_profile=mixed",
         "local.local_steps=2", "local.batch_size=2", f"output_dir={tmp_path}"]))
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config.to_dict()))
     output = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "zorba_memory.py"), "--child", str(config_path), "0"],
+        [sys.executable, str(ROOT / "benchmarks" / "zorba_memory.py"), "--one-client", str(config_path), "0"],
         check=True, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
     ).stdout
     row = json.loads(output.strip().splitlines()[-1])
