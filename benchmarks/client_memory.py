@@ -18,9 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
+
 # glibc raises its mmap threshold after large frees and then keeps freed memory resident; a fixed
 # threshold returns it, so the set-up's transient copies do not count in the client's window.
-CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+CHILD_ENV = {**os.environ, **PROFILE_ENV}
 
 CASES = [
     ("inference", "lora"),

@@ -21,10 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
+
 SAMPLED = 10
 # glibc keeps freed memory resident unless its mmap threshold is fixed: without this, the
 # transient copies of a round would show up as growth.
-CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+CHILD_ENV = {**os.environ, **PROFILE_ENV, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def load_config(clients: int, rounds: int, out: Path):

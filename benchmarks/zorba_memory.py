@@ -33,7 +33,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
+
+CHILD_ENV = {**os.environ, **PROFILE_ENV}
 FULL = ["trainable.mode=full", "clients=3", "clients_per_round=3", "zorba.device_profile=mixed"]
 BASELINES = {
     "fedmezo": ["fedmezo.upload=seeds", "fedmezo.directions=pool"],

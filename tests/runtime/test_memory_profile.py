@@ -13,7 +13,7 @@ import yaml
 
 from zofed.config import load_config
 from zofed.runtime.local import run_local
-from zofed.runtime.memory_profile import with_memory_profile
+from zofed.runtime.memory_profile import CHILD_ENV, with_memory_profile
 
 from .helpers import tiny_config
 
@@ -46,7 +46,7 @@ def test_a_smollm2_zorba_client_stays_within_its_budget(tmp_path):
     config_path.write_text(json.dumps(config.to_dict()))
     output = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "zorba_memory.py"), "--one-client", str(config_path), "0"],
-        check=True, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+        check=True, capture_output=True, text=True, env={**os.environ, **CHILD_ENV},
     ).stdout
     row = json.loads(output.strip().splitlines()[-1])
     assert len(row["active_blocks"]) < 30

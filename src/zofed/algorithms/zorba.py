@@ -15,8 +15,8 @@ The server averages each block over the clients that trained it: θ_l += Σ_{n c
 / Σ_{n covers l} w_n (w_n = examples); a block nobody trained this round is unchanged.
 
 Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a client process of
-their own at start-up (runtime/memory_profile.py: peak RSS of a local step with 1, 2, 4, ...
-active layers, fitted by least squares) unless `memory_profile` is given. Budgets come from
+their own at start-up (runtime/memory_profile.py: peak RSS of a client round with 1, L/4, L/2
+and L active layers, fitted by least squares) unless `memory_profile` is given. Budgets come from
 `budgets_mb` (one per client) or a named device profile: client n can hold a fraction f of the
 layers (f cycling through the profile's fractions, `DEVICE_PROFILES`), so its budget is
 base·(1 + headroom) + max(1, round(f·L))·max_l m_l. The plan counts base·(1 + headroom) (2% by

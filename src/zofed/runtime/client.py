@@ -11,9 +11,7 @@ with the number of clients), in a node's state or on its disk for a deployment.
 
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,10 +84,8 @@ def kept_to_bytes(kept: KeptModel) -> bytes:
 
 
 def kept_from_bytes(data: bytes) -> KeptModel:
-    (header_length,) = struct.unpack_from("<Q", data, 0)
-    version = int(json.loads(data[8 : 8 + header_length])["__metadata__"]["version"])
-    tensors = tensor_views(data, 0, len(data))  # read-only: they are only copied into the model
-    return KeptModel(version, tuple(tensors[str(i)] for i in range(len(tensors))))
+    tensors, metadata = tensor_views(data, 0, len(data))  # read-only: they are only copied into the model
+    return KeptModel(int(metadata["version"]), tuple(tensors[str(i)] for i in range(len(tensors))))
 
 
 def write_kept(path: Path, kept: KeptModel) -> None:

@@ -119,7 +119,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         header = json.loads(bytes(data[start : start + header_length]).decode("utf-8"))
         offset = start + header_length
         tensor_bytes = int(header["tensor_bytes"])
-        tensors = tensor_views(data, offset, tensor_bytes) if tensor_bytes else {}
+        tensors = tensor_views(data, offset, tensor_bytes)[0] if tensor_bytes else {}
         offset += tensor_bytes
         n_seeds, n_scalars = int(header["seeds"]), int(header["scalars"])
         if len(data) != offset + 8 * n_seeds + 4 * n_scalars:
@@ -141,8 +141,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise CodecError(f"malformed message: {error}") from error
 
 
-def tensor_views(data, offset: int, length: int) -> dict[str, torch.Tensor]:
-    """The safetensors blob at data[offset : offset + length] as tensors viewing `data` (no copy).
+def tensor_views(data, offset: int, length: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The safetensors blob at data[offset : offset + length]: tensors viewing `data` (no copy), and its metadata.
 
     A tensor whose bytes are not aligned for its dtype (a buffer that starts unaligned) is copied.
     """
@@ -153,7 +153,7 @@ def tensor_views(data, offset: int, length: int) -> dict[str, torch.Tensor]:
     header = json.loads(bytes(data[offset + _BLOB_HEADER_LENGTH.size : start]).decode("utf-8"))
     if not isinstance(header, dict):
         raise CodecError("malformed message: tensor header is not a table")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
     tensors = {}
     with warnings.catch_warnings():
         # bytes are immutable and torch warns that it cannot enforce that; the views are read-only by contract
@@ -173,7 +173,7 @@ def tensor_views(data, offset: int, length: int) -> dict[str, torch.Tensor]:
                 continue
             tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin).view(shape)
             tensors[name] = tensor if tensor.data_ptr() % dtype.itemsize == 0 else tensor.clone()
-    return tensors
+    return tensors, metadata
 
 
 def _contiguous(tensors) -> dict[str, torch.Tensor]:

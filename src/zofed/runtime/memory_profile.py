@@ -83,7 +83,8 @@ def client_round_peak(experiment, algorithm, outbox: list[bytes], client: int, l
 
     `outbox` holds the encoded downlink and nothing else may (it is popped, so the bytes can go
     once decoded); they are resident when the window opens, as bytes from the network would be.
-    `lower`: layers to hold in `dtype` for the whole round (a ZorBA client loads them so), or None.
+    `lower`: layers to hold in `dtype` for the whole round (lowered before the window opens, so the
+    window leaves out the full-precision load before it), or None.
     """
     from contextlib import nullcontext
 
