@@ -43,7 +43,6 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
     from zofed.metrics import peak_rss_mb, reset_peak_rss
     from zofed.runtime.codec import decode, encode
     from zofed.runtime.experiment import build_experiment
-    from zofed.runtime.local import client_env
 
     chosen = {"inference": "fedmezo", "fedmezo-seeds": "fedmezo"}.get(algorithm, algorithm)
     overrides = [f"algorithm={chosen}", f"trainable.mode={mode}", f"local.local_steps={steps}"]
@@ -57,7 +56,7 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
     # What a real client receives: the encoded downlink, with no server state in its process.
     outbox = [encode(method.configure(method.init(experiment.view.state_dict(), config.seed), 1, [0])[0])]
     gc.collect()
-    env = client_env(experiment, 1, 0)
+    env = experiment.client_env(1, 0)
     resident_mb = peak_rss_mb()
     reset_peak_rss()
     if algorithm == "inference":

@@ -72,16 +72,17 @@ def child(clients: int, rounds: int, kept_in_memory: bool) -> dict:
     import torch
 
     import zofed.runtime.local as local
+    import zofed.runtime.round as round_body
 
     torch.set_num_threads(1)
     counts = {"client_rounds": 0}
-    play_round, client_round = local.run_round, local.client_round
+    play_round, client_round = local.run_round, round_body.client_round
 
     def counted_client_round(*args):
         counts["client_rounds"] += 1
         return client_round(*args)
 
-    local.client_round = counted_client_round
+    round_body.client_round = counted_client_round
     if kept_in_memory:
         local.KeptStore = MemoryKeptStore
     memory = []

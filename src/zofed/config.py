@@ -16,8 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
-from zofed.runtime.faults import FaultsConfig
-from zofed.runtime.screening import RobustConfig
 
 
 class Section(BaseModel):
@@ -72,6 +70,27 @@ class FlowerConfig(Section):
     sim_workers: int = Field(1, ge=1, description="flower-sim: Ray workers, each holding one model copy")
 
 
+class RobustConfig(Section):
+    """Screening and robust aggregation (runtime/screening.py)."""
+
+    clip_scalar: float | None = Field(None, gt=0, description="clip every uploaded scalar to [-c, c]")
+    norm_bound: float | None = Field(None, gt=0, description="scale down replies whose update norm exceeds this")
+    aggregator: Literal["mean", "median", "trimmed-mean"] = "mean"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: share cut at each end")
+    # runtime=flower: nodes own their data, so the server cannot count a client's examples
+    node_examples: Literal["equal", "capped"] = Field("equal", description="weight clients equally, or by their capped claim")
+    max_node_examples: int = Field(10_000, ge=1, description="node_examples=capped: the largest claim taken")
+
+
+class FaultsConfig(Section):
+    """Injected faults (runtime/faults.py), for testing defences: in-process transport only, never sent to a node."""
+
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="probability a sampled client's reply is lost")
+    hostile_clients: tuple[int, ...] = ()
+    hostile_mode: Literal["scale", "sign-flip", "random", "nan"] = "scale"
+    hostile_scale: float = Field(1e3, description="hostile_mode=scale: the factor")
+
+
 class RunConfig(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = Field(0, ge=0, lt=2**63)
@@ -111,6 +130,11 @@ class RunConfig(Section):
                     self.methods[name] = type(method)(**{**method.model_dump(), "num_clients": self.clients})
                 except ValidationError as error:
                     raise ValueError(f"{name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        if self.robust.aggregator == "trimmed-mean" and int(self.robust.trim_fraction * self.sampled_per_round()) == 0:
+            raise ValueError(
+                f"robust.trim_fraction={self.robust.trim_fraction} trims no client of the {self.sampled_per_round()} "
+                f"sampled per round (the plain mean); raise it to at least {1 / self.sampled_per_round():.3g} or sample more clients"
+            )
         settings = self.methods.get(self.algorithm)
         if self.robust.aggregator != "mean" and not getattr(settings, "shared_coordinates", True):
             raise ValueError(

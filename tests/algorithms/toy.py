@@ -6,7 +6,9 @@ import torch
 
 from zofed.algorithms import ClientEnv
 from zofed.runtime.client import KeptModel, receive_model_
+from zofed.config import FaultsConfig, RobustConfig
 from zofed.runtime.codec import decode, encode
+from zofed.runtime.round import InProcessTransport, play_round
 
 DIM, OUT = 6, 3
 
@@ -72,16 +74,46 @@ def train_client(algorithm, problem: ToyProblem, message, client: int, seed: int
     return decode(encode(algorithm.train(message, env)))
 
 
+class ToyPopulation:
+    """The toy problem as the one round body's population: every listed client sampled every round."""
+
+    def __init__(self, problem: ToyProblem, clients, steps: int) -> None:
+        self.problem, self.clients, self.local_steps = problem, clients, steps
+
+    def sample_clients(self, round: int) -> list[int]:
+        return list(self.clients if self.clients is not None else range(len(self.problem.inputs)))
+
+    def client_seed(self, round: int, client: int) -> int:
+        return 1000 * round + client
+
+    def examples(self, client: int) -> int:
+        return len(self.problem.inputs[client])
+
+    def client_env(self, round: int, client: int) -> ClientEnv:
+        return self.problem.env(client, seed=self.client_seed(round, client), steps=self.local_steps)
+
+
+class DictKept:
+    def __init__(self, kept: dict[int, KeptModel]) -> None:
+        self.kept = kept
+
+    def load(self, client: int, at_most: int | None = None) -> KeptModel | None:
+        return self.kept.get(client)
+
+    def save(self, client: int, kept: KeptModel | None) -> None:
+        if kept is None:
+            self.kept.pop(client, None)
+        else:
+            self.kept[client] = kept
+
+
 def run_rounds(algorithm, problem: ToyProblem, rounds: int, clients=None, steps: int = 5, state=None,
-               first_round: int = 1, kept: dict[int, KeptModel] | None = None):
+               first_round: int = 1, kept: dict[int, KeptModel] | None = None, robust: RobustConfig = RobustConfig()):
+    """Rounds of the runtimes' one round body (screening included) on the toy problem."""
     state = algorithm.init(problem.initial(), seed=0) if state is None else state
-    kept = {} if kept is None else kept
+    population = ToyPopulation(problem, clients, steps)
+    transport = InProcessTransport(population, algorithm, DictKept({} if kept is None else kept), FaultsConfig(), 0)
     for round in range(first_round, first_round + rounds):
-        sampled = list(clients if clients is not None else range(len(problem.inputs)))
-        messages = algorithm.configure(state, round, sampled)
-        replies = [
-            (client, train_client(algorithm, problem, message, client, 1000 * round + client, kept, steps))
-            for client, message in zip(sampled, messages)
-        ]
-        state = algorithm.aggregate(state, round, replies)
+        state, row = play_round(population, algorithm, state, round, transport, robust)
+        assert row["rejected"] == {}, row["rejected"]  # honest toy clients are never refused
     return state

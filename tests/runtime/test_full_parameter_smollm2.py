@@ -17,7 +17,6 @@ from zofed.config import load_config
 from zofed.runtime.client import receive_model_
 from zofed.runtime.codec import decode, encode
 from zofed.runtime.experiment import build_experiment
-from zofed.runtime.local import client_env
 
 pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -51,7 +50,7 @@ def test_full_parameter_round_moves_the_model_and_server_agrees(experiment, name
     initial = view.state_dict()
     state = algorithm.init(initial, seed=0)
     [message] = algorithm.configure(state, 1, [0])
-    env = client_env(experiment, 1, 0)
+    env = experiment.client_env(1, 0)
     message, _ = receive_model_(decode(encode(message)), env.tensors, env.names, None)
     reply = decode(encode(algorithm.train(message, env)))
     assert reply.metrics["steps"] == 2 and reply.metrics["skipped_steps"] == 0

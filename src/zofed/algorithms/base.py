@@ -9,17 +9,20 @@ loss closure). Nothing here imports transformers, flwr or the config.
 from __future__ import annotations
 
 import math
+import re
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from zofed.messages import JsonValue, Message
+from zofed.zo.seeds import mix_seed
 
 Batch = Mapping[str, torch.Tensor]
+LAYER_NAME = re.compile(r"\.(?:layers|h)\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,23 @@ class ClientEnv:
     split: SplitForward | None = None
 
 
+@dataclass(frozen=True)
+class Sent:
+    """What the server itself knows of one client's round: never anything the client claims."""
+
+    client: int
+    message: Message  # the downlink the server built for this client this round (its config holds the assigned lr, ...)
+    seed: int  # the client's round seed as the server derives it (experiment.client_seed(round, client))
+    examples: int | None  # the client's example count from the server's own partition; None where nodes own their data
+    # Extension of the agreed interface: the local steps the server asked for (config.local.local_steps),
+    # the bound on a reply's records; None where the server does not know it (then no bound is checked).
+    steps: int | None = None
+
+
+class Rejected(Exception):
+    """A reply the server will not apply; str(exc) is the one-line reason."""
+
+
 class Settings(BaseModel):
     """Base for each method's settings: strict, so a misspelt key is an error, not a default."""
 
@@ -96,10 +116,16 @@ class Algorithm(Protocol):
         """Client work for one round; the reply travels client -> server."""
         ...
 
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        """The reply the server will aggregate, every field the server knows taken from the server
+        (assigned lr, example count, expected seeds, layers, scales); raises `Rejected` otherwise.
+        The runtime has already checked the generic form (tensor shapes, finite scalars, metric types)."""
+        ...
+
     def aggregate(
         self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]
     ) -> ServerState:
-        """New server state from (client id, reply) pairs of the clients that answered."""
+        """New server state from (client id, reply) pairs of the clients that answered, all accepted."""
         ...
 
 
@@ -167,3 +193,66 @@ def zo_metrics(env: ClientEnv, losses: Sequence[float], skipped: int, directions
         "forward_passes": float(2 * directions_per_step * steps),
         "num_examples": float(env.num_examples),
     }
+
+
+def accept_common(sent: Sent, reply: Message, kind: str) -> Message:
+    """The checks every method's `accept` starts with: the kind it sends, this round, the server's example count.
+
+    A claimed count that differs from the server's partition is a lie, rejected; where nodes own
+    their data (`sent.examples` None) the claim stays, already bounded by the runtime's policy.
+    """
+    if reply.kind != kind:
+        raise Rejected(f"a '{reply.kind}' reply where this method's clients send '{kind}'")
+    if reply.round != sent.message.round:
+        raise Rejected(f"a reply for round {reply.round} in round {sent.message.round} (replayed or stale)")
+    claimed = reply.metrics.get("num_examples")
+    if sent.examples is None:
+        return reply
+    if claimed != float(sent.examples):
+        raise Rejected(f"claims {claimed} examples where the server's partition gives it {sent.examples}")
+    return replace(reply, metrics={**reply.metrics, "num_examples": float(sent.examples)})
+
+
+def assigned_lr(sent: Sent, reply: Message) -> Message:
+    """The reply with the lr the server assigned; a reply claiming another lr is rejected."""
+    lr = float(sent.message.config["lr"])
+    if reply.config.get("lr") != lr:
+        raise Rejected(f"claims lr {reply.config.get('lr')!r} where the server assigned {lr}")
+    return replace(reply, config={**reply.config, "lr": lr})
+
+
+def steps_to_check(sent: Sent, records: int, width: int = 1) -> int:
+    """The local steps whose seeds a reply may hold: the steps asked for, or (unknown) as many as it claims."""
+    return sent.steps if sent.steps is not None else records // width
+
+
+def mezo_step_seeds(sent: Sent, seeds: Sequence[int]) -> None:
+    """Raise unless `seeds` are MeZO-style records: one per local step t, seed mix_seed(client seed, t)."""
+    step_records(seeds, [(mix_seed(sent.seed, step),) for step in range(steps_to_check(sent, len(seeds)))], sent)
+
+
+def step_records(seeds: Sequence[int], expected: Sequence[Sequence[int]], sent: Sent) -> None:
+    """Raise unless `seeds` are the records of distinct local steps in order: step t's records are
+    `expected[t]` (all of them, since a skipped step uploads none), t strictly increasing.
+
+    Rejects duplicated, foreign, replayed (another round's) and surplus records."""
+    width = len(expected[0]) if expected else 1
+    if len(seeds) % width:
+        raise Rejected(f"{len(seeds)} records do not make whole steps of {width}")
+    if sent.steps is not None and len(seeds) > sent.steps * width:
+        raise Rejected(f"{len(seeds)} records for {sent.steps} local steps of {width}")
+    step_of = {tuple(records): step for step, records in enumerate(expected)}
+    last = -1
+    for start in range(0, len(seeds), width):
+        step = step_of.get(tuple(seeds[start : start + width]))
+        if step is None:
+            raise Rejected("a seed the server did not derive for this client and round (foreign or replayed)")
+        if step <= last:
+            raise Rejected("a local step's seeds appear twice or out of order")
+        last = step
+
+
+def name_layer(name: str) -> int | None:
+    """The layer a parameter name belongs to in transformers' decoder layer lists (`layers.i`, GPT-2's `h.i`)."""
+    match = LAYER_NAME.search(name)
+    return int(match.group(1)) if match else None

@@ -25,7 +25,10 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    Rejected,
+    Sent,
     ServerState,
+    accept_common,
     register,
     zo_metrics,
 )
@@ -99,6 +102,16 @@ class DeComFL:
             losses.append(sum(loss for _, loss in estimates) / count)
         metrics = zo_metrics(env, losses, skipped, directions_per_step=count)
         return Message(kind="seeds", round=round, scalars=tuple(grads), metrics=metrics)
+
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        reply = accept_common(sent, reply, "seeds")
+        if reply.seeds:
+            raise Rejected("a DeComFL reply carries seeds; the server issues them")
+        count = int(sent.message.config["perturbations"])
+        steps = sent.steps if sent.steps is not None else len(reply.scalars) // count
+        if len(reply.scalars) != steps * count or not reply.scalars:
+            raise Rejected(f"{len(reply.scalars)} scalars where {steps} local steps × {count} perturbations were asked")
+        return reply
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings

@@ -19,7 +19,9 @@ from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
     ServerState,
+    Sent,
     Settings,
+    accept_common,
     current_weights,
     register,
     sample_weighted_mean,
@@ -80,6 +82,9 @@ class FedAvg:
             "num_examples": float(env.num_examples),
         }
         return Message(kind="weights", round=round, tensors=current_weights(env), metrics=metrics)
+
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        return accept_common(sent, reply, "weights")
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         if not replies:

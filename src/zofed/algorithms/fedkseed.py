@@ -31,7 +31,10 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    Rejected,
+    Sent,
     ServerState,
+    accept_common,
     register,
     zo_metrics,
 )
@@ -102,6 +105,16 @@ class FedKSeed:
             accumulated[j] += result.projected_grad
             losses.append(result.loss)
         return Message(kind="seeds", round=round, scalars=tuple(accumulated), metrics=zo_metrics(env, losses, skipped))
+
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        reply = accept_common(sent, reply, "seeds")
+        k = self.settings.num_seeds
+        if reply.seeds or len(reply.scalars) != k:
+            raise Rejected(f"{len(reply.scalars)} scalars (and {len(reply.seeds)} seeds) where {k} candidates' sums were asked")
+        used = sum(1 for g in reply.scalars if g != 0.0)  # each local step adds to one candidate's sum
+        if sent.steps is not None and used > sent.steps:
+            raise Rejected(f"{used} candidates moved in {sent.steps} local steps")
+        return reply
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         k, lr = self.settings.num_seeds, self.settings.lr

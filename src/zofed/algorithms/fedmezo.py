@@ -44,11 +44,16 @@ from pydantic import Field, model_validator
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    Rejected,
+    Sent,
     ServerState,
     Settings,
+    accept_common,
+    assigned_lr,
     current_weights,
     register,
     sample_weighted_mean,
+    mezo_step_seeds,
     zo_metrics,
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
@@ -126,6 +131,15 @@ class FedMeZO:
                 kind="seeds", round=round, config={"lr": lr}, seeds=tuple(seeds), scalars=tuple(grads), metrics=metrics
             )
         return Message(kind="weights", round=round, tensors=current_weights(env), metrics=metrics)
+
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        reply = accept_common(sent, reply, self.settings.upload)
+        if reply.kind == "weights":
+            return reply
+        if "train_loss" not in reply.metrics:
+            raise Rejected("a seeds reply without its train_loss")
+        mezo_step_seeds(sent, reply.seeds)
+        return assigned_lr(sent, reply)
 
     def aggregate(
         self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]

@@ -58,10 +58,16 @@ from pydantic import Field, model_validator
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    Rejected,
+    Sent,
     ServerState,
     Settings,
     SplitForward,
+    accept_common,
+    name_layer,
     register,
+    step_records,
+    steps_to_check,
     zo_metrics,
 )
 from zofed.errors import ZofedError
@@ -163,6 +169,28 @@ class FedSPZO:
         blocks = {"1": to_ranges(block1), "2": to_ranges(block2)}
         return Message(kind="seeds", round=message.round, config={"blocks": blocks}, seeds=tuple(seeds),
                        scalars=tuple(grads), metrics=metrics)
+
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        reply = accept_common(sent, reply, "seeds")
+        s = self.settings
+        width = s.p1 + s.p2
+        # a step's records: block 2's P2 directions, then block 1's P1, as the client lays them out
+        expected = [tuple(step_seed(sent.seed, step, block, p) for block, count in ((BLOCK_2, s.p2), (BLOCK_1, s.p1))
+                          for p in range(count)) for step in range(steps_to_check(sent, len(reply.seeds), width))]
+        step_records(reply.seeds, expected, sent)
+        blocks = reply_blocks(reply, len(state.weights), s)
+        if blocks is None:
+            raise Rejected("the reply's blocks are not two disjoint index ranges of the trainable view")
+        block1, block2 = blocks
+        if sorted(block1 + block2) != list(range(len(state.weights))):
+            raise Rejected("the reply's blocks do not cover every trainable tensor once")
+        # the split is one layer: every layer the server can place by name lies on one side of it
+        names = list(state.weights)
+        low, high = [name_layer(names[i]) for i in block1], [name_layer(names[i]) for i in block2]
+        below, above = [layer for layer in low if layer is not None], [layer for layer in high if layer is not None]
+        if below and above and max(below) >= min(above):
+            raise Rejected("block 1 holds a layer at or above one of block 2's")
+        return reply
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings

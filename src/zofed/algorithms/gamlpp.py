@@ -45,13 +45,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from zofed.algorithms.base import AlgorithmEntry, ClientEnv, ServerState, Settings, register, zo_metrics
+from zofed.algorithms.base import (
+    AlgorithmEntry,
+    ClientEnv,
+    Rejected,
+    Sent,
+    ServerState,
+    Settings,
+    accept_common,
+    register,
+    mezo_step_seeds,
+    zo_metrics,
+)
 from zofed.messages import Message
 from zofed.algorithms.serverstep import optimizer_step
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
@@ -167,6 +179,26 @@ class GamLpp:
         metrics = zo_metrics(env, losses, skipped) | {"scale_min": min(scales), "scale_max": max(scales)}
         return Message(kind="seeds", round=message.round, config={"scales": scales, "energy": energy},
                        seeds=tuple(seeds), scalars=tuple(grads), metrics=metrics)
+
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        """Scales computed on the server from the energy it sent; the new energy bounded and checked."""
+        reply = accept_common(sent, reply, "seeds")
+        mezo_step_seeds(sent, reply.seeds)
+        config = sent.message.config
+        numels = [tensor.numel() for tensor in state.weights.values()]
+        scales = personal_scales(config["energy"], numels, float(config["mix"]), float(config["energy_exponent"]))
+        claimed = reply.config.get("scales")
+        if not isinstance(claimed, list) or len(claimed) != len(scales) or not all(
+                isinstance(c, (int, float)) and math.isclose(c, s, rel_tol=1e-12) for c, s in zip(claimed, scales)):
+            raise Rejected(f"scales are not the {len(scales)} the server computes from the energy it sent")
+        energy = reply.config.get("energy")
+        if not reply.seeds:  # no usable step: the energy is unchanged
+            if energy != config["energy"]:
+                raise Rejected("a round without steps changed its energy")
+        elif not isinstance(energy, list) or len(energy) != len(numels) or not all(
+                isinstance(e, (int, float)) and math.isfinite(e) and e >= 0 for e in energy):
+            raise Rejected(f"energy is not {len(numels)} finite non-negative values")
+        return replace(reply, config={"scales": scales, "energy": energy})
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         if not replies:

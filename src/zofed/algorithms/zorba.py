@@ -42,8 +42,8 @@ Our choices where the paper's abstract is silent (all configurable):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
@@ -52,13 +52,25 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zofed.algorithms import zorba_solver
-from zofed.algorithms.base import AlgorithmEntry, ClientEnv, ServerState, Settings, register, zo_metrics
+from zofed.algorithms.base import (
+    AlgorithmEntry,
+    ClientEnv,
+    Rejected,
+    Sent,
+    ServerState,
+    Settings,
+    accept_common,
+    assigned_lr,
+    name_layer,
+    register,
+    mezo_step_seeds,
+    zo_metrics,
+)
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed
 from zofed.zo.blocks import block_estimate, from_ranges, perturb_block_, to_ranges
 
-LAYER_NAME = re.compile(r"\.(?:layers|h)\.(\d+)\.")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # Fractions of the layers each client's memory can hold in full precision, cycled over clients: "mixed" is a phone / laptop / workstation spread, "constrained" small devices only.
@@ -218,6 +230,17 @@ class Zorba:
         return Message(kind="seeds", round=message.round, config={"lr": lr, "layers": layers}, seeds=tuple(seeds),
                        scalars=tuple(grads), metrics=metrics)
 
+    def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
+        reply = assigned_lr(sent, accept_common(sent, reply, "seeds"))
+        mezo_step_seeds(sent, reply.seeds)
+        # the tensors a client may move are those of the layers the server assigned it, by the server's names
+        owned = server_layers(list(state.weights), [int(layer) for layer in sent.message.config["active"]])
+        claimed = reply.config.get("layers")
+        if not isinstance(claimed, Mapping) or {str(k): v for k, v in claimed.items()} != {
+                str(layer): to_ranges(indices) for layer, indices in owned.items()}:
+            raise Rejected("the reply's layers are not the tensors of the layers the server assigned it")
+        return replace(reply, config={**reply.config, "layers": {str(k): to_ranges(v) for k, v in owned.items()}})
+
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings
         count = len(state.weights)
@@ -250,10 +273,9 @@ def client_precision(weights: Mapping[str, torch.Tensor], active: Sequence[int],
             for name, tensor in weights.items()}
 
 
-def name_layer(name: str) -> int | None:
-    """The layer a parameter name belongs to in transformers' decoder layer lists (`layers.i`, GPT-2's `h.i`)."""
-    match = LAYER_NAME.search(name)
-    return int(match.group(1)) if match else None
+def server_layers(names: Sequence[str], active: Sequence[int]) -> dict[int, list[int]]:
+    """layer -> view indices of its trainable tensors, placed by name on the server (no client's word)."""
+    return {layer: [i for i, name in enumerate(names) if name_layer(name) == layer] for layer in sorted(active)}
 
 
 def replan(settings: ZorbaSettings, info: Mapping, round: int) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from zofed.algorithms import ClientEnv
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
 from zofed.data import (
@@ -28,6 +29,7 @@ from zofed.data import (
     split_examples,
     tokenize_example,
 )
+from zofed.llm.split import ModelSplit
 from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
 from zofed.zo import mix_seed
 
@@ -92,6 +94,42 @@ class Experiment:
 
     def client_seed(self, round: int, client: int) -> int:
         return mix_seed(self.config.seed, CLIENT_SEED_STREAM, round, client)
+
+    @property
+    def local_steps(self) -> int:
+        return self.config.local.local_steps
+
+    def examples(self, client: int) -> int | None:
+        """The server's count of a client's examples; None in a deployment, where nodes may bring their own data."""
+        if self.config.runtime == "flower":
+            return None
+        return len(self.data.client_indices[client])
+
+    def client_env(self, round: int, client: int) -> ClientEnv:
+        """A simulated client's round on the one model: its batches, and the model's live trainable tensors."""
+        model = self.model
+        model.eval()  # a backprop client before it left the model in train mode
+
+        def loss(batch) -> float:
+            with torch.inference_mode():
+                return float(model(**batch, use_cache=False).loss)
+
+        def loss_for_backward(batch) -> torch.Tensor:
+            model.train()
+            return model(**batch, use_cache=False).loss
+
+        return ClientEnv(
+            client_id=client,
+            seed=self.client_seed(round, client),
+            names=self.view.names,
+            tensors=self.view.tensors,
+            parameters=self.parameters,
+            batches=self.client_batches(round, client),
+            loss=loss,
+            loss_for_backward=loss_for_backward,
+            num_examples=len(self.data.client_indices[client]),
+            split=ModelSplit(model, self.view.tensors),
+        )
 
     def client_batches(self, round: int, client: int) -> Iterator[dict[str, torch.Tensor]]:
         """local_steps batches drawn by reshuffled passes over the client's data, seeded per round."""

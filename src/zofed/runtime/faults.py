@@ -14,25 +14,15 @@ resumable) as a clean one.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from zofed.config import FaultsConfig
 from zofed.messages import Message
 from zofed.zo.seeds import mix_seed
 
 FAULT_STREAM = 0xFA17
-
-
-class FaultsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    drop_rate: float = Field(0.0, ge=0, lt=1, description="probability a sampled client's reply is lost")
-    hostile_clients: tuple[int, ...] = ()
-    hostile_mode: Literal["scale", "sign-flip", "random", "nan"] = "scale"
-    hostile_scale: float = Field(1e3, description="hostile_mode=scale: the factor")
 
 
 def reply_lost(config: FaultsConfig, run_seed: int, round: int, client: int) -> bool:

@@ -1,10 +1,9 @@
-"""The in-process round loop: every simulated client shares one model in memory.
+"""The run loop of every runtime: set up, then round after round (runtime/round.py), evaluate, checkpoint.
 
-Each round: sample clients; for each, encode the server's message, decode it as the client
-would, bring the shared model to the client's start model (the downlink's weights, or the
-client's kept copy moved by replayed records) and run the algorithm's client step; encode the
-reply and decode it as the server would; aggregate; evaluate; checkpoint. Every message goes
-through the codec so the byte ledger counts exactly what a real transport would carry.
+Each round is the one round body with a transport: in this process by default (every simulated
+client shares one model in memory: it brings the shared model to the client's start model and
+runs the algorithm's client step), or a Flower Grid (runtime/flower/server_app.py). Every message
+goes through the codec so the byte ledger counts exactly what a real transport would carry.
 
 Clients told to keep their model (replay downlink) keep their copy in a `KeptStore` under the run
 directory, standing in for their own storage: the runtime holds no per-client state in memory, and
@@ -22,23 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zofed.algorithms import Algorithm, ClientEnv, ServerState, build_algorithm
+from zofed.algorithms import Algorithm, ServerState, build_algorithm
 from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint, save_weights
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
-from zofed.llm.split import ModelSplit
-from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
-from zofed.runtime.client import KeptModel, KeptStore, receive_model_
-from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
-from zofed.runtime.faults import corrupt, reply_lost
+from zofed.runtime.client import KeptStore
 from zofed.runtime.memory_profile import with_memory_profile
-from zofed.runtime.screening import screen_replies
+from zofed.runtime.round import InProcessTransport, Transport, play_round
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -138,115 +132,31 @@ def run_local(
 
 
 def run_round(
-    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int, kept: KeptStore
+    experiment: Experiment, algorithm: Algorithm, state: ServerState, round: int, kept: KeptStore,
+    transport: Transport | None = None,
 ) -> tuple[ServerState, dict]:
-    """One round; `kept` is updated for the sampled clients, as each client's own storage would be."""
-    round_started = time.perf_counter()
-    clients = experiment.sample_clients(round)
-    messages = algorithm.configure(state, round, clients)
-    ledger = ByteLedger()
-    replies, per_client = [], []
-    faults = experiment.config.faults
-    dropped = []
-    for client, message in zip(clients, messages):
-        downlink, down_sizes = encode_with_sizes(message)
-        ledger.record(client, "down", down_sizes)
-        uplink, client_row, kept_model = client_round(experiment, algorithm, client, downlink, kept.load(client, round - 1))
-        kept.save(client, kept_model)
-        if reply_lost(faults, experiment.config.seed, round, client):
-            dropped.append(client)
-            per_client.append({**client_row, "bytes_up": 0, "bytes_down": down_sizes.total, "dropped": True})
-            continue
-        if client in faults.hostile_clients:
-            uplink = encode(corrupt(decode(uplink), faults, dict(state.weights), experiment.client_seed(round, client)))
-        up_sizes = sizes_of(uplink)
-        ledger.record(client, "up", up_sizes)
-        replies.append((client, decode(uplink)))
-        per_client.append({**client_row, "bytes_up": up_sizes.total, "bytes_down": down_sizes.total})
-    screened = screen_replies(replies, state.weights, experiment.config.robust)
-    state = algorithm.aggregate(state, round, screened.replies)
-    experiment.view.load_(state.weights)
-    row = round_row(experiment, round, clients, per_client, ledger, round_started)
-    return state, row | {"dropped": dropped, "rejected": {str(c): why for c, why in screened.rejected.items()}}
-
-
-def client_round(
-    experiment: Experiment, algorithm: Algorithm, client: int, downlink: bytes, kept: KeptModel | None
-) -> tuple[bytes, dict, KeptModel | None]:
-    """A client's whole round, from the server's bytes to its reply's bytes; every runtime's clients run this.
-
-    Returns the encoded reply, the client's metrics row and the model it keeps (None: keep nothing).
-    """
-    reset_peak_rss()
-    client_started = time.perf_counter()
-    message = decode(downlink)
-    env = client_env(experiment, message.round, client)
-    message, kept = receive_model_(message, env.tensors, env.names, kept)
-    reply = algorithm.train(message, env)
-    del message
-    seconds = time.perf_counter() - client_started
-    client_peak_rss_mb = peak_rss_mb()
-    experiment.model.eval()
-    row = {
-        "client": client,
-        **{key: float(value) for key, value in reply.metrics.items()},
-        "seconds": seconds,
-        "peak_rss_mb": client_peak_rss_mb,
-    }
-    return encode(reply), row, kept
-
-
-def round_row(
-    experiment: Experiment, round: int, clients: list[int], per_client: list[dict], ledger: ByteLedger, started: float
-) -> dict:
-    """The round's metrics line, after aggregation (`experiment` holds the new global model)."""
+    """One round through `transport`: by default every client in this process, `kept` updated for the
+    sampled clients as each client's own storage would be."""
     config = experiment.config
+    transport = transport or InProcessTransport(experiment, algorithm, kept, config.faults, config.seed)
+    state, row = play_round(experiment, algorithm, state, round, transport, config.robust)
+    experiment.view.load_(state.weights)
+    return state, with_evaluation(experiment, row)
+
+
+def with_evaluation(experiment: Experiment, row: dict) -> dict:
+    """The round body's row with what only the LLM experiment knows: validation loss, layer-forwards.
+    `experiment` holds the new global model."""
+    config, round = experiment.config, row["round"]
     evaluate = round % config.eval.every == 0 or round == config.rounds
-    losses = [row["train_loss"] for row in per_client if math.isfinite(row["train_loss"])]
+    layers = experiment.loaded.num_layers
     return {
-        "round": round,
-        "clients": clients,
-        "train_loss": sum(losses) / len(losses) if losses else math.nan,
+        **row,
         "eval_loss": _validation_loss(experiment) if evaluate else None,
-        "bytes_up": ledger.total("up"),
-        "bytes_down": ledger.total("down"),
-        "bytes_up_by_kind": ledger.by_kind("up"),
-        "bytes_down_by_kind": ledger.by_kind("down"),
-        "forward_passes": sum(int(row["forward_passes"]) for row in per_client),
         # methods that run part of the model report layer_forwards; a full forward is num_layers of them
-        "layer_forwards": sum(
-            int(row.get("layer_forwards", row["forward_passes"] * experiment.loaded.num_layers)) for row in per_client
-        ),
-        "skipped_steps": sum(int(row["skipped_steps"]) for row in per_client),
-        "peak_rss_mb": max((row["peak_rss_mb"] for row in per_client), default=None),
-        "seconds": time.perf_counter() - started,
-        "per_client": per_client,
+        "layer_forwards": sum(int(client.get("layer_forwards", client.get("forward_passes", 0) * layers))
+                              for client in row["per_client"] if "rejected" not in client),
     }
-
-
-def client_env(experiment: Experiment, round: int, client: int) -> ClientEnv:
-    model = experiment.model
-
-    def loss(batch) -> float:
-        with torch.inference_mode():
-            return float(model(**batch, use_cache=False).loss)
-
-    def loss_for_backward(batch) -> torch.Tensor:
-        model.train()
-        return model(**batch, use_cache=False).loss
-
-    return ClientEnv(
-        client_id=client,
-        seed=experiment.client_seed(round, client),
-        names=experiment.view.names,
-        tensors=experiment.view.tensors,
-        parameters=experiment.parameters,
-        batches=experiment.client_batches(round, client),
-        loss=loss,
-        loss_for_backward=loss_for_backward,
-        num_examples=len(experiment.data.client_indices[client]),
-        split=ModelSplit(model, experiment.view.tensors),
-    )
 
 
 def evaluate_all(experiment: Experiment) -> dict:

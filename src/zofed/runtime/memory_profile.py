@@ -91,9 +91,7 @@ def client_round_peak(experiment, algorithm, outbox: list[bytes], client: int, l
     from zofed.metrics import peak_rss_mb, reset_peak_rss
     from zofed.runtime.client import receive_model_
     from zofed.runtime.codec import decode
-    from zofed.runtime.local import client_env
-
-    env = client_env(experiment, 1, client)
+    env = experiment.client_env(1, client)
     with nullcontext() if lower is None else env.split.lowered(lower, dtype, keep_master=False):
         gc.collect()
         resident = peak_rss_mb()
@@ -110,13 +108,11 @@ def _measure(config: RunConfig) -> dict:
     from zofed.messages import Message
     from zofed.runtime.codec import encode
     from zofed.runtime.experiment import build_experiment, prepare_data
-    from zofed.runtime.local import client_env
-
     settings = config.algorithm_settings
     config = parse_config(config.to_dict() | {"local": {**config.to_dict()["local"], "local_steps": 1}})
     experiment = build_experiment(config, prepare_data(config))
     algorithm = build_algorithm(config.algorithm, settings)
-    split = client_env(experiment, 1, 0).split
+    split = experiment.client_env(1, 0).split
     layers = split.num_layers
     low = DTYPES[settings.inactive_dtype]
     block_params = [0] * layers

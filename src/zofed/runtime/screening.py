@@ -1,11 +1,14 @@
 """What the server does with replies before aggregating them: reject the malformed, blunt the hostile.
 
-Every runtime calls `screen_replies` between receiving a round's replies and `aggregate`.
+The one round body (runtime/round.py) calls `screen` between decoding a round's replies and
+`aggregate`, in every runtime.
 
-Rejected (counted, never applied): a reply of a kind a client does not send (`replay`,
+Rejected (counted, never applied), generic: a reply of a kind a client does not send (`replay`,
 `control`); tensors whose names, shapes or dtypes differ from the global model's, or that hold
 NaN/inf; non-finite scalars; seeds out of [0, 2^63) or not one per scalar in a `seeds` reply;
-a missing or non-positive `num_examples`.
+metrics that are not a small mapping of names to numbers with a positive `num_examples`; a
+config that is not a mapping of plain JSON under MAX_CONFIG_BYTES. Then the method's `accept`
+checks what only it knows against what the server itself sent (see algorithms/base.py `Sent`).
 
 Robust aggregation (`robust:` in the config), applied to the accepted replies:
   clip_scalar     each uploaded scalar clipped to [−c, c] (a ZO g is a directional derivative:
@@ -23,29 +26,24 @@ Robust aggregation (`robust:` in the config), applied to the accepted replies:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
+from zofed.algorithms import Algorithm, Rejected, Sent, ServerState
+from zofed.config import RobustConfig
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.zo.seeds import SEED_LIMIT
 
 CLIENT_KINDS = ("weights", "delta", "seeds")
-
-
-class RobustConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    clip_scalar: float | None = Field(None, gt=0, description="clip every uploaded scalar to [-c, c]")
-    norm_bound: float | None = Field(None, gt=0, description="scale down replies whose update norm exceeds this")
-    aggregator: Literal["mean", "median", "trimmed-mean"] = "mean"
-    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: share cut at each end")
+# Every client's metrics carry these (the round row sums them); a few more are method-specific.
+REQUIRED_METRICS = ("num_examples", "train_loss", "forward_passes", "skipped_steps")
+MAX_METRICS = 64  # keys of a reply's metrics: what a method reports is a handful
+MAX_CONFIG_BYTES = 1 << 18  # a reply's config as JSON (GAM-LPP: two values per trainable tensor)
 
 
 @dataclass(frozen=True)
@@ -68,32 +66,87 @@ def reply_problem(reply: Message, weights: Mapping[str, torch.Tensor]) -> str | 
                 return f"tensor '{name}' holds NaN or inf"
     elif reply.kind in ("weights", "delta"):
         return f"a '{reply.kind}' reply without tensors"
+    problem = metrics_problem(reply.metrics) or config_problem(reply.config)
+    if problem is not None:
+        return problem
     if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in reply.scalars):
         return "a scalar is NaN, inf or not a number"
     if not all(isinstance(seed, int) and 0 <= seed < SEED_LIMIT for seed in reply.seeds):
         return "a seed is outside [0, 2^63)"
     if reply.kind == "seeds" and reply.seeds and len(reply.seeds) != len(reply.scalars):
         return f"{len(reply.seeds)} seeds for {len(reply.scalars)} scalars"
-    examples = reply.metrics.get("num_examples")
-    if not isinstance(examples, (int, float)) or not math.isfinite(examples) or examples <= 0:
+    examples = reply.metrics["num_examples"]
+    if not math.isfinite(examples) or examples <= 0:
         return "num_examples missing or not positive"
+    if not all(math.isfinite(reply.metrics[key]) and reply.metrics[key] >= 0 for key in ("forward_passes", "skipped_steps")):
+        return "forward_passes or skipped_steps negative or not finite"
     return None
 
 
-def screen_replies(
-    replies: Sequence[tuple[int, Message]], weights: Mapping[str, torch.Tensor], robust: RobustConfig
+def metrics_problem(metrics) -> str | None:
+    """Why a reply's metrics cannot go into the round row: the type, size and values are the client's word."""
+    if not isinstance(metrics, Mapping):
+        return f"metrics are a {type(metrics).__name__}, not a mapping"
+    if len(metrics) > MAX_METRICS:
+        return f"{len(metrics)} metrics, more than {MAX_METRICS}"
+    for key, value in metrics.items():
+        if not isinstance(key, str) or len(key) > 64:
+            return "a metric name that is not a short string"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"metric '{key}' is not a number"
+    missing = [key for key in REQUIRED_METRICS if key not in metrics]
+    if missing:
+        return f"metrics lack {', '.join(missing)}"
+    return None
+
+
+def config_problem(config) -> str | None:
+    if not isinstance(config, Mapping):
+        return f"config is a {type(config).__name__}, not a mapping"
+    try:
+        size = len(json.dumps(config, allow_nan=True))
+    except (TypeError, ValueError, RecursionError):
+        return "config is not plain JSON"
+    if size > MAX_CONFIG_BYTES:
+        return f"config of {size} bytes, more than {MAX_CONFIG_BYTES}"
+    return None
+
+
+def screen(
+    replies: Sequence[tuple[int, Message]],
+    sent: Mapping[int, Sent],
+    state: ServerState,
+    algorithm: Algorithm,
+    robust: RobustConfig,
 ) -> Screened:
+    """Generic checks, then the method's own (`accept`: the server's lr, counts, seeds, layers, scales),
+    then the robust options over what was accepted. A reply either passes whole or is rejected with a reason."""
     accepted, rejected = [], {}
     for client, reply in replies:
-        problem = reply_problem(reply, weights)
-        if problem is None:
-            accepted.append((client, reply))
-        else:
-            rejected[client] = problem
-    accepted = [(client, bound_reply(reply, weights, robust)) for client, reply in accepted]
+        try:
+            problem = reply_problem(reply, state.weights)
+            if problem is not None:
+                raise Rejected(problem)
+            reply = node_examples(reply, sent[client], robust)
+            accepted.append((client, algorithm.accept(state, sent[client], reply)))
+        except Rejected as why:
+            rejected[client] = str(why)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            # a field of the wrong type deep in a method's config: malformed, whatever the field
+            rejected[client] = f"malformed reply ({type(error).__name__}: {str(error)[:200]})"
+    accepted = [(client, bound_reply(reply, state.weights, robust)) for client, reply in accepted]
     if robust.aggregator != "mean" and accepted:
-        accepted = robust_centre(accepted, weights, robust)
+        accepted = robust_centre(accepted, state.weights, robust)
     return Screened(accepted, rejected)
+
+
+def node_examples(reply: Message, sent: Sent, robust: RobustConfig) -> Message:
+    """Where nodes own their data the server cannot count it: equal weights, or the claim capped (robust.node_examples)."""
+    if sent.examples is not None:
+        return reply
+    claimed = float(reply.metrics["num_examples"])
+    weight = 1.0 if robust.node_examples == "equal" else min(claimed, float(robust.max_node_examples))
+    return replace(reply, metrics={**reply.metrics, "num_examples": weight})
 
 
 def bound_reply(reply: Message, weights: Mapping[str, torch.Tensor], robust: RobustConfig) -> Message:

@@ -3,7 +3,7 @@
 One ServerApp and one ClientApp run any registered algorithm from the same RunConfig as the
 local runtime. The server drives the same round as `runtime/local.py` (configure, aggregate,
 evaluate, checkpoint through `run_local`); only the transport differs: each client's message is
-our codec's bytes in a Flower record, and each ClientApp runs `local.client_round` on them.
+our codec's bytes in a Flower record, and each ClientApp runs `round.client_round` on them.
 
 - `runtime=flower-sim`: Flower's simulation engine (Ray) with one virtual SuperNode per client
   (`simulation.py`).

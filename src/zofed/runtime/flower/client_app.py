@@ -1,4 +1,4 @@
-"""The ClientApp: a SuperNode runs `local.client_round` on the bytes the server sent.
+"""The ClientApp: a SuperNode runs `round.client_round` on the bytes the server sent.
 
 The experiment (model, data, partitions) is built once per process and reused while the config
 stays the same: a simulation's Ray worker serves every round from one copy; a deployment's
@@ -33,7 +33,7 @@ from zofed.config import RunConfig, parse_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.runtime.experiment import Experiment, build_experiment, build_model, prepare_data  # noqa: E402
 from zofed.runtime.flower.records import NODE, RUN, ContextKeptStore, FileKeptStore, pack, unpack  # noqa: E402
-from zofed.runtime.local import client_round  # noqa: E402
+from zofed.runtime.round import client_round  # noqa: E402
 
 app = ClientApp()
 
@@ -64,10 +64,9 @@ def train(message: Message, context: Context) -> Message:
     experiment, algorithm, model_load = cached_experiment(config)
     setup_s = time.perf_counter() - setup_started
     store = kept_store(context, config)
-    uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
+    uplink, measured, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
-    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "setup_s": setup_s,
-               **model_load, **_PROCESS_COSTS}
+    runtime = {**measured, "setup_s": setup_s, **model_load, **_PROCESS_COSTS}
     _PROCESS_COSTS.clear()
     return Message(pack(uplink, runtime), reply_to=message)
 

@@ -1,5 +1,5 @@
-"""The ServerApp: the local runtime's run (init, configure, aggregate, evaluate, checkpoint) with
-each round's messages carried to SuperNodes by a Flower Grid.
+"""The ServerApp: the run loop and the one round body (runtime/round.py) with each round's messages
+carried to SuperNodes by a Flower Grid (`GridTransport`): replies are screened as in every runtime.
 
 The server keeps the ledger as the local runtime does: the downlink bytes it encoded for each
 client it sent to, and the uplink bytes as they arrived (`codec.sizes_of`). Replies are
@@ -10,6 +10,7 @@ in the local runtime (bit-identical weights, tested).
 from __future__ import annotations
 
 import json
+import struct
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -18,17 +19,14 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from zofed.algorithms import Algorithm, ServerState
+from zofed.algorithms import ServerState
 from zofed.algorithms.downlink import forget_versions
 from zofed.config import FlowerConfig, RunConfig, parse_config
 from zofed.errors import ZofedError
-from zofed.metrics import ByteLedger
-from zofed.runtime.client import KeptModel
-from zofed.runtime.codec import decode, encode_with_sizes, sizes_of
-from zofed.runtime.experiment import Experiment
 from zofed.runtime.flower.records import NODE, RUN, pack, runtime_measurements, unpack
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
-from zofed.runtime.local import RoundFn, round_row, run_local
+from zofed.runtime.local import RoundFn, run_local, run_round
+from zofed.runtime.round import Exchanged
 
 POLL_S = 0.5  # between looks for SuperNodes that have not appeared yet
 PULL_S = 0.1  # between looks for replies (Flower's deployment Grid.send_and_receive waits 3 s between looks)
@@ -74,7 +72,7 @@ def serve(grid: Grid, options: ServeOptions) -> dict | None:
     nodes = Nodes(grid, config)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
     meter = superlink_meter()  # None in simulation: no SuperLink process, no sockets
-    play_round = partial(flower_round, grid, nodes, config.flower, meter)
+    play_round = partial(run_round, transport=GridTransport(grid, nodes, config.flower, meter))
     if options.resume:
         play_round = _resync_first(play_round, range(config.clients))
     try:
@@ -186,94 +184,71 @@ class Nodes:
             time.sleep(POLL_S)
 
 
-def flower_round(
-    grid: Grid,
-    nodes: Nodes,
-    settings: FlowerConfig,
-    meter: SocketMeter | None,
-    experiment: Experiment,
-    algorithm: Algorithm,
-    state: ServerState,
-    round: int,
-    kept: dict[int, KeptModel],
-) -> tuple[ServerState, dict]:
-    """`local.run_round` with the clients on SuperNodes; a client that errs or misses the timeout is dropped."""
-    round_started = time.perf_counter()
-    wire_before = None
-    if meter is not None:
-        meter.sample()
-        wire_before = meter.totals()
-    nodes.refresh()
-    clients = experiment.sample_clients(round)
-    messages = algorithm.configure(state, round, clients)
-    ledger = ByteLedger()
-    outgoing, receivers, failures = [], [], {}
-    for client, message in zip(clients, messages):
-        if client not in nodes.node_of:
-            failures[client] = "no SuperNode"
-            continue
-        downlink, down_sizes = encode_with_sizes(message)
-        ledger.record(client, "down", down_sizes)
-        node = nodes.node_of[client]
-        outgoing.append(Message(pack(downlink), dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(round)))
-        receivers.append(client)
-    flower_down = sum(flower_size(message) for message in outgoing)
-    arrived, flower_up = {}, 0
-    exchange_started = time.perf_counter()
-    answers = exchange(grid, outgoing, settings.timeout_s)
-    exchange_s = time.perf_counter() - exchange_started  # the clients' work plus Flower's transport, polling, processes
-    # Replies are matched to the message they answer: the SuperLink itself answers for a node that
-    # went offline (its heartbeats stopped), from its own node id.
-    client_of = {message.metadata.message_id: client for message, client in zip(outgoing, receivers)}
-    for reply in answers:
-        client = client_of.get(reply.metadata.reply_to_message_id)
-        if client is None:
-            continue
-        flower_up += flower_size(reply)
-        if reply.has_error():
-            failures[client] = reply.error.reason or f"error code {reply.error.code}"
-            continue
-        arrived[client] = reply.content
-    replies, per_client = [], []
-    for client in sorted(arrived):  # the local runtime's order, whatever order they arrived in
-        uplink = unpack(arrived[client])
-        up_sizes = sizes_of(uplink)
-        ledger.record(client, "up", up_sizes)
-        reply = decode(uplink)
-        replies.append((client, reply))
-        per_client.append(
-            {
-                "client": client,
-                **{key: float(value) for key, value in reply.metrics.items()},
-                **runtime_measurements(arrived[client]),
-                "bytes_up": up_sizes.total,
-                "bytes_down": ledger.for_client(client, "down"),
-            }
-        )
-    dropped = [client for client in clients if client not in arrived]
-    for client in dropped:
-        failures.setdefault(client, f"no reply within {settings.timeout_s} s")
-    if len(replies) < min(settings.min_replies, len(clients)):
-        raise ZofedError(
-            f"round {round}: {len(replies)} of {len(clients)} clients replied, fewer than flower.min_replies="
-            f"{settings.min_replies} ({'; '.join(f'client {c}: {failures[c]}' for c in dropped)}); "
-            "fix the SuperNodes and continue with --resume"
-        )
-    state = algorithm.aggregate(state, round, replies)
-    # A dropped client may have kept nothing or half a round: it gets the weights next time.
-    state = forget_versions(state, dropped)
-    wire = None
-    if meter is not None:
-        meter.sample()
-        wire = {key: value - wire_before[key] for key, value in meter.totals().items()}
-    experiment.view.load_(state.weights)
-    row = round_row(experiment, round, clients, per_client, ledger, round_started)
-    return state, {
-        **row,
-        "flower_bytes_up": flower_up,
-        "flower_bytes_down": flower_down,
-        "flower_exchange_s": exchange_s,
-        "superlink_tcp_bytes": wire,
-        "dropped": dropped,
-        "dropped_reasons": {str(c): failures[c] for c in dropped},
-    }
+class GridTransport:
+    """The round's exchange over a Flower Grid: one TRAIN message per client's SuperNode, replies matched
+    to the messages they answer. A client with no node, one that errs or misses `flower.timeout_s`
+    is dropped (and gets the weights next time: it may have kept nothing, or half a round)."""
+
+    def __init__(self, grid: Grid, nodes: Nodes, settings: FlowerConfig, meter: SocketMeter | None) -> None:
+        self.grid, self.nodes, self.settings, self.meter = grid, nodes, settings, meter
+
+    def exchange(self, round: int, downlinks, state: ServerState) -> Exchanged:
+        wire_before = None
+        if self.meter is not None:
+            self.meter.sample()
+            wire_before = self.meter.totals()
+        self.nodes.refresh()
+        exchanged = Exchanged()
+        outgoing, receivers = [], []
+        for client, downlink in downlinks:
+            if client not in self.nodes.node_of:
+                exchanged.failures[client] = "no SuperNode"
+                continue
+            outgoing.append(Message(pack(downlink), dst_node_id=self.nodes.node_of[client],
+                                    message_type=MessageType.TRAIN, group_id=str(round)))
+            receivers.append(client)
+        flower_down = sum(flower_size(message) for message in outgoing)
+        flower_up = 0
+        exchange_started = time.perf_counter()
+        answers = exchange(self.grid, outgoing, self.settings.timeout_s)
+        exchange_s = time.perf_counter() - exchange_started  # the clients' work plus Flower's transport, polling, processes
+        # Replies are matched to the message they answer: the SuperLink itself answers for a node that
+        # went offline (its heartbeats stopped), from its own node id.
+        client_of = {message.metadata.message_id: client for message, client in zip(outgoing, receivers)}
+        for reply in answers:
+            client = client_of.get(reply.metadata.reply_to_message_id)
+            if client is None or client in exchanged.replies or client in exchanged.unreadable:
+                continue
+            flower_up += flower_size(reply)
+            if reply.has_error():
+                exchanged.failures[client] = reply.error.reason or f"error code {reply.error.code}"
+                continue
+            try:
+                exchanged.replies[client] = unpack(reply.content)
+            except (ZofedError, KeyError, TypeError, ValueError) as error:
+                exchanged.unreadable[client] = f"no zofed message in the Flower reply ({str(error)[:200]})"
+                exchanged.uncounted[client] = flower_size(reply)
+                continue
+            try:
+                exchanged.measured[client] = runtime_measurements(reply.content)
+            except (KeyError, TypeError, ValueError, struct.error):
+                exchanged.measured[client] = {}  # the client's own timings: reported, never needed
+        arrived = set(exchanged.replies) | set(exchanged.unreadable)
+        for client, _ in downlinks:
+            if client not in arrived:
+                exchanged.failures.setdefault(client, f"no reply within {self.settings.timeout_s} s")
+        exchanged.forget = sorted(exchanged.failures)
+        if len(exchanged.replies) < min(self.settings.min_replies, len(downlinks)):
+            raise ZofedError(
+                f"round {round}: {len(exchanged.replies)} of {len(downlinks)} clients replied, fewer than "
+                f"flower.min_replies={self.settings.min_replies} ("
+                f"{'; '.join(f'client {c}: {why}' for c, why in sorted(exchanged.failures.items()))}); "
+                "fix the SuperNodes and continue with --resume"
+            )
+        wire = None
+        if self.meter is not None:
+            self.meter.sample()
+            wire = {key: value - wire_before[key] for key, value in self.meter.totals().items()}
+        exchanged.row = {"flower_bytes_up": flower_up, "flower_bytes_down": flower_down,
+                         "flower_exchange_s": exchange_s, "superlink_tcp_bytes": wire}
+        return exchanged

@@ -1,0 +1,79 @@
+"""The hostile-reply matrix in the in-process runtime: every case rejected and counted, the run completes, and
+its result equals a run in which the hostile clients sent nothing (tests/runtime/flower/test_hostile.py: flower-sim)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from zofed.runtime.local import run_local, run_round
+from zofed.runtime.round import InProcessTransport
+
+from .helpers import final_weights, tiny_config
+from .hostile import CASE_SETS, CASES, FLOWER_CASES, HostileTransport, schedule
+
+CLIENTS = 6
+SETUPS = {  # case set -> algorithm and settings
+    "seeds": ("fedmezo", "fedmezo.upload=seeds"),
+    "zorba": ("zorba",),
+    "gamlpp": ("gamlpp",),
+    "decomfl": ("decomfl", "decomfl.perturbations=2"),
+}
+
+
+def hostile_config(tmp_path, name: str, *extra: str):
+    algorithm, *settings = SETUPS[name]
+    rounds = math.ceil(len(CASE_SETS[name]) / (CLIENTS - 1))
+    return tiny_config(tmp_path, algorithm, f"clients={CLIENTS}", f"rounds={rounds}", "local.local_steps=2",
+                       "eval.val_examples=8", "eval.test_examples=8", "eval.accuracy_examples=0", *settings, *extra)
+
+
+def run_with(config, plan, silent: bool) -> list[dict]:
+    def play(experiment, algorithm, state, round, kept):
+        inner = InProcessTransport(experiment, algorithm, kept, config.faults, config.seed)
+        return run_round(experiment, algorithm, state, round, kept, transport=HostileTransport(inner, plan, silent))
+
+    run_local(config, show_progress=False, play_round=play)
+    return rows_of(config)
+
+
+def rows_of(config) -> list[dict]:
+    return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_rejected_as_planned(rows, plan) -> None:
+    for row in rows:
+        planned = {str(client): case for (round, client), case in plan.items() if round == row["round"]}
+        assert set(row["rejected"]) == set(planned), (row["round"], row["rejected"], planned)
+        assert row["dropped"] == []
+        for client, why in row["rejected"].items():
+            assert why, planned[client]
+        by_client = {c["client"]: c for c in row["per_client"]}
+        assert all("rejected" in by_client[int(c)] for c in planned)
+
+
+def assert_same_result(rows, reference_rows, config, reference) -> None:
+    a, b = final_weights(config), final_weights(reference)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert [r["eval_loss"] for r in rows] == [r["eval_loss"] for r in reference_rows]
+
+
+def test_the_matrix_has_the_issue_s_cases():
+    assert len(CASES) + len(FLOWER_CASES) >= 25
+
+
+@pytest.mark.parametrize("name", SETUPS)
+def test_hostile_replies_are_rejected_and_equal_silence(tmp_path, name):
+    config = hostile_config(tmp_path / "hostile", name)
+    plan = schedule(CASE_SETS[name], CLIENTS)
+    rows = run_with(config, plan, silent=False)
+    assert_rejected_as_planned(rows, plan)
+    reference = hostile_config(tmp_path / "silent", name)
+    reference_rows = run_with(reference, plan, silent=True)
+    assert all(set(row["dropped"]) == {c for (r, c) in plan if r == row["round"]} for row in reference_rows)
+    assert_same_result(rows, reference_rows, config, reference)
+    # the refused bytes are counted: the hostile run's uplink exceeds the silent one's
+    assert sum(r["bytes_up"] for r in rows) > sum(r["bytes_up"] for r in reference_rows)
