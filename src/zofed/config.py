@@ -124,19 +124,17 @@ class RunConfig(Section):
         if isinstance(self.clients_per_round, float) and self.clients_per_round > 1.0:
             raise ValueError("clients_per_round as a fraction must be in (0, 1]")
         for name, method in list(self.methods.items()):
-            # Methods that plan per client (ZorBA's block assignment) learn the population here.
-            if "num_clients" in type(method).model_fields and method.num_clients != self.clients:
-                try:
-                    self.methods[name] = type(method)(**{**method.model_dump(), "num_clients": self.clients})
-                except ValidationError as error:
-                    raise ValueError(f"{name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            try:
+                self.methods[name] = method.for_population(self.clients)
+            except ValidationError as error:
+                raise ValueError(f"{name}: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         if self.robust.aggregator == "trimmed-mean" and int(self.robust.trim_fraction * self.sampled_per_round()) == 0:
             raise ValueError(
                 f"robust.trim_fraction={self.robust.trim_fraction} trims no client of the {self.sampled_per_round()} "
                 f"sampled per round (the plain mean); raise it to at least {1 / self.sampled_per_round():.3g} or sample more clients"
             )
         settings = self.methods.get(self.algorithm)
-        if self.robust.aggregator != "mean" and not getattr(settings, "shared_coordinates", True):
+        if self.robust.aggregator != "mean" and settings is not None and not settings.shared_coordinates:
             raise ValueError(
                 f"robust.aggregator={self.robust.aggregator} needs uploads on shared coordinates, which "
                 f"{self.algorithm} with these settings does not have; use robust.clip_scalar or robust.norm_bound"

@@ -15,7 +15,7 @@ from zofed.runtime.round import InProcessTransport
 from .helpers import final_weights, tiny_config
 from .hostile import CASE_SETS, CASES, FLOWER_CASES, HostileTransport, schedule
 
-CLIENTS = 6
+CLIENTS = 10
 SETUPS = {  # case set -> algorithm and settings
     "seeds": ("fedmezo", "fedmezo.upload=seeds"),
     "zorba": ("zorba",),

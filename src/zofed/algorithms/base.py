@@ -102,6 +102,21 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # What a method declares to the runtime, instead of the runtime looking for fields by name:
+    @property
+    def shared_coordinates(self) -> bool:
+        """Whether every client's upload lives on the same coordinates (robust median/trimmed mean need it)."""
+        return True
+
+    @property
+    def needs_memory_profile(self) -> bool:
+        """Whether the run must measure the client memory model (runtime/memory_profile.py) before it starts."""
+        return False
+
+    def for_population(self, clients: int) -> "Settings":
+        """These settings for a run of `clients` clients (a method that plans per client learns the count)."""
+        return self
+
 
 class Algorithm(Protocol):
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:

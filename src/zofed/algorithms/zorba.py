@@ -116,6 +116,13 @@ class ZorbaSettings(Settings):
     memory_profile: MemoryProfile | None = Field(None, description="measured at start-up when not given")
     num_clients: int | None = Field(None, ge=1, description="filled from the run's clients")
 
+    @property
+    def needs_memory_profile(self) -> bool:
+        return self.memory_profile is None
+
+    def for_population(self, clients: int) -> "ZorbaSettings":
+        return self if self.num_clients == clients else type(self)(**{**self.model_dump(), "num_clients": clients})
+
     @model_validator(mode="after")
     def _known_profile(self) -> "ZorbaSettings":
         if self.budgets_mb is None and self.device_profile not in DEVICE_PROFILES:

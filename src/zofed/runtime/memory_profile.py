@@ -35,8 +35,7 @@ CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def needs_profile(config: RunConfig) -> bool:
-    settings = config.algorithm_settings
-    return "memory_profile" in type(settings).model_fields and settings.memory_profile is None
+    return config.algorithm_settings.needs_memory_profile
 
 
 def with_memory_profile(config: RunConfig, resume: bool = False) -> RunConfig:
