@@ -35,7 +35,7 @@ import yaml
 
 from zofed.config import load_config
 from zofed.machine import describe_machine
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 ALGORITHMS = ("fedmezo", "fedspzo")
 

@@ -33,7 +33,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
     from zofed.runtime.flower.deployment import run_flower
     from zofed.runtime.flower.loopback import LoopbackFederation
     from zofed.runtime.flower.simulation import run_flower_sim
-    from zofed.runtime.local import run_local
+    from zofed.runtime.driver import run_local
 
     results, weights = {}, {}
     load_before = os.getloadavg()

@@ -32,7 +32,7 @@ import yaml
 
 from zofed.compare import parse_budget, run_compare
 from zofed.machine import describe_machine
-from zofed.runtime.local import Budget
+from zofed.runtime.driver import Budget
 
 BASELINES = ("gamlpp", "fedmezo", "fedkseed", "decomfl")
 ABLATIONS = {

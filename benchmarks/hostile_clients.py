@@ -53,7 +53,7 @@ def play(experiment, initial: dict, extra: list[str], args, out: Path, name: str
     from zofed.config import load_config
     from zofed.eval import evaluate_loss
     from zofed.runtime.client import KeptStore
-    from zofed.runtime.local import run_round
+    from zofed.runtime.driver import run_round
 
     config = load_config(args.config, overrides(args) + extra)
     case = replace(experiment, config=config)

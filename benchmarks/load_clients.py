@@ -71,12 +71,12 @@ def child(clients: int, rounds: int, kept_in_memory: bool) -> dict:
     """One run in this process: memory after each round, and how much work the rounds did."""
     import torch
 
-    import zofed.runtime.local as local
+    import zofed.runtime.driver as driver
     import zofed.runtime.round as round_body
 
     torch.set_num_threads(1)
     counts = {"client_rounds": 0}
-    play_round, client_round = local.run_round, round_body.client_round
+    play_round, client_round = driver.run_round, round_body.client_round
 
     def counted_client_round(*args):
         counts["client_rounds"] += 1
@@ -84,7 +84,7 @@ def child(clients: int, rounds: int, kept_in_memory: bool) -> dict:
 
     round_body.client_round = counted_client_round
     if kept_in_memory:
-        local.KeptStore = MemoryKeptStore
+        driver.KeptStore = MemoryKeptStore
     memory = []
 
     def measured_round(*args):
@@ -94,7 +94,7 @@ def child(clients: int, rounds: int, kept_in_memory: bool) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="zofed-load-") as tmp:
         config = load_config(clients, rounds, Path(tmp))
-        local.run_local(config, show_progress=False, play_round=measured_round)
+        driver.run_local(config, show_progress=False, play_round=measured_round)
         checkpoint = config.run_dir / "checkpoints"
         newest = sorted(checkpoint.glob("ckpt-*"))[-1]
         kept_files = list((config.run_dir / "clients").glob("*/*.safetensors"))

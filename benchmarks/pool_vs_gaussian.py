@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zofed.config import load_config
 from zofed.machine import describe_machine
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 
 def main() -> None:

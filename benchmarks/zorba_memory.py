@@ -166,7 +166,7 @@ def main() -> None:
 
     from zofed.config import load_config
     from zofed.machine import describe_machine
-    from zofed.runtime.local import run_local
+    from zofed.runtime.driver import run_local
     from zofed.runtime.memory_profile import with_memory_profile
 
     baselines = args.baselines.split(",")

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from zofed.compare import run_compare  # noqa: E402
 from zofed.config import load_config  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
-from zofed.runtime.local import run_local  # noqa: E402
+from zofed.runtime.driver import run_local  # noqa: E402
 
 STRATEGIES = ("frozen", "random", "round-wise", "five-round", "model-diff")
 RESULTS = ROOT / "benchmarks" / "results" / "reproduce"

@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
 
         summary = run_flower(config, **options)
     else:
-        from zofed.runtime.local import run_local
+        from zofed.runtime.driver import run_local
 
         summary = run_local(config, **options)
     print(json.dumps(summary, indent=2))

@@ -35,7 +35,7 @@ from zofed.config import RunConfig, load_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.experiment import json_digest  # noqa: E402
-from zofed.runtime.local import Budget, run_local  # noqa: E402
+from zofed.runtime.driver import Budget, run_local  # noqa: E402
 
 BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
 # Summary fields averaged over seeds per algorithm, in the order the table shows them.

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zofed.algorithms import ALGORITHMS
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 from ..runtime.helpers import CONFORMANCE_SETTINGS, final_weights, tiny_config
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-import zofed.runtime.local as local
+import zofed.runtime.driver as driver
 import zofed.runtime.round as round_body
 from zofed.errors import ZofedError
 from zofed.runtime.client import receive_model_
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 from .helpers import tiny_config
 
@@ -44,7 +44,7 @@ def test_replay_clients_that_missed_rounds_catch_up_bit_exactly_or_get_weights_p
 
     def play(experiment, algorithm, state, round, kept):
         server["weights"] = {name: tensor.clone() for name, tensor in state.weights.items()}
-        state, row = local.run_round(experiment, algorithm, state, round, kept)
+        state, row = driver.run_round(experiment, algorithm, state, round, kept)
         versions = state.info["client_versions"]
         # only the replies that came moved the model: the server records exactly the repliers as synced
         assert {int(c) for c, v in versions.items() if v == round - 1} == set(row["clients"]) - set(row["dropped"])

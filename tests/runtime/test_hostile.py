@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from zofed.runtime.local import run_local, run_round
+from zofed.runtime.driver import run_local, run_round
 from zofed.runtime.round import InProcessTransport
 
 from .helpers import final_weights, tiny_config

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import zofed.runtime.local as local
+import zofed.runtime.driver as driver
 from zofed.checkpoint import load_latest_checkpoint
 from zofed.runtime.client import KeptStore
 
@@ -58,7 +58,7 @@ def test_a_round_touches_only_its_sampled_clients(tmp_path, monkeypatch, clients
         count_calls(monkeypatch, local, name, counts)
     for name in ("load", "save"):
         count_calls(monkeypatch, KeptStore, name, counts)
-    local.run_local(config, show_progress=False)
+    driver.run_local(config, show_progress=False)
 
     contacts = rounds * sampled
     assert counts == {"client_round": contacts, "encode_with_sizes": contacts, "load": contacts, "save": contacts}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from zofed.config import load_config
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 from zofed.runtime.memory_profile import CHILD_ENV, with_memory_profile
 
 from .helpers import tiny_config

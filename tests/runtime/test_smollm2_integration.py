@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zofed.config import load_config
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"

@@ -12,7 +12,7 @@ from zofed.data import get_task, load_examples, tokenize_example
 from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.runtime.experiment import build_model
-from zofed.runtime.local import DEFAULT_MAX_NEW_TOKENS
+from zofed.runtime.driver import DEFAULT_MAX_NEW_TOKENS
 
 
 def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int) -> dict:

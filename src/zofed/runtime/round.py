@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -171,8 +171,6 @@ def client_round(
     return encode(reply), measured, kept
 
 
-# (round, client, the honest reply's bytes) -> the bytes sent instead; for tests of the server's defences
-ReplyFault = Callable[[int, int, bytes], bytes]
 
 
 class InProcessTransport:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 from ..helpers import final_weights, tiny_config
 from zofed.runtime.flower.loopback import self_signed_certificates

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from zofed.runtime.flower.deployment import run_flower
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 from ..helpers import final_weights, tiny_config
 

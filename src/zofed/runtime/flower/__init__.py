@@ -1,9 +1,10 @@
 """zofed on Flower (flwr 1.41, Message API): the only package that imports flwr.
 
 One ServerApp and one ClientApp run any registered algorithm from the same RunConfig as the
-local runtime. The server drives the same round as `runtime/local.py` (configure, aggregate,
-evaluate, checkpoint through `run_local`); only the transport differs: each client's message is
-our codec's bytes in a Flower record, and each ClientApp runs `round.client_round` on them.
+local runtime. The server runs the same run loop (`runtime/driver.py`) and the same round body
+(`runtime/round.py`: configure, screen, aggregate); only the transport differs (`GridTransport`):
+each client's message is our codec's bytes in a Flower record, and each ClientApp runs
+`round.client_round` on them.
 
 - `runtime=flower-sim`: Flower's simulation engine (Ray) with one virtual SuperNode per client
   (`simulation.py`).

@@ -25,7 +25,7 @@ from zofed.config import FlowerConfig, RunConfig, parse_config
 from zofed.errors import ZofedError
 from zofed.runtime.flower.records import NODE, RUN, pack, runtime_measurements, unpack
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
-from zofed.runtime.local import RoundFn, run_local, run_round
+from zofed.runtime.driver import RoundFn, run_local, run_round
 from zofed.runtime.round import Exchanged
 
 POLL_S = 0.5  # between looks for SuperNodes that have not appeared yet
