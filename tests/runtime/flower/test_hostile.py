@@ -37,7 +37,8 @@ def test_hostile_replies_on_flower_sim_are_rejected_and_equal_silence(tmp_path, 
     monkeypatch.setenv("ZOFED_HOSTILE_CLIENTS", str(CLIENTS))
     monkeypatch.setattr(simulation, "client_app", app)
     plan = schedule(CASE_SETS[name], CLIENTS)
-    config = hostile_config(tmp_path / "sim", name, "runtime=flower-sim")
+    # a simulation worker's first message imports torch and transformers: minutes on a loaded machine
+    config = hostile_config(tmp_path / "sim", name, "runtime=flower-sim", "flower.connect_timeout_s=1200")
     simulation.run_flower_sim(config, show_progress=False)
     rows = rows_of(config)
     assert_rejected_as_planned(rows, plan)
