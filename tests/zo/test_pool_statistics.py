@@ -13,13 +13,14 @@ prefix sums of the table, so a seed costs O(chunks); `test_windows_are_what_fill
 plan to `fill_`.
 """
 
+import cmath
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from zofed.zo import PoolDirections, Scratch, perturb_, zo_estimate
+from zofed.zo import PoolDirections, Scratch, zo_estimate
 
 K = 4.5
 SEEDS = 2000
@@ -50,7 +51,7 @@ def check_standard_normal(x: np.ndarray, what: str) -> None:
 
 
 class PlanProjector:
-    """u·z for structured u over a view, from the sampler's plan and prefix sums of its table."""
+    """u·z for structured unit vectors u over a view, from the sampler's plan and prefix sums of its table."""
 
     def __init__(self, pool: PoolDirections, shapes: list[tuple[int, ...]], frequency: int = 3) -> None:
         self.pool, self.numels = pool, [math.prod(shape) for shape in shapes]
@@ -58,22 +59,102 @@ class PlanProjector:
         table = pool.table().double().numpy()
         self.omega = 2 * math.pi * frequency / self.total
         self.ones = np.concatenate([[0.0], np.cumsum(table)])
-        phases = np.exp(1j * self.omega * np.arange(table.size))
-        self.wave = np.concatenate([[0.0], np.cumsum(table * phases)])
+        self.wave = np.concatenate([[0.0], np.cumsum(table * np.exp(1j * self.omega * np.arange(table.size)))])
 
-    def project(self, seed: int) -> tuple[float, float, np.ndarray]:
-        """(all-ones over the view, unit cosine with `frequency` periods over the view, all-ones per tensor)."""
-        ones, wave, per_tensor, position = 0.0, 0.0j, np.empty(len(self.numels)), 0
-        for index, numel in enumerate(self.numels):
-            tensor_sum = 0.0
-            for start, offset, length, sign in self.pool.windows(numel, seed, index):
-                tensor_sum += sign * (self.ones[offset + length] - self.ones[offset])
-                window = self.wave[offset + length] - self.wave[offset]
-                wave += sign * np.exp(1j * self.omega * (position + start - offset)) * window
-            ones += tensor_sum
-            per_tensor[index] = tensor_sum / math.sqrt(numel)
-            position += numel
-        return ones / math.sqrt(self.total), wave.real * math.sqrt(2 / self.total), per_tensor
+    def project(self, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per seed: all-ones over the view, a unit cosine with `frequency` periods over it, all-ones per tensor."""
+        ones, wave, per_tensor = np.empty(len(seeds)), np.empty(len(seeds)), np.empty((len(seeds), len(self.numels)))
+        for row, seed in enumerate(seeds):
+            total_wave, position = 0.0j, 0
+            for index, numel in enumerate(self.numels):
+                tensor_sum = 0.0
+                for start, offset, length, sign in self.pool.windows(numel, seed, index):
+                    tensor_sum += sign * (self.ones[offset + length] - self.ones[offset])
+                    # Σ_a t[offset + a]·e^{iω(position + start + a)}, from the prefix sums of t·e^{iωk}.
+                    phase = cmath.exp(1j * self.omega * (position + start - offset))
+                    total_wave += sign * phase * (self.wave[offset + length] - self.wave[offset])
+                per_tensor[row, index] = tensor_sum / math.sqrt(numel)
+                position += numel
+            ones[row] = per_tensor[row] @ np.sqrt(self.numels) / math.sqrt(self.total)
+            wave[row] = total_wave.real * math.sqrt(2 / self.total)
+        return ones, wave, per_tensor
+
+
+def views_of(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    bounds = np.cumsum([0, *(math.prod(shape) for shape in shapes)])
+    return [flat[a:b].view(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
+
+
+@pytest.fixture(scope="module", params=["lora", "full"])
+def view(request) -> dict:
+    """A LoRA-sized or SmolLM2 full-parameter-sized view and its structured projections over SEEDS seeds."""
+    shapes = lora_shapes() if request.param == "lora" else full_shapes()
+    ones, wave, per_tensor = PlanProjector(PoolDirections(), shapes).project(range(SEEDS))
+    return {"shapes": shapes, "ones": ones, "wave": wave, "per_tensor": per_tensor}
+
+
+def test_structured_projections_are_standard_normal(view):
+    check_standard_normal(view["ones"][:, None], "all-ones over the view")
+    check_standard_normal(view["wave"][:, None], "low-frequency cosine over the view")
+    check_standard_normal(view["per_tensor"], "all-ones per tensor")
+    # Tensors must not share a bias: their all-ones projections are uncorrelated over seeds.
+    per_tensor = view["per_tensor"]
+    correlation = np.corrcoef(per_tensor, rowvar=False)[np.triu_indices(per_tensor.shape[1], 1)]
+    assert abs(correlation.mean()) <= K / math.sqrt(SEEDS * correlation.size)
+
+
+def test_estimator_mean_on_a_quadratic_is_its_gradient(view):
+    """A quadratic's two-point estimate is exactly (z·∇f) z, whose mean is ∇f if E[zzᵀ] = I.
+
+    ∇f = α·u_ones + β·u_cos, large along all-ones, the direction the old sampler was biased
+    along. The mean over seeds of u·((z·∇f) z) must match u·∇f for u = u_ones, u_cos and ∇f/‖∇f‖,
+    within K standard errors measured from the same seeds.
+    (`test_two_point_estimate_is_the_directional_derivative` ties zo_estimate to z·∇f.)
+    """
+    alpha, beta = 3.0, -2.0
+    ones, wave = view["ones"], view["wave"]
+    estimate = alpha * ones + beta * wave
+    norm = math.hypot(alpha, beta)
+    projections = estimate[:, None] * np.stack([ones, wave, estimate / norm], axis=1)
+    error = projections.mean(axis=0) - np.array([alpha, beta, norm])
+    standard_error = projections.std(axis=0, ddof=1) / math.sqrt(SEEDS)
+    assert np.all(np.abs(error) <= K * standard_error), (
+        f"mean of u·((z·∇f) z) {projections.mean(axis=0)} vs u·∇f {[alpha, beta, norm]}, standard error {standard_error}"
+    )
+
+
+def test_two_point_estimate_is_the_directional_derivative():
+    """zo_estimate on f(θ) = ∇f·θ + ½‖θ‖² at θ = 0 returns z·∇f, z being the plan's direction."""
+    shapes = lora_shapes()
+    numel = sum(math.prod(shape) for shape in shapes)
+    positions = torch.arange(numel, dtype=torch.float64)
+    alpha, beta = 3.0, -2.0
+    gradient = (alpha / math.sqrt(numel) + beta * math.sqrt(2 / numel) * torch.cos(2 * math.pi * 3 * positions / numel))
+    theta = torch.zeros(numel)
+
+    def loss() -> float:
+        theta64 = theta.double()
+        return float(gradient @ theta64 + 0.5 * theta64 @ theta64)
+
+    pool, scratch, tensors = PoolDirections(), Scratch(), views_of(theta, shapes)
+    ones, wave, _ = PlanProjector(pool, shapes).project(range(20))
+    estimates = [zo_estimate(tensors, loss, seed, 1e-3, pool, scratch)[0] for seed in range(20)]
+    assert np.allclose(estimates, alpha * ones + beta * wave, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_view_projection_on_a_fixed_random_vector_is_standard_normal():
+    shapes, seeds = lora_shapes(), 400
+    numel = sum(math.prod(shape) for shape in shapes)
+    unit = torch.randn(numel, generator=torch.Generator().manual_seed(1234))
+    unit /= unit.norm()
+    pool, z = PoolDirections(), torch.empty(numel)
+    views = views_of(z, shapes)
+    x = np.empty((seeds, 1))
+    for seed in range(seeds):
+        for index, view in enumerate(views):
+            pool.fill_(view, seed, index)
+        x[seed] = torch.dot(unit, z).item()
+    check_standard_normal(x, "fixed random vector")
 
 
 def test_windows_are_what_fill_writes():
@@ -94,94 +175,3 @@ def test_table_has_unit_mean_square_and_a_flat_circular_spectrum():
     power = np.abs(np.fft.rfft(table)) ** 2 / table.size
     # Whitened: every frequency carries the same power, up to the bf16 rounding of the values.
     assert np.abs(power - 1).max() < 0.05 and abs(power.mean() - 1) < 1e-4
-
-
-@pytest.fixture(scope="module")
-def lora_projections() -> dict[str, np.ndarray]:
-    shapes = lora_shapes()
-    numels = [math.prod(shape) for shape in shapes]
-    total = sum(numels)
-    positions = torch.arange(total, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(1234)
-    units = torch.stack([
-        torch.ones(total, dtype=torch.float64) / math.sqrt(total),
-        torch.cos(2 * math.pi * 3 * positions / total) * math.sqrt(2 / total),
-        torch.randn(total, generator=generator, dtype=torch.float64),
-    ])
-    units[2] /= units[2].norm()
-    bounds = np.cumsum([0, *numels])
-    pool, z = PoolDirections(), torch.empty(total)
-    views = [z[a:b].view(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
-    whole, per_tensor = np.empty((SEEDS, 3)), np.empty((SEEDS, len(shapes)))
-    for seed in range(SEEDS):
-        for index, view in enumerate(views):
-            pool.fill_(view, seed, index)
-        z64 = z.double()
-        whole[seed] = (units @ z64).numpy()
-        per_tensor[seed] = np.add.reduceat(z64.numpy(), bounds[:-1]) / np.sqrt(numels)
-    return {"whole": whole, "per_tensor": per_tensor}
-
-
-def test_lora_view_projections_are_standard_normal(lora_projections):
-    whole = lora_projections["whole"]
-    check_standard_normal(whole[:, :1], "LoRA view, all-ones")
-    check_standard_normal(whole[:, 1:2], "LoRA view, low-frequency cosine")
-    check_standard_normal(whole[:, 2:], "LoRA view, fixed random vector")
-
-
-def test_lora_view_per_tensor_all_ones_are_standard_normal_and_uncorrelated(lora_projections):
-    per_tensor = lora_projections["per_tensor"]
-    check_standard_normal(per_tensor, "LoRA view, all-ones per tensor")
-    # Tensors must not share a bias: their projections are uncorrelated over seeds.
-    correlation = np.corrcoef(per_tensor, rowvar=False)[np.triu_indices(per_tensor.shape[1], 1)]
-    assert np.abs(correlation.mean()) <= K / math.sqrt(SEEDS * correlation.size)
-
-
-def test_full_parameter_view_projections_are_standard_normal():
-    projector = PlanProjector(PoolDirections(), full_shapes())
-    assert projector.total == 134_515_008  # SmolLM2-135M trainable parameters
-    rows = [projector.project(seed) for seed in range(SEEDS)]
-    check_standard_normal(np.array([[ones, wave] for ones, wave, _ in rows])[:, :1], "full view, all-ones")
-    check_standard_normal(np.array([[ones, wave] for ones, wave, _ in rows])[:, 1:], "full view, low-frequency cosine")
-    check_standard_normal(np.stack([per_tensor for *_, per_tensor in rows]), "full view, all-ones per tensor")
-
-
-def test_estimator_mean_on_a_quadratic_is_its_gradient():
-    """f(θ) = ½ Σ a_k θ_k² + b·θ: the two-point estimate g·z has mean ∇f = aθ + b if E[zzᵀ] = I.
-
-    The gradient is given a large all-ones component, the direction the old sampler was biased
-    along; the check is per structured unit vector u, with the standard error of u·(g z) measured
-    over the seeds.
-    """
-    shapes = lora_shapes()
-    numels = [math.prod(shape) for shape in shapes]
-    total = sum(numels)
-    generator = torch.Generator().manual_seed(7)
-    theta = torch.randn(total, generator=generator)
-    curvature = torch.rand(total, generator=generator) + 0.5
-    bias = torch.randn(total, generator=generator) * 0.1 + 0.05
-    gradient = (curvature * theta + bias).double()
-    bounds = np.cumsum([0, *numels])
-    tensors = [theta[a:b].view(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
-
-    def loss() -> float:
-        theta64 = theta.double()
-        return float(0.5 * (curvature * theta64 * theta64).sum() + (bias * theta64).sum())
-
-    positions = torch.arange(total, dtype=torch.float64)
-    units = torch.stack([torch.ones(total, dtype=torch.float64) / math.sqrt(total),
-                         torch.cos(2 * math.pi * 3 * positions / total) * math.sqrt(2 / total),
-                         gradient / gradient.norm()])
-    pool, scratch, z = PoolDirections(), Scratch(), torch.zeros(total)
-    z_views = [z[a:b].view(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
-    seeds = 1000
-    projections = np.empty((seeds, 3))
-    for seed in range(seeds):
-        estimate, _ = zo_estimate(tensors, loss, seed, 1e-2, pool, scratch)
-        z.zero_()
-        perturb_(z_views, seed, 1.0, pool, scratch)
-        projections[seed] = estimate * (units @ z.double()).numpy()
-    expected = (units @ gradient).numpy()
-    error = projections.mean(axis=0) - expected
-    standard_error = projections.std(axis=0, ddof=1) / math.sqrt(seeds)
-    assert np.all(np.abs(error) <= K * standard_error), f"mean {projections.mean(axis=0)} vs ∇f {expected} ± {standard_error}"
