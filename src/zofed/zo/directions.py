@@ -14,7 +14,7 @@ seed, and MPS has a third. Gaussian seeds therefore replay only between processe
 `pool` is fast and portable: a table of N(0, 1)-distributed values is built once per process by
 this project's counter-based generator (splitmix64 -> Box-Muller in float64), then whitened:
 its circular autocorrelation is made exactly δ (flat spectrum, unit mean square) before it is
-rounded to bf16 precision (stored as float32). Each tensor is cut into chunks; chunk c of tensor
+rounded to float32. Each tensor is cut into chunks; chunk c of tensor
 i takes the circular window of the table at an offset hashed from (seed, i, c), times a sign
 from the same hash. Over seeds the offset is uniform, so two values of one window have
 E[z_a z_b] = the table's circular autocorrelation = δ_ab, and values of different chunks are
@@ -28,8 +28,9 @@ measures both.
 The table is copied to each device once, padded by one chunk so every circular window is a
 contiguous slice; a step does no random generation and no host round trip: a perturbation pass
 is one `add_` per chunk with alpha = scale·sign (offsets and signs are host integers). z is
-bit-identical on every device and dtype: every copy holds the same values, bf16-exact so a bf16
-tensor adds a bf16 copy with torch's native kernel. `stream_id` includes a CRC of the table, so
+bit-identical on every device and dtype: every copy holds the same float32 values, and a bf16 or
+fp16 tensor is updated through float32 blocks, exactly as a float32 server computes θ + scale·z,
+then rounded once. `stream_id` includes a CRC of the table, so
 a machine whose float64 maths rounded a value differently would be detected, not mixed.
 
 Runtimes compare `stream_id(device)` of the server's sampler with each client's before
@@ -120,18 +121,16 @@ def _normal_values(size: int, table_seed: int) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def pool_table(size: int, table_seed: int = 0) -> torch.Tensor:
-    """The pool's float32 table: normal values whitened to a flat circular spectrum, bf16-exact.
+    """The pool's float32 table: normal values whitened to a flat circular spectrum.
 
     Keeping each frequency's phase and setting every magnitude equal (DC included) makes the
     circular autocorrelation δ and the mean square 1; the values stay Gaussian in distribution
-    (a sum of many random-phase cosines). Rounding them to bf16 precision (kept in float32) lets
-    a bf16 tensor add a bf16 copy of the table with torch's native kernel and still add exactly
-    the float32 z: the rounding moves the autocorrelation by ~1e-6, far below sampling noise.
+    (a sum of many random-phase cosines).
     """
     spectrum = np.fft.rfft(_normal_values(size, table_seed))
     values = np.fft.irfft(spectrum / np.abs(spectrum), n=size)
     values /= np.sqrt(np.mean(values * values))
-    return torch.from_numpy(values.astype(np.float32)).to(torch.bfloat16).to(torch.float32)
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -143,22 +142,31 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _padded_table(size: int, table_seed: int, pad: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The table followed by its first `pad` values, on `device`: circular windows become slices.
-
-    In `dtype` only where that holds exactly the float32 values (bf16 always; fp16 not, as its
-    subnormals lose bits): a float32 window added to a bf16 tensor takes torch's slow mixed-dtype
-    path, a bf16 window of the same values its fast native one.
-    """
+def _padded_table(size: int, table_seed: int, pad: int, device: torch.device) -> torch.Tensor:
+    """The table followed by its first `pad` values, on `device`: circular windows become slices."""
     table = pool_table(size, table_seed)
-    if dtype != torch.float32 and dtype.is_floating_point and torch.equal(table.to(dtype).to(torch.float32), table):
-        table = table.to(dtype)
     return torch.cat([table, table[:pad]]).to(device)
 
 
 @lru_cache(maxsize=4)
 def _table_crc(size: int, table_seed: int) -> int:
     return zlib.crc32(pool_table(size, table_seed).numpy().astype("<f4").tobytes())
+
+
+# torch's native bf16/fp16 add_ rounds alpha to the tensor's dtype (0.7431 becomes 0.7422), and
+# its mixed-dtype add_ (float32 window) is ~3x slower; staging blocks through float32 computes
+# θ + scale·z exactly as the float32 server does and rounds once, at ~1.5x the native cost.
+_STAGED_DTYPES = (torch.bfloat16, torch.float16)
+_STAGE_BLOCK = 1 << 18  # 1 MiB of float32: stays in cache between the three passes over a block
+
+
+def _staged_add_(target: torch.Tensor, window: torch.Tensor, alpha: float, scratch: torch.Tensor) -> None:
+    """target += alpha·window for a low-precision target, in float32, one rounding per value."""
+    for begin in range(0, target.numel(), _STAGE_BLOCK):
+        end = min(begin + _STAGE_BLOCK, target.numel())
+        stage = scratch[: end - begin].copy_(target[begin:end])
+        stage.add_(window[begin:end], alpha=alpha)
+        target[begin:end].copy_(stage)
 
 
 class PoolDirections:
@@ -170,9 +178,9 @@ class PoolDirections:
         self.size, self.table_seed = size, table_seed
         self.chunk = min(POOL_CHUNK, size // 4)
 
-    def table(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The padded table on `device`, copied there once per process (in `dtype` where that is exact)."""
-        return _padded_table(self.size, self.table_seed, self.chunk, torch.device(device), dtype)
+    def table(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The padded float32 table on `device`, copied there once per process."""
+        return _padded_table(self.size, self.table_seed, self.chunk, torch.device(device))
 
     def windows(self, numel: int, seed: int, index: int) -> list[tuple[int, int, int, float]]:
         """(start in tensor, offset in table, length, sign) of each chunk of tensor `index`: z's definition."""
@@ -193,11 +201,13 @@ class PoolDirections:
         if not tensor.is_contiguous():
             tensor.add_(self.fill_(scratch, seed, index), alpha=scale)
             return
-        # A bf16 tensor adds a bf16 copy of the same values: θ + scale·z computed in float32 by
-        # torch's kernel, rounded once when stored.
-        table, flat = self.table(tensor.device, tensor.dtype), tensor.view(-1)
+        table, flat = self.table(tensor.device), tensor.view(-1)
         for start, offset, length, sign in self.windows(flat.numel(), seed, index):
-            flat[start : start + length].add_(table[offset : offset + length], alpha=scale * sign)
+            window, target = table[offset : offset + length], flat[start : start + length]
+            if tensor.dtype in _STAGED_DTYPES:
+                _staged_add_(target, window, scale * sign, scratch.view(-1))
+            else:
+                target.add_(window, alpha=scale * sign)
 
     def stream_id(self, device: torch.device | str = "cpu") -> str:
         # The same on every device by construction: every device holds a copy of one float32 table.
