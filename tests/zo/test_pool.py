@@ -139,7 +139,8 @@ def test_pool_z_identical_across_processes_and_dtypes():
         "import hashlib,torch;from zofed.zo import PoolDirections, Scratch, perturb_;p=PoolDirections(1 << 16);"
         "z=p.fill_(torch.empty(70000), seed=99, index=3);b=[torch.zeros(70000, dtype=torch.bfloat16)];"
         "perturb_(b, 99, 0.37, p, Scratch());"
-        "print(p.stream_id(), hashlib.sha256(z.numpy().tobytes()).hexdigest(), hashlib.sha256(b[0].float().numpy().tobytes()).hexdigest())"
+        "h=lambda t: hashlib.sha256(t.float().numpy().tobytes()).hexdigest();"
+        "print(p.stream_id(), h(z), h(b[0]))"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     pool = PoolDirections(1 << 16)

@@ -119,7 +119,8 @@ def test_estimator_mean_on_a_quadratic_is_its_gradient(view):
     error = projections.mean(axis=0) - np.array([alpha, beta, norm])
     standard_error = projections.std(axis=0, ddof=1) / math.sqrt(SEEDS)
     assert np.all(np.abs(error) <= K * standard_error), (
-        f"mean of u·((z·∇f) z) {projections.mean(axis=0)} vs u·∇f {[alpha, beta, norm]}, standard error {standard_error}"
+        f"mean of u·((z·∇f) z) {projections.mean(axis=0)} vs u·∇f {[alpha, beta, norm]}, "
+        f"standard error {standard_error}"
     )
 
 

@@ -119,7 +119,6 @@ def _normal_values(size: int, table_seed: int) -> np.ndarray:
     return np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:size]
 
 
-@lru_cache(maxsize=4)
 def pool_table(size: int, table_seed: int = 0) -> torch.Tensor:
     """The pool's float32 table: normal values whitened to a flat circular spectrum.
 
@@ -128,7 +127,9 @@ def pool_table(size: int, table_seed: int = 0) -> torch.Tensor:
     (a sum of many random-phase cosines).
     """
     spectrum = np.fft.rfft(_normal_values(size, table_seed))
-    values = np.fft.irfft(spectrum / np.abs(spectrum), n=size)
+    spectrum /= np.abs(spectrum)
+    values = np.fft.irfft(spectrum, n=size)
+    del spectrum  # float64 temporaries are the build's peak memory
     values /= np.sqrt(np.mean(values * values))
     return torch.from_numpy(values.astype(np.float32))
 
@@ -143,14 +144,20 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _padded_table(size: int, table_seed: int, pad: int, device: torch.device) -> torch.Tensor:
-    """The table followed by its first `pad` values, on `device`: circular windows become slices."""
+    """The table followed by its first `pad` values, on `device`: circular windows become slices.
+
+    Built once per process on the CPU (the only copy there) and copied from it to other devices.
+    """
+    if device.type != "cpu":
+        return _padded_table(size, table_seed, pad, torch.device("cpu")).to(device)
     table = pool_table(size, table_seed)
-    return torch.cat([table, table[:pad]]).to(device)
+    return torch.cat([table, table[:pad]])
 
 
 @lru_cache(maxsize=4)
-def _table_crc(size: int, table_seed: int) -> int:
-    return zlib.crc32(pool_table(size, table_seed).numpy().astype("<f4").tobytes())
+def _table_crc(size: int, table_seed: int, pad: int) -> int:
+    table = _padded_table(size, table_seed, pad, torch.device("cpu"))[:size]
+    return zlib.crc32(table.numpy().astype("<f4").tobytes())
 
 
 # torch's native bf16/fp16 add_ rounds alpha to the tensor's dtype (0.7431 becomes 0.7422), and
@@ -177,6 +184,7 @@ class PoolDirections:
             raise ValueError(f"direction pool size {size} is too small; use at least 1024 values")
         self.size, self.table_seed = size, table_seed
         self.chunk = min(POOL_CHUNK, size // 4)
+        self.table("cpu")  # built now, so its float64 temporaries fall outside the step's memory
 
     def table(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The padded float32 table on `device`, copied there once per process."""
@@ -211,7 +219,8 @@ class PoolDirections:
 
     def stream_id(self, device: torch.device | str = "cpu") -> str:
         # The same on every device by construction: every device holds a copy of one float32 table.
-        return f"pool/v{POOL_VERSION}/{self.size}/{self.table_seed}/{_table_crc(self.size, self.table_seed):08x}"
+        crc = _table_crc(self.size, self.table_seed, self.chunk)
+        return f"pool/v{POOL_VERSION}/{self.size}/{self.table_seed}/{crc:08x}"
 
 
 def require_same_stream(expected: str, got: str, who: str) -> None:
