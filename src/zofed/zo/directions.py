@@ -162,7 +162,7 @@ def _table_crc(size: int, table_seed: int, pad: int) -> int:
 
 # torch's native bf16/fp16 add_ rounds alpha to the tensor's dtype (0.7431 becomes 0.7422), and
 # its mixed-dtype add_ (float32 window) is ~3x slower; staging blocks through float32 computes
-# θ + scale·z exactly as the float32 server does and rounds once, at ~1.5x the native cost.
+# θ + scale·z exactly as the float32 server does and rounds once, at ~2x the native cost.
 _STAGED_DTYPES = (torch.bfloat16, torch.float16)
 _STAGE_BLOCK = 1 << 18  # 1 MiB of float32: stays in cache between the three passes over a block
 
@@ -195,7 +195,7 @@ class PoolDirections:
         plan = []
         for chunk, start in enumerate(range(0, numel, self.chunk)):
             hashed = mix_seed(seed, index, chunk)
-            # Low bit: the sign; the other 62 bits: the offset (uniform, up to a 2^-40 modulo bias).
+            # Low bit: the sign; the other 62 bits: the offset (uniform up to a modulo bias of size/2^62).
             plan.append((start, (hashed >> 1) % self.size, min(self.chunk, numel - start), -1.0 if hashed & 1 else 1.0))
         return plan
 
