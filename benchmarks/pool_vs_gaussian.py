@@ -41,14 +41,23 @@ def main() -> None:
                 runs.append({"seed": seed, "directions": directions, **summary})
                 print(f"seed {seed} {directions:8s} test loss {summary['initial_test_loss']:.4f} -> "
                       f"{summary['final_test_loss']:.4f}  accuracy {summary['test_accuracy']}", flush=True)
+                # Written after every run, so a long benchmark that is stopped keeps the pairs it finished.
+                _write(args, runs)
+    for directions, summary in _write(args, runs).items():
+        print(f"{directions:8s} final test loss {summary['mean']:.4f} ± {summary['std']:.4f}")
+
+
+def _write(args: argparse.Namespace, runs: list[dict]) -> dict:
     by_sampler = {}
     for directions in ("gaussian", "pool"):
         finals = [run["final_test_loss"] for run in runs if run["directions"] == directions]
-        by_sampler[directions] = {"mean": statistics.mean(finals), "std": statistics.stdev(finals) if len(finals) > 1 else 0.0}
-        print(f"{directions:8s} final test loss {by_sampler[directions]['mean']:.4f} ± {by_sampler[directions]['std']:.4f}")
-    result = {"machine": describe_machine(), "config": args.config, "rounds": args.rounds, "overrides": args.overrides,
-              "runs": runs, "final_test_loss": by_sampler}
+        if finals:
+            by_sampler[directions] = {"mean": statistics.mean(finals),
+                                      "std": statistics.stdev(finals) if len(finals) > 1 else 0.0}
+    result = {"machine": describe_machine(), "config": args.config, "seeds": args.seeds, "rounds": args.rounds,
+              "overrides": args.overrides, "runs": runs, "final_test_loss": by_sampler}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return by_sampler
 
 
 if __name__ == "__main__":

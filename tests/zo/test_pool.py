@@ -1,9 +1,21 @@
+import hashlib
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from zofed.zo import GaussianDirections, PoolDirections, Scratch, normal_table, perturb_, replay_, zo_step
+from zofed.errors import ZofedError
+from zofed.zo import (
+    GaussianDirections,
+    PoolDirections,
+    Scratch,
+    normal_table,
+    perturb_,
+    replay_,
+    require_same_stream,
+    zo_step,
+)
 
 
 def test_table_is_standard_normal_and_defined_by_the_project():
@@ -80,3 +92,80 @@ def test_pool_and_gaussian_differ_but_both_lower_a_quadratic():
         assert loss() < 0.5 * before
         finals.append(tensors[0])
     assert not torch.equal(*finals)
+
+
+def test_one_z_whatever_the_dtype_rounded_only_where_stored():
+    """A bf16 tensor gets round_bf16(θ + scale·z) with the float32 z a float32 server replays."""
+    for sampler in (PoolDirections(1 << 16), GaussianDirections()):
+        z = sampler.fill_(torch.empty(300, 70), 4, 0)
+        start = torch.randn(300, 70).bfloat16()
+        for scale in (0.7431, -1.3e-3):
+            client = [torch.zeros(300, 70, dtype=torch.bfloat16), start.clone()]
+            perturb_(client, seed=4, scale=scale, directions=_same_index(sampler), scratch=Scratch())
+            assert torch.equal(client[0], (scale * z).bfloat16()), sampler.name
+            server = start.float().add_(z, alpha=scale)  # the float32 replay of the same step
+            assert torch.equal(client[1], server.bfloat16()), sampler.name
+
+
+class _same_index:
+    """Every tensor of a list gets the direction of index 0, so two tensors can be compared."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def add_(self, tensor, seed, index, scale, scratch):
+        self.base.add_(tensor, seed, 0, scale, scratch)
+
+
+def test_pool_table_is_copied_once_per_device():
+    pool = PoolDirections(1 << 16)
+    assert pool.table() is PoolDirections(1 << 16).table("cpu")
+    assert torch.equal(pool.table()[: pool.chunk], pool.table()[pool.size :])  # padded: circular windows
+
+
+def test_stream_ids_name_what_replays_identically():
+    pool = PoolDirections(1 << 16)
+    assert pool.stream_id("cpu") == pool.stream_id("meta") == PoolDirections(1 << 16).stream_id()
+    assert pool.stream_id() != PoolDirections(1 << 17).stream_id() != PoolDirections(1 << 16, table_seed=1).stream_id()
+    gaussian = GaussianDirections()
+    assert gaussian.stream_id("cpu").startswith("gaussian/cpu/") and gaussian.stream_id() != pool.stream_id()
+    require_same_stream(pool.stream_id(), PoolDirections(1 << 16).stream_id(), "client 3")
+    with pytest.raises(ZofedError, match="client 3 draws directions from stream 'gaussian/cpu/"):
+        require_same_stream(pool.stream_id(), gaussian.stream_id(), "client 3")
+
+
+def test_pool_z_identical_across_processes_and_dtypes():
+    code = (
+        "import hashlib,torch;from zofed.zo import PoolDirections, Scratch, perturb_;p=PoolDirections(1 << 16);"
+        "z=p.fill_(torch.empty(70000), seed=99, index=3);b=[torch.zeros(70000, dtype=torch.bfloat16)];"
+        "perturb_(b, 99, 0.37, p, Scratch());"
+        "h=lambda t: hashlib.sha256(t.float().numpy().tobytes()).hexdigest();"
+        "print(p.stream_id(), h(z), h(b[0]))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    pool = PoolDirections(1 << 16)
+    z = pool.fill_(torch.empty(70000), seed=99, index=3)
+    bf16 = [torch.zeros(70000, dtype=torch.bfloat16)]
+    perturb_(bf16, 99, 0.37, pool, Scratch())
+    assert other == [pool.stream_id(), hashlib.sha256(z.numpy().tobytes()).hexdigest(),
+                     hashlib.sha256(bf16[0].float().numpy().tobytes()).hexdigest()]
+    # The bf16 tensor (index 0) got the float32 z of index 0, rounded once.
+    assert torch.equal(bf16[0], (0.37 * pool.fill_(torch.empty(70000), seed=99, index=0)).bfloat16())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pool_z_on_cuda_is_the_cpu_z_and_the_step_never_syncs():
+    pool, cuda = PoolDirections(1 << 16), torch.device("cuda")
+    z_cpu = pool.fill_(torch.empty(70000), seed=5, index=2)
+    assert torch.equal(pool.fill_(torch.empty(70000, device=cuda), seed=5, index=2).cpu(), z_cpu)
+    tensors = [torch.zeros(300, 70, device=cuda), torch.zeros(70000, device=cuda, dtype=torch.bfloat16)]
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host copy inside the pass raises
+    try:
+        perturb_(tensors, seed=5, scale=0.37, directions=pool, scratch=Scratch())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(tensors[1].cpu(), (0.37 * pool.fill_(torch.empty(70000), 5, 1)).bfloat16())
+    gaussian = GaussianDirections()
+    assert gaussian.stream_id(cuda) != gaussian.stream_id("cpu") and pool.stream_id(cuda) == pool.stream_id("cpu")
+    first = gaussian.fill_(torch.empty(1000, device=cuda), 5, 2).cpu()
+    assert torch.equal(first, gaussian.fill_(torch.empty(1000, device=cuda), 5, 2).cpu())

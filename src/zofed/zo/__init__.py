@@ -8,6 +8,8 @@ from zofed.zo.directions import (
     PoolDirections,
     make_directions,
     normal_table,
+    pool_table,
+    require_same_stream,
 )
 from zofed.zo.perturb import Scratch, perturb_
 from zofed.zo.seeds import SEED_LIMIT, mix_seed
@@ -17,6 +19,8 @@ __all__ = [
     "DEFAULT_POOL_SIZE",
     "PoolDirections",
     "normal_table",
+    "pool_table",
+    "require_same_stream",
     "DIRECTION_SAMPLERS",
     "DirectionSampler",
     "GaussianDirections",

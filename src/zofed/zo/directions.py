@@ -1,31 +1,57 @@
 """Direction samplers: z(seed, i) for trainable tensor i, reproducible on any process.
 
-`gaussian` is exact: a CPU `torch.Generator` seeded from mix(seed, i) fills a float32 buffer
-with N(0, 1). The global RNG is never touched, so a step cannot disturb (or be disturbed by)
-data shuffling, dropout or another client's step.
+There is one z per (seed, tensor), a float32 tensor, whatever the dtype or device of the tensor
+it perturbs: a bf16 tensor gets round_bf16(θ + scale·z), the rounding happening only where the
+sum is stored, so a bf16 client and a float32 server replaying its records use the same z.
 
-`pool` is fast: one table of N(0, 1) values is built once per process by a generator this
-project defines (splitmix64 counters -> Box-Muller in float64 -> float32), so every machine and
-device builds the same table bit for bit. Each tensor is cut into chunks; chunk c of tensor i
-takes the contiguous window of the table starting at an offset hashed from (seed, i, c). A step
-then does no random generation at all: a perturbation pass is one fused `add_` per chunk.
-Windows of i.i.d. values at different offsets are uncorrelated, so directions for different
-seeds are nearly orthogonal (measured in the tests); values repeat across chunks and tensors at
-random shifts, which is the price of speed.
+`gaussian` is exact: a `torch.Generator` on the tensor's device, seeded from mix(seed, i),
+fills a float32 buffer with N(0, 1). The global RNG is never touched. Its stream belongs to
+torch, not to us: the CPU generator (mt19937) and the CUDA one (Philox, whose mapping of values
+to elements depends on the launch grid and so on the GPU model) give different z for the same
+seed, and MPS has a third. Gaussian seeds therefore replay only between processes whose
+`stream_id(device)` is equal.
+
+`pool` is fast and portable: a table of N(0, 1)-distributed values is built once per process by
+this project's counter-based generator (splitmix64 -> Box-Muller in float64), then whitened:
+its circular autocorrelation is made exactly δ (flat spectrum, unit mean square) before it is
+rounded to float32. Each tensor is cut into chunks; chunk c of tensor
+i takes the circular window of the table at an offset hashed from (seed, i, c), times a sign
+from the same hash. Over seeds the offset is uniform, so two values of one window have
+E[z_a z_b] = the table's circular autocorrelation = δ_ab, and values of different chunks are
+decorrelated by their independent signs: E[zzᵀ] = I at every size. Without the sign every
+window carries the table's sample mean (a 134M-value z from a 4M table projected on the
+all-ones unit vector gave −12 ± 0.7, i.i.d. gives 0 ± 1); with the sign but a plain (or merely
+centred) table, a window's low frequencies carry the table's random spectrum (variance of that
+projection 0.43 to 1.69 instead of 1 for 1M-value chunks). tests/zo/test_pool_statistics.py
+measures both.
+
+The table is copied to each device once, padded by one chunk so every circular window is a
+contiguous slice; a step does no random generation and no host round trip: a perturbation pass
+is one `add_` per chunk with alpha = scale·sign (offsets and signs are host integers). z is
+bit-identical on every device and dtype: every copy holds the same float32 values, and a bf16 or
+fp16 tensor is updated through float32 blocks, exactly as a float32 server computes θ + scale·z,
+then rounded once. `stream_id` includes a CRC of the table, so
+a machine whose float64 maths rounded a value differently would be detected, not mixed.
+
+Runtimes compare `stream_id(device)` of the server's sampler with each client's before
+exchanging seeds (`require_same_stream`): equal ids mean the same z for every (seed, tensor).
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
+from zofed.errors import ZofedError
 from zofed.zo.seeds import mix_seed
 
 DEFAULT_POOL_SIZE = 1 << 22  # 4M values, 16 MiB: small next to any LLM
 POOL_CHUNK = 1 << 20
+POOL_VERSION = 2  # 1: plain windows of the raw table (biased); 2: whitened table, circular windows, signs
 
 
 class DirectionSampler(Protocol):
@@ -36,7 +62,11 @@ class DirectionSampler(Protocol):
         ...
 
     def add_(self, tensor: torch.Tensor, seed: int, index: int, scale: float, scratch: torch.Tensor) -> None:
-        """tensor += scale · z(seed, index), in place; `scratch` is a float32 buffer of tensor's shape."""
+        """tensor += scale · z(seed, index), in place; `scratch` is a float32 buffer of tensor's shape and device."""
+        ...
+
+    def stream_id(self, device: torch.device | str = "cpu") -> str:
+        """Equal ids on two processes mean equal z for every (seed, index) on those devices."""
         ...
 
 
@@ -44,19 +74,41 @@ class GaussianDirections:
     name: ClassVar[str] = "gaussian"
 
     def __init__(self) -> None:
-        self._generator = torch.Generator(device="cpu")
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device)
+        return self._generators[device]
 
     def fill_(self, out: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-        self._generator.manual_seed(mix_seed(seed, index))
-        return out.normal_(generator=self._generator)
+        generator = self._generator(out.device)
+        generator.manual_seed(mix_seed(seed, index))
+        return out.normal_(generator=generator)
 
     def add_(self, tensor: torch.Tensor, seed: int, index: int, scale: float, scratch: torch.Tensor) -> None:
         tensor.add_(self.fill_(scratch, seed, index), alpha=scale)
 
+    def stream_id(self, device: torch.device | str = "cpu") -> str:
+        device = torch.device(device)
+        # Conservative: what selects torch's kernel and stream. CPU: the vectorised normal_ path
+        # depends on the instruction set; CUDA: the launch grid depends on the GPU model.
+        if device.type == "cpu":
+            detail = torch.backends.cpu.get_cpu_capability()
+        elif device.type == "cuda":
+            detail = torch.cuda.get_device_name(device)
+        else:
+            detail = device.type
+        return f"gaussian/{device.type}/{detail}/torch-{torch.__version__.split('+')[0]}"
+
 
 @lru_cache(maxsize=4)
 def normal_table(size: int, table_seed: int = 0) -> torch.Tensor:
-    """`size` N(0, 1) float32 values from splitmix64 counters and Box-Muller; identical everywhere."""
+    """`size` i.i.d. N(0, 1) float32 values from splitmix64 counters and Box-Muller; identical everywhere."""
+    return torch.from_numpy(_normal_values(size, table_seed).astype(np.float32))
+
+
+def _normal_values(size: int, table_seed: int) -> np.ndarray:
     half = (size + 1) // 2
     counters = np.arange(2 * half, dtype=np.uint64) + np.uint64(mix_seed(table_seed, 0x7AB1E))
     bits = _splitmix64(counters)
@@ -64,7 +116,21 @@ def normal_table(size: int, table_seed: int = 0) -> torch.Tensor:
     uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
     u1, u2 = uniform[:half], uniform[half:]
     radius = np.sqrt(-2.0 * np.log(u1))
-    values = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:size]
+    return np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:size]
+
+
+def pool_table(size: int, table_seed: int = 0) -> torch.Tensor:
+    """The pool's float32 table: normal values whitened to a flat circular spectrum.
+
+    Keeping each frequency's phase and setting every magnitude equal (DC included) makes the
+    circular autocorrelation δ and the mean square 1; the values stay Gaussian in distribution
+    (a sum of many random-phase cosines).
+    """
+    spectrum = np.fft.rfft(_normal_values(size, table_seed))
+    spectrum /= np.abs(spectrum)
+    values = np.fft.irfft(spectrum, n=size)
+    del spectrum  # float64 temporaries are the build's peak memory
+    values /= np.sqrt(np.mean(values * values))
     return torch.from_numpy(values.astype(np.float32))
 
 
@@ -76,45 +142,94 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+@lru_cache(maxsize=16)
+def _padded_table(size: int, table_seed: int, pad: int, device: torch.device) -> torch.Tensor:
+    """The table followed by its first `pad` values, on `device`: circular windows become slices.
+
+    Built once per process on the CPU (the only copy there) and copied from it to other devices.
+    """
+    if device.type != "cpu":
+        return _padded_table(size, table_seed, pad, torch.device("cpu")).to(device)
+    table = pool_table(size, table_seed)
+    return torch.cat([table, table[:pad]])
+
+
+@lru_cache(maxsize=4)
+def _table_crc(size: int, table_seed: int, pad: int) -> int:
+    table = _padded_table(size, table_seed, pad, torch.device("cpu"))[:size]
+    return zlib.crc32(table.numpy().astype("<f4").tobytes())
+
+
+# torch's native bf16/fp16 add_ rounds alpha to the tensor's dtype (0.7431 becomes 0.7422), and
+# its mixed-dtype add_ (float32 window) is ~3x slower; staging blocks through float32 computes
+# θ + scale·z exactly as the float32 server does and rounds once, at ~2x the native cost.
+_STAGED_DTYPES = (torch.bfloat16, torch.float16)
+_STAGE_BLOCK = 1 << 18  # 1 MiB of float32: stays in cache between the three passes over a block
+
+
+def _staged_add_(target: torch.Tensor, window: torch.Tensor, alpha: float, scratch: torch.Tensor) -> None:
+    """target += alpha·window for a low-precision target, in float32, one rounding per value."""
+    for begin in range(0, target.numel(), _STAGE_BLOCK):
+        end = min(begin + _STAGE_BLOCK, target.numel())
+        stage = scratch[: end - begin].copy_(target[begin:end])
+        stage.add_(window[begin:end], alpha=alpha)
+        target[begin:end].copy_(stage)
+
+
 class PoolDirections:
     name: ClassVar[str] = "pool"
 
     def __init__(self, size: int = DEFAULT_POOL_SIZE, table_seed: int = 0) -> None:
         if size < 1024:
             raise ValueError(f"direction pool size {size} is too small; use at least 1024 values")
-        self.table = normal_table(size, table_seed)
+        self.size, self.table_seed = size, table_seed
         self.chunk = min(POOL_CHUNK, size // 4)
-        # A copy of the table per tensor dtype: adding a float32 window to a bf16 tensor would
-        # convert on every pass. z is then the bf16-rounded table, the same on every process.
-        self._tables = {torch.float32: self.table}
+        self.table("cpu")  # built now, so its float64 temporaries fall outside the step's memory
 
-    def _table_for(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self._tables:
-            self._tables[dtype] = self.table.to(dtype)
-        return self._tables[dtype]
+    def table(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The padded float32 table on `device`, copied there once per process."""
+        return _padded_table(self.size, self.table_seed, self.chunk, torch.device(device))
 
-    def _windows(self, numel: int, seed: int, index: int, dtype: torch.dtype = torch.float32):
-        """(start in tensor, window of the table) for each chunk of a tensor with `numel` values."""
-        table = self._table_for(dtype)
-        size = table.numel()
+    def windows(self, numel: int, seed: int, index: int) -> list[tuple[int, int, int, float]]:
+        """(start in tensor, offset in table, length, sign) of each chunk of tensor `index`: z's definition."""
+        plan = []
         for chunk, start in enumerate(range(0, numel, self.chunk)):
-            length = min(self.chunk, numel - start)
-            offset = mix_seed(seed, index, chunk) % (size - length + 1)
-            yield start, table[offset : offset + length]
+            hashed = mix_seed(seed, index, chunk)
+            # Low bit: the sign; the other 62 bits: the offset (uniform up to a modulo bias of size/2^62).
+            plan.append((start, (hashed >> 1) % self.size, min(self.chunk, numel - start), -1.0 if hashed & 1 else 1.0))
+        return plan
 
     def fill_(self, out: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-        flat = out.view(-1)
-        for start, window in self._windows(flat.numel(), seed, index):
-            flat[start : start + window.numel()].copy_(window)
+        table, flat = self.table(out.device), out.view(-1)
+        for start, offset, length, sign in self.windows(flat.numel(), seed, index):
+            torch.mul(table[offset : offset + length], sign, out=flat[start : start + length])
         return out
 
     def add_(self, tensor: torch.Tensor, seed: int, index: int, scale: float, scratch: torch.Tensor) -> None:
         if not tensor.is_contiguous():
             tensor.add_(self.fill_(scratch, seed, index), alpha=scale)
             return
-        flat = tensor.view(-1)
-        for start, window in self._windows(flat.numel(), seed, index, tensor.dtype):
-            flat[start : start + window.numel()].add_(window, alpha=scale)
+        table, flat = self.table(tensor.device), tensor.view(-1)
+        for start, offset, length, sign in self.windows(flat.numel(), seed, index):
+            window, target = table[offset : offset + length], flat[start : start + length]
+            if tensor.dtype in _STAGED_DTYPES:
+                _staged_add_(target, window, scale * sign, scratch.view(-1))
+            else:
+                target.add_(window, alpha=scale * sign)
+
+    def stream_id(self, device: torch.device | str = "cpu") -> str:
+        # The same on every device by construction: every device holds a copy of one float32 table.
+        crc = _table_crc(self.size, self.table_seed, self.chunk)
+        return f"pool/v{POOL_VERSION}/{self.size}/{self.table_seed}/{crc:08x}"
+
+
+def require_same_stream(expected: str, got: str, who: str) -> None:
+    """Refuse to mix direction streams: seeds from `who` would rebuild a different z here."""
+    if expected != got:
+        raise ZofedError(
+            f"{who} draws directions from stream '{got}' but the server replays '{expected}'; "
+            "use directions=pool (portable across devices) or run every party on the same device kind"
+        )
 
 
 DIRECTION_SAMPLERS: dict[str, type] = {GaussianDirections.name: GaussianDirections, PoolDirections.name: PoolDirections}

@@ -10,16 +10,17 @@ from zofed.zo.directions import DirectionSampler
 
 
 class Scratch:
-    """One reusable float32 buffer, so a pass over the model allocates nothing per tensor."""
+    """One reusable float32 buffer per device, so a pass over the model allocates nothing per tensor."""
 
     def __init__(self) -> None:
-        self._buffer = torch.empty(0, dtype=torch.float32)
+        self._buffers: dict[torch.device, torch.Tensor] = {}
 
-    def take(self, shape: torch.Size) -> torch.Tensor:
-        numel = shape.numel()
-        if self._buffer.numel() < numel:
-            self._buffer = torch.empty(numel, dtype=torch.float32)
-        return self._buffer[:numel].view(shape)
+    def take(self, shape: torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
+        device, numel = torch.device(device), shape.numel()
+        buffer = self._buffers.get(device)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[device] = torch.empty(numel, dtype=torch.float32, device=device)
+        return buffer[:numel].view(shape)
 
 
 @torch.no_grad()
@@ -32,4 +33,4 @@ def perturb_(
 ) -> None:
     """θ_i += scale · z(seed, i) for every tensor i, in place (bf16 tensors accumulate in their dtype)."""
     for index, tensor in enumerate(tensors):
-        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape))
+        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape, tensor.device))

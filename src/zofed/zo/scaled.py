@@ -25,3 +25,6 @@ class ScaledDirections:
 
     def add_(self, tensor: torch.Tensor, seed: int, index: int, scale: float, scratch: torch.Tensor) -> None:
         self.base.add_(tensor, seed, index, scale * self.scales[index], scratch)
+
+    def stream_id(self, device: torch.device | str = "cpu") -> str:
+        return self.base.stream_id(device)
