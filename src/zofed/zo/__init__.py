@@ -11,7 +11,7 @@ from zofed.zo.directions import (
 )
 from zofed.zo.perturb import Scratch, perturb_
 from zofed.zo.seeds import SEED_LIMIT, mix_seed
-from zofed.zo.step import StepResult, replay_, zo_estimate, zo_step
+from zofed.zo.step import STEP_LOSS_HELP, StepLoss, StepResult, replay_, zo_estimate, zo_step
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -21,6 +21,8 @@ __all__ = [
     "DirectionSampler",
     "GaussianDirections",
     "SEED_LIMIT",
+    "STEP_LOSS_HELP",
+    "StepLoss",
     "Scratch",
     "StepResult",
     "make_directions",
