@@ -177,13 +177,15 @@ def test_block_records_are_the_default_downlink_and_replay_exactly():
     assert not torch.equal(state.weights["weight"], ToyProblem().initial()["weight"])
 
 
-def test_weights_downlink_keeps_inactive_layers_low():
-    weights = {"model.layers.0.w": torch.zeros(2), "model.layers.1.w": torch.zeros(2)}
-    for downlink, inactive_dtype in (("weights", torch.bfloat16), ("replay", torch.float32)):
-        algorithm = build_algorithm("zorba", {**SETTINGS, "downlink": downlink})
-        state = algorithm.init(weights, seed=0)
-        state = dataclasses.replace(state, info={**state.info, "plans": [{**current_plan(state.info), "active": [[0], [0, 1], [1]]}]})
-        [message] = algorithm.configure(state, 1, [2])
-        assert message.kind == "weights" and message.tensors["model.layers.1.w"].dtype == torch.float32
-        # a kept model is replayed onto, so the replay downlink's first contact is full precision
-        assert message.tensors["model.layers.0.w"].dtype == inactive_dtype
+@pytest.mark.parametrize("downlink", ["weights", "replay"])
+def test_weights_travel_with_inactive_layers_low_on_every_downlink(downlink):
+    """The memory budget holds on a replay downlink's first contact too."""
+    weights = {"model.layers.0.w": torch.zeros(2), "model.layers.1.w": torch.zeros(2), "model.norm.w": torch.zeros(2)}
+    algorithm = build_algorithm("zorba", {**SETTINGS, "downlink": downlink})
+    state = algorithm.init(weights, seed=0)
+    state = dataclasses.replace(state, info={**state.info, "plans": [{**current_plan(state.info), "active": [[0], [0, 1], [1]]}]})
+    [message] = algorithm.configure(state, 1, [2])
+    assert message.kind == "weights" and message.config["keep_model"] == (downlink == "replay")
+    dtypes = {name: tensor.dtype for name, tensor in message.tensors.items()}
+    assert dtypes == {"model.layers.0.w": torch.bfloat16, "model.layers.1.w": torch.float32,
+                      "model.norm.w": torch.float32}

@@ -20,9 +20,14 @@ Downlink (`downlink: replay`, the default): the abstract names frequent model ex
 communication problem, so a client that keeps its model receives the round's block records
 (seed, coeff, layer) since its version — O(clients × active layers × local steps) scalars, not
 the model — and replays each record on its layer's tensors only (algorithms/downlink.py, block
-records). A client never seen, or behind by more than `max_lag` rounds, gets the weights, in
-full precision since it keeps them to replay onto. `downlink: weights` sends the weights every
-round, each client's inactive layers already in `inactive_dtype`.
+records). A client never seen, or behind by more than `max_lag` rounds, gets the weights with its
+inactive layers in `inactive_dtype`, as `downlink: weights` sends them every round: the memory
+budget holds on first contact too. So a client's kept copy of a layer it does not train differs
+from the server's by that one rounding (records then add the same float32 coefficients on both
+sides, so it stays at that rounding, up to float32 addition order); it runs such layers in
+`inactive_dtype` anyway. The layers active for it when it synced, and every tensor the server
+cannot place in a layer, are bit for bit the server's (tested). With `resolve_every`, a layer that
+becomes active for a client later starts from its copy, off by that one rounding.
 
 Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a client process of
 their own at start-up (runtime/memory_profile.py: peak RSS of a client round with 1, L/4, L/2
@@ -40,10 +45,10 @@ Our choices where the paper's abstract is silent (all configurable):
     so tight budgets rotate coverage instead of leaving the same blocks untrained for ever.
   - `eps` = 0.05: accept a 5% worse proxy for less total memory.
   - One lr and mu for every block (MeZO's), seeds per step derived from the client's seed.
-  - With `downlink: weights`, each client's inactive layers travel already in `inactive_dtype`
-    (the client would cast them on arrival anyway), so that downlink and the client's receive
-    buffer shrink with its budget too. The server places a tensor in a layer by its name
-    (`layers.i`, GPT-2's `h.i`); a tensor it cannot place travels in full precision.
+  - Weights travel with each client's inactive layers already in `inactive_dtype` (the client
+    would cast them on arrival anyway), so the downlink and the client's receive buffer shrink
+    with its budget too. The server places a tensor in a layer by its name (`layers.i`, GPT-2's
+    `h.i`); a tensor it cannot place travels in full precision.
   - The local runtime simulates every client with one shared model, so it keeps the full-precision
     originals of lowered layers and restores them after each client (numerics as a real client,
     memory not); a client process of its own does not keep them (benchmarks/zorba_memory.py).
@@ -192,14 +197,9 @@ class Zorba:
         active = current_plan(state.info)["active"]
         config = {"lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size,
                   "inactive_dtype": s.inactive_dtype, "step_loss": s.step_loss}
-        messages = []
-        for client in clients:
-            # a client that keeps its model replays onto it, so it must hold it in full precision
-            weights = None if s.downlink == "replay" else client_precision(state.weights, active[client],
-                                                                           DTYPES[s.inactive_dtype])
-            messages.append(model_message(state, round, client, {**config, "active": active[client]}, s,
-                                          weights=weights))
-        return messages
+        return [model_message(state, round, client, {**config, "active": active[client]}, s,
+                              weights=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
+                for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         config = dict(message.config)
