@@ -52,3 +52,32 @@ def test_fedavg_weights_by_examples_by_default():
     assert algorithm.aggregate(state, 1, replies).weights["w"].item() == pytest.approx(2.0)
     uniform = build_algorithm("fedavg", {"weighting": "uniform"})
     assert uniform.aggregate(state, 1, replies).weights["w"].item() == pytest.approx(3.0)
+
+
+TOY_SETTINGS = {
+    "fedavg": {"lr": 0.02, "optimizer": "sgd"},
+    "fedmezo": {"lr": 0.02, "mu": 1e-3},
+    "fedkseed": {"lr": 0.02, "mu": 1e-3, "num_seeds": 16},
+    "fedkseed-pro": {"lr": 0.02, "mu": 1e-3, "num_seeds": 16},
+    "decomfl": {"lr": 0.02, "mu": 1e-3},
+    "gamlpp": {"lr": 0.02, "mu": 1e-3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOY_SETTINGS))
+def test_uniform_ignores_example_counts_and_examples_follows_them(name):
+    """The same replies with other example counts: uniform gives the same model, examples another."""
+    from dataclasses import replace
+
+    from .toy import ToyProblem, train_client
+
+    results = {}
+    for weighting in ("uniform", "examples"):
+        algorithm = build_algorithm(name, {**TOY_SETTINGS[name], "weighting": weighting})
+        problem = ToyProblem()
+        state = algorithm.init(problem.initial(), seed=0)
+        replies = [(c, train_client(algorithm, problem, m, c, 10 + c)) for c, m in enumerate(algorithm.configure(state, 1, [0, 1]))]
+        recounted = [(c, replace(r, metrics={**r.metrics, "num_examples": 1000.0 * (c + 1)})) for c, r in replies]
+        results[weighting] = [algorithm.aggregate(state, 1, batch).weights["weight"] for batch in (replies, recounted)]
+    assert torch.equal(*results["uniform"])
+    assert not torch.allclose(*results["examples"])
