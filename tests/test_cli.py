@@ -68,6 +68,19 @@ def test_list_names_every_registry(capsys):
         assert name in out
 
 
+def test_list_says_each_methods_weighting_and_basis(capsys):
+    from zofed.algorithms import ALGORITHMS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in ALGORITHMS.items():
+        block = out.split(f"  {name} ", 1)[1].split("\n  ", 3)
+        weighting = entry.settings.model_fields["weighting"].default
+        assert f"clients weighted by: {weighting}" in block[1], name
+        assert entry.basis and entry.basis in " ".join(block[:3]), name
+    assert "task-alignment loss is not implemented" in out
+
+
 def test_data_prints_per_client_sizes_and_labels(capsys):
     assert main(["data", str(QUICKSTART), "clients=3", "partition.method=meta"]) == 0
     out = capsys.readouterr().out

@@ -205,6 +205,12 @@ def _list(args: argparse.Namespace) -> int:
     print("algorithms:")
     for name, entry in sorted(ALGORITHMS.items()):
         print(f"  {name:14s} {entry.description}")
+        weighting = entry.settings.model_fields.get("weighting")
+        if weighting is not None:
+            print(f"  {'':14s}   clients weighted by: {weighting.default} (default; `weighting: uniform | examples`)")
+        if entry.basis:
+            print(f"  {'':14s}   basis: {entry.basis}")
+    print("  (docs/methods.md: what each method takes from its paper and official code, and what is ours)")
     print("models (or any local directory / hub id available offline):")
     for name, model in BUILTIN_MODELS.items():
         print(f"  {name:14s} {getattr(model, 'description', model)}")

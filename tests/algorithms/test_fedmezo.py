@@ -93,24 +93,55 @@ def test_strategies_with_partial_participation_and_many_clients(strategy):
     assert all(math.isfinite(v) for v in (state.weights["weight"].sum().item(),))
 
 
-def test_model_diff_signal_is_distance_to_the_global_update():
-    algorithm = build_algorithm("fedmezo", {"lr": 1.0, "lr_strategy": "model-diff"})
+def weights_reply(value: list[float], examples: int) -> Message:
+    return Message(kind="weights", round=1, tensors={"w": torch.tensor(value)},
+                   metrics={"num_examples": examples, "train_loss": 1.0})
+
+
+@pytest.mark.parametrize("settings", [{}, {"weighting": "examples"},
+                                      {"server_optimizer": {"name": "sgd", "lr": 0.5}}])
+def test_model_diff_signal_is_distance_to_the_unweighted_mean_of_the_client_deltas(settings):
+    """Official client.py: ‖Δ_i − mean Δ‖, whatever the weighting or server optimiser moved the model by."""
+    algorithm = build_algorithm("fedmezo", {"lr": 1.0, "lr_strategy": "model-diff", **settings})
     state = algorithm.init({"w": torch.zeros(2)}, seed=0)
-    replies = [
-        (0, Message(kind="weights", round=1, tensors={"w": torch.tensor([1.0, 0.0])}, metrics={"num_examples": 1, "train_loss": 1.0})),
-        (1, Message(kind="weights", round=1, tensors={"w": torch.tensor([3.0, 0.0])}, metrics={"num_examples": 1, "train_loss": 1.0})),
-    ]
+    replies = [(0, weights_reply([1.0, 0.0], 3)), (1, weights_reply([4.0, 0.0], 1)), (2, weights_reply([4.0, 0.0], 1))]
     state = algorithm.aggregate(state, 1, replies)
-    assert torch.equal(state.weights["w"], torch.tensor([2.0, 0.0]))
-    assert state.info["history"]["0"]["model_diff"] == pytest.approx(1.0)
-    assert state.info["history"]["1"]["model_diff"] == pytest.approx(1.0)
+    # unweighted mean delta: [3, 0]; the examples-weighted one would be [2.2, 0]
+    assert [state.info["history"][c]["model_diff"] for c in "012"] == pytest.approx([2.0, 1.0, 1.0])
 
 
-def test_sample_weighted_mean_weights_by_examples():
+def test_clients_count_equally_by_default_as_in_the_official_code():
     algorithm = build_algorithm("fedmezo")
     state = algorithm.init({"w": torch.zeros(1)}, seed=0)
-    replies = [
-        (0, Message(kind="weights", round=1, tensors={"w": torch.tensor([1.0])}, metrics={"num_examples": 3, "train_loss": 1.0})),
-        (1, Message(kind="weights", round=1, tensors={"w": torch.tensor([5.0])}, metrics={"num_examples": 1, "train_loss": 1.0})),
-    ]
-    assert algorithm.aggregate(state, 1, replies).weights["w"].item() == pytest.approx(2.0)
+    replies = [(0, weights_reply([1.0], 3)), (1, weights_reply([5.0], 1))]
+    assert algorithm.aggregate(state, 1, replies).weights["w"].item() == pytest.approx(3.0)
+    by_examples = build_algorithm("fedmezo", {"weighting": "examples"})
+    assert by_examples.aggregate(state, 1, replies).weights["w"].item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("weighting, expected", [("uniform", 3.0), ("examples", 2.0)])
+def test_seeds_upload_weighs_clients_like_the_weights_upload(weighting, expected):
+    """Two seed replies along the same seed with g = −1/lr and −5/lr rebuild weights 1·z and 5·z."""
+    algorithm = build_algorithm("fedmezo", {"lr": 1.0, "upload": "seeds", "weighting": weighting})
+    state = algorithm.init({"w": torch.zeros(4)}, seed=0)
+    replies = [(c, Message(kind="seeds", round=1, config={"lr": 1.0}, seeds=(11,), scalars=(g,),
+                           metrics={"num_examples": n, "train_loss": 1.0})) for c, g, n in ((0, -1.0, 3), (1, -5.0, 1))]
+    single = [(0, Message(kind="seeds", round=1, config={"lr": 1.0}, seeds=(11,), scalars=(-expected,),
+                          metrics={"num_examples": 1, "train_loss": 1.0}))]
+    assert torch.allclose(algorithm.aggregate(state, 1, replies).weights["w"],
+                          algorithm.aggregate(state, 1, single).weights["w"], atol=1e-6)
+
+
+def test_published_defaults_and_the_reported_loss():
+    settings = FedMeZOSettings()
+    assert (settings.mu, settings.lr, settings.weighting, settings.step_loss) == (1e-3, 1e-5, "uniform", "plus")
+    replies = {}
+    for step_loss in ("plus", "mean"):
+        algorithm = build_algorithm("fedmezo", {"lr": 0.02, "mu": 0.5, "upload": "seeds", "step_loss": step_loss})
+        problem = ToyProblem()
+        [message] = algorithm.configure(algorithm.init(problem.initial(), seed=0), 1, [0])
+        replies[step_loss] = train_client(algorithm, problem, message, 0, 1, steps=1)
+    plus, mean = replies["plus"], replies["mean"]
+    assert plus.scalars == mean.scalars  # the report never changes g
+    # L+ − (L+ + L−)/2 = (L+ − L−)/2 = μ·g: the default reports L+, the loss at θ + μz
+    assert plus.metrics["train_loss"] - mean.metrics["train_loss"] == pytest.approx(0.5 * plus.scalars[0], rel=1e-5)

@@ -49,16 +49,19 @@ def train(algorithm, problem, state, client, model=None):
     return reply, {"weight": problem.weight.data.clone(), "bias": problem.bias.data.clone()}
 
 
-def test_each_block_is_averaged_over_the_clients_that_trained_it():
-    problem, algorithm = ToyProblem(), build_algorithm("zorba", SETTINGS)
+@pytest.mark.parametrize("weighting", ["examples", "uniform"])
+def test_each_block_is_averaged_over_the_clients_that_trained_it(weighting):
+    problem, algorithm = ToyProblem(), build_algorithm("zorba", {**SETTINGS, "weighting": weighting})
     state = with_plan(algorithm, problem, [[0], [0, 1], [1]])
     replies, finals = [], {}
     for client in range(3):
         reply, finals[client] = train(algorithm, problem, state, client)
         replies.append((client, reply))
     new = algorithm.aggregate(state, 1, replies)
-    examples = {client: float(reply.metrics["num_examples"]) for client, reply in replies}
-    # Manual: each block moves by the example-weighted mean of the local updates of its trainers.
+    examples = {client: float(reply.metrics["num_examples"]) if weighting == "examples" else 1.0
+                for client, reply in replies}
+    assert len(set(examples.values())) == (3 if weighting == "examples" else 1)  # the toy's clients differ in size
+    # Manual: each block moves by the weighted mean of the local updates of its trainers.
     for name, trainers in (("weight", (0, 1)), ("bias", (1, 2))):
         total = sum(examples[c] for c in trainers)
         expected = state.weights[name] + sum(examples[c] / total * (finals[c][name] - state.weights[name]) for c in trainers)
@@ -127,3 +130,62 @@ def test_bad_budgets_are_one_line_errors(tmp_path):
     algorithm = build_algorithm("zorba", {"memory_profile": PROFILE, "num_clients": 1, "budgets_mb": [105]})
     with pytest.raises(ZofedError, match="cannot hold even one block"):
         algorithm.init({"a": torch.zeros(1)}, seed=0)
+
+
+def run_rounds_through_the_wire(algorithm, rounds: int):
+    """Partial participation through codec and downlink; returns the state, the message kinds and whether
+    every client's kept model is bit-for-bit the server's model of the version it holds."""
+    from zofed.runtime.client import receive_model_
+    from zofed.runtime.codec import decode, encode
+
+    problem = ToyProblem()
+    state = with_plan(algorithm, problem, [[0], [0, 1], [1]])
+    versions = {0: {name: tensor.clone() for name, tensor in state.weights.items()}}
+    kept, kinds, exact = {}, [], True
+    for round in range(1, rounds + 1):
+        sampled = [c for c in range(3) if c == 1 or (round + c) % 3 == 0]
+        replies = []
+        for client, message in zip(sampled, algorithm.configure(state, round, sampled)):
+            kinds.append((round, client, message))
+            env = dataclasses.replace(problem.env(client, seed=100 * round + client), split=TwoLayerToy())
+            received, kept_model = receive_model_(decode(encode(message)), env.tensors, env.names, kept.get(client))
+            if kept_model is not None:
+                kept[client] = kept_model
+                exact &= all(torch.equal(t, versions[kept_model.version][n])
+                             for n, t in zip(problem.names, kept_model.tensors))
+            replies.append((client, decode(encode(algorithm.train(received, env)))))
+        state = algorithm.aggregate(state, round, replies)
+        versions[round] = {name: tensor.clone() for name, tensor in state.weights.items()}
+    return state, kinds, exact
+
+
+def test_block_records_are_the_default_downlink_and_replay_exactly():
+    algorithm = build_algorithm("zorba", SETTINGS)
+    assert algorithm.settings.downlink == "replay"
+    state, messages, exact = run_rounds_through_the_wire(algorithm, rounds=6)
+    assert exact  # block records replayed on each layer's tensors only give the server's model bit for bit
+    first = {}
+    for round, client, message in messages:
+        first.setdefault(client, message.kind)
+    assert set(first.values()) == {"weights"}  # first contact: nothing to replay onto
+    replays = [message for _, _, message in messages if message.kind == "replay"]
+    assert replays and all(not message.tensors for message in replays)
+    tables = replays[-1].config["replay"]["blocks"]
+    assert all(table["blocks"] for table in tables if table is not None)
+    # block rows name layer 0 (the weight, view index 0) or layer 1 (the bias, view index 1)
+    assert {tuple(map(tuple, ranges)) for table in tables for ranges in table["blocks"]} <= {((0, 1),), ((1, 2),)}
+    assert not torch.equal(state.weights["weight"], ToyProblem().initial()["weight"])
+
+
+@pytest.mark.parametrize("downlink", ["weights", "replay"])
+def test_weights_travel_with_inactive_layers_low_on_every_downlink(downlink):
+    """The memory budget holds on a replay downlink's first contact too."""
+    weights = {"model.layers.0.w": torch.zeros(2), "model.layers.1.w": torch.zeros(2), "model.norm.w": torch.zeros(2)}
+    algorithm = build_algorithm("zorba", {**SETTINGS, "downlink": downlink})
+    state = algorithm.init(weights, seed=0)
+    state = dataclasses.replace(state, info={**state.info, "plans": [{**current_plan(state.info), "active": [[0], [0, 1], [1]]}]})
+    [message] = algorithm.configure(state, 1, [2])
+    assert message.kind == "weights" and message.config["keep_model"] == (downlink == "replay")
+    dtypes = {name: tensor.dtype for name, tensor in message.tensors.items()}
+    assert dtypes == {"model.layers.0.w": torch.bfloat16, "model.layers.1.w": torch.float32,
+                      "model.norm.w": torch.float32}

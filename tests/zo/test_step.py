@@ -66,3 +66,26 @@ def test_bf16_tensors_are_perturbed_in_place():
     perturb_([tensor], seed=0, scale=1.0, directions=GaussianDirections(), scratch=Scratch())
     assert tensor.dtype == torch.bfloat16 and tensor.data_ptr() == pointer
     assert tensor.abs().sum() > 0
+
+
+def test_reported_loss_is_l_plus_by_default_as_mezo_or_the_mean_when_asked():
+    from zofed.zo.blocks import block_estimate
+    from zofed.zo.step import zo_estimate
+
+    sampler, mu = GaussianDirections(), 0.1
+    start = make_tensors()
+    z = [sampler.fill_(torch.empty(t.shape), 5, i) for i, t in enumerate(start)]
+    loss_plus = float(sum(((s + mu * d) ** 2).sum() for s, d in zip(start, z)))
+    loss_minus = float(sum(((s - mu * d) ** 2).sum() for s, d in zip(start, z)))
+    assert abs(loss_plus - loss_minus) > 1.0  # far enough apart that the two reports differ clearly
+    for step_loss, expected in (("plus", loss_plus), ("mean", 0.5 * (loss_plus + loss_minus))):
+        kwargs = {} if step_loss == "plus" else {"step_loss": step_loss}
+        tensors = make_tensors()
+        result = zo_step(tensors, quadratic_loss(tensors), 5, mu, 1e-3, sampler, Scratch(), **kwargs)
+        assert math.isclose(result.loss, expected, rel_tol=1e-5)
+        tensors = make_tensors()
+        assert math.isclose(zo_estimate(tensors, quadratic_loss(tensors), 5, mu, sampler, Scratch(), **kwargs)[1],
+                            expected, rel_tol=1e-5)
+        tensors = make_tensors()
+        _, loss = block_estimate(tensors, [0, 1], quadratic_loss(tensors), 5, mu, sampler, Scratch(), **kwargs)
+        assert math.isclose(loss, expected, rel_tol=1e-5)

@@ -150,6 +150,7 @@ class AlgorithmEntry:
     description: str
     settings: type[Settings]
     build: Callable[[Any], Algorithm]
+    basis: str = ""  # what follows the paper / official code and what is our design (shown by `zofed list`)
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {}

@@ -2,13 +2,16 @@
 
 In round r the server derives one seed per (local step, perturbation) from (run seed, r); every
 sampled client uses exactly those seeds, so a client returns only its K×P scalars g and the
-server's update is Σ_t Σ_p (−lr/P · ḡ_{t,p}) z(seed_{t,p}), with ḡ the sample-weighted mean over
-clients. Communication is dimension-free: it does not grow with the model.
+server's update is Σ_t Σ_p (−lr/P · ḡ_{t,p}) z(seed_{t,p}), with ḡ the plain mean over clients
+(`weighting: uniform`, as the official code ZidongLiu/DeComFL averages; `examples` is an option).
+Communication is dimension-free both ways: it does not grow with the model.
 
-Lagging clients catch up by replay, as in the paper: with `downlink: replay` the server keeps
-the last `max_lag` rounds of records and sends a client those since its version (a client
-further behind gets the weights; see algorithms/downlink.py). Our choice where the paper leaves
-room: with P > 1 the P estimates of a step are all taken at the same θ and applied together.
+Lagging clients catch up by replay, as in the paper and the official code, which always replays:
+`downlink: replay` is the default. The server keeps the last `max_lag` rounds of records and sends
+a client those since its version; a client never seen or further behind gets the weights once
+(our bound on the server's log; see algorithms/downlink.py). `downlink: weights` is an option.
+Our choice where the paper leaves room: with P > 1 the P estimates of a step are all taken at the
+same θ and applied together.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from zofed.algorithms.base import (
     register,
     zo_metrics,
 )
-from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
+from zofed.algorithms.downlink import Downlink, DownlinkSettings, apply_round, model_message, skip_round, wire_records
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, perturb_, zo_estimate, zo_step
+from zofed.zo import (DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed, perturb_,
+                      zo_estimate, zo_step)
 
 ROUND_STREAM = 0xDEC0
 
@@ -45,6 +50,9 @@ class DeComFLSettings(DownlinkSettings):
     perturbations: int = Field(1, ge=1, le=64, description="P directions per local step")
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
+    downlink: Downlink = Field("replay", description="records since the client's version (official), or the weights")
+    weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
+    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
 
 
 def step_seed(base_seed: int, step: int, perturbation: int) -> int:
@@ -73,24 +81,25 @@ class DeComFL:
         s = self.settings
         config = {"lr": s.lr, "mu": s.mu, "perturbations": s.perturbations,
                   "base_seed": mix_seed(int(state.info["seed"]), ROUND_STREAM, round),
-                  "directions": s.directions, "pool_size": s.pool_size}
+                  "directions": s.directions, "pool_size": s.pool_size, "step_loss": s.step_loss}
         return [model_message(state, round, client, config, s) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round, config = message.round, dict(message.config)
         lr, mu, count = float(config["lr"]), float(config["mu"]), int(config["perturbations"])
-        base_seed = int(config["base_seed"])
+        base_seed, step_loss = int(config["base_seed"]), str(config["step_loss"])
         directions = make_directions(str(config["directions"]), int(config["pool_size"]))
         scratch = Scratch()
         grads, losses, skipped = [], [], 0
         for step, batch in enumerate(env.batches):
             loss_at = partial(env.loss, batch)
             if count == 1:  # one direction: the 3-pass step that restores and updates at once
-                result = zo_step(env.tensors, loss_at, step_seed(base_seed, step, 0), mu, lr, directions, scratch)
+                result = zo_step(env.tensors, loss_at, step_seed(base_seed, step, 0), mu, lr, directions, scratch,
+                                 step_loss)
                 estimates = [(result.projected_grad if not result.skipped else math.nan, result.loss)]
             else:
-                estimates = [zo_estimate(env.tensors, loss_at, step_seed(base_seed, step, p), mu, directions, scratch)
-                             for p in range(count)]
+                estimates = [zo_estimate(env.tensors, loss_at, step_seed(base_seed, step, p), mu, directions, scratch,
+                                         step_loss) for p in range(count)]
             if any(not math.isfinite(g) for g, _ in estimates):
                 skipped += 1
                 grads.extend([0.0] * count)  # keep the step-major layout; a zero moves nothing
@@ -119,9 +128,9 @@ class DeComFL:
         if not replies or len(lengths) != 1 or 0 in lengths:
             # clients of one round run the same steps; mismatched replies are not applied
             return skip_round(state, round, s)
-        sizes = np.asarray([float(reply.metrics["num_examples"]) for _, reply in replies])
+        shares = np.asarray(client_shares(replies, s.weighting))
         grads = np.asarray([reply.scalars for _, reply in replies], dtype=np.float64)
-        mean = (grads * (sizes / sizes.sum())[:, None]).sum(axis=0)
+        mean = (grads * shares[:, None]).sum(axis=0)
         coefficients = [-s.lr / s.perturbations * float(g) for g in mean]
         base_seed = mix_seed(int(state.info["seed"]), ROUND_STREAM, round)
         records = round_records(base_seed, coefficients, s.perturbations)
@@ -137,4 +146,5 @@ register(AlgorithmEntry(
     description="DeComFL: server-issued shared seeds, P scalars per step both ways (Li et al., ICLR 2025)",
     settings=DeComFLSettings,
     build=DeComFL,
+    basis="paper + official code (ZidongLiu/DeComFL); ours: the weights fallback past max_lag rounds",
 ))

@@ -13,6 +13,10 @@ again, and skips those it already holds (every segment carries its round).
 The server applies exactly the records it sends — coefficients rounded to float32, as the codec
 carries them, applied in the same order — so a client that replays them from the same version
 holds bit-for-bit the server's weights (tested).
+
+Block records (ZorBA): a record may move only some tensors (one layer's), named by view index.
+A round's segment then carries a small table of blocks, as [start, stop) ranges, and each
+record's row in it; a record without blocks moves every tensor.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pydantic import Field
 
 from zofed.algorithms.base import ServerState, Settings
 from zofed.messages import JsonValue, Message
-from zofed.zo import DirectionSampler, Scratch, replay_
+from zofed.zo import DirectionSampler, Scratch
+from zofed.zo.blocks import replay_blocks_, to_ranges
 
 Downlink = Literal["weights", "replay"]
 DEFAULT_MAX_LAG = 10
@@ -55,20 +60,23 @@ def apply_round(
     settings: DownlinkSettings,
     directions: DirectionSampler | None,
     info: Mapping[str, JsonValue] | None = None,
+    blocks: Sequence[Sequence[int]] | None = None,
 ) -> ServerState:
     """The next server state: weights moved by `records` (already float32-rounded), log and versions updated.
 
     `info` is the method's own new bookkeeping (default: the old state's); the downlink keys are
-    added on top of it.
+    added on top of it. `blocks[k]`, when given, are the view indices record k moves.
     """
     weights = dict(state.weights)
     if records:
         moved = [tensor.clone() for tensor in state.weights.values()]
-        replay_(moved, records, directions, Scratch())
+        replay_blocks_(moved, records, blocks, directions, Scratch())
         weights = dict(zip(state.weights, moved))
     info = dict(state.info if info is None else info)
     if settings.downlink == "replay":
         segment = {"round": round, "seeds": [seed for seed, _ in records], "coeffs": [coeff for _, coeff in records]}
+        if blocks is not None:
+            segment |= block_table(blocks)
         info["replay_log"] = (list(state.info.get("replay_log", [])) + [segment])[-settings.max_lag :]
         # A client whose version precedes the log can never replay again (it gets the weights):
         # forgetting it keeps this map, and the checkpoint, bounded by max_lag rounds of repliers.
@@ -79,6 +87,13 @@ def apply_round(
     return ServerState(weights=weights, buffers=state.buffers, info=info)
 
 
+def block_table(blocks: Sequence[Sequence[int]]) -> dict[str, JsonValue]:
+    """{"blocks": distinct blocks as ranges, "block_of": each record's row}: a layer's block is named once."""
+    rows: dict[tuple[int, ...], int] = {}
+    of = [rows.setdefault(tuple(block), len(rows)) for block in blocks]
+    return {"blocks": [to_ranges(block) for block in rows], "block_of": of}
+
+
 def skip_round(state: ServerState, round: int, settings: DownlinkSettings) -> ServerState:
     """A round that changed nothing (no usable reply) still advances the version: log it empty."""
     return apply_round(state, round, [], [], settings, directions=None)
@@ -86,12 +101,13 @@ def skip_round(state: ServerState, round: int, settings: DownlinkSettings) -> Se
 
 def model_message(
     state: ServerState, round: int, client: int, config: Mapping[str, JsonValue], settings: DownlinkSettings,
-    scalars: tuple[float, ...] = (),
+    scalars: tuple[float, ...] = (), weights: Mapping | None = None,
 ) -> Message:
     """What client `client` receives in `round`: records since its version, or the weights.
 
     `scalars` are the method's own per-message values; in a replay message they follow the
-    records' coefficients.
+    records' coefficients. `weights` replaces the state's weights in a weights message (a method
+    that sends some tensors in lower precision).
     """
     known = state.info.get("client_versions", {}).get(str(client))
     segments = [s for s in state.info.get("replay_log", []) if known is not None and s["round"] > known]
@@ -99,6 +115,9 @@ def model_message(
     if settings.downlink == "replay" and known is not None and (known == round - 1 or reachable):
         replay = {"rounds": [s["round"] for s in segments], "counts": [len(s["seeds"]) for s in segments],
                   "base_version": known}
+        if any("blocks" in s for s in segments):
+            replay["blocks"] = [{"blocks": s["blocks"], "block_of": s["block_of"]} if "blocks" in s else None
+                                for s in segments]
         return Message(
             kind="replay",
             round=round,
@@ -110,18 +129,29 @@ def model_message(
         kind="weights",
         round=round,
         config={**config, "keep_model": settings.downlink == "replay"},
-        tensors=state.weights,
+        tensors=state.weights if weights is None else weights,
         scalars=scalars,
     )
 
 
-def replay_segments(message: Message) -> list[tuple[int, list[tuple[int, float]]]]:
-    """(round, records) per round carried by a replay message, oldest first."""
+Segment = tuple[int, list[tuple[int, float]], list[list[int]] | None]
+
+
+def replay_segments(message: Message) -> list[Segment]:
+    """(round, records, blocks) per round carried by a replay message, oldest first.
+
+    blocks[k] are the view indices record k moves; None when the round's records move every tensor.
+    """
     replay = message.config["replay"]
+    tables = replay.get("blocks") or [None] * len(replay["rounds"])
     segments, start = [], 0
-    for round, count in zip(replay["rounds"], replay["counts"]):
+    for round, count, table in zip(replay["rounds"], replay["counts"], tables):
         records = list(zip(message.seeds[start : start + count], message.scalars[start : start + count]))
-        segments.append((int(round), records))
+        blocks = None
+        if table is not None:
+            rows = [[i for begin, end in ranges for i in range(int(begin), int(end))] for ranges in table["blocks"]]
+            blocks = [rows[int(row)] for row in table["block_of"]]
+        segments.append((int(round), records, blocks))
         start += count
     return segments
 

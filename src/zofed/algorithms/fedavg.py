@@ -1,7 +1,8 @@
 """Backprop FedAvg on the same trainable tensors: the first-order baseline ("BP-based FedAvg").
 
 Each client runs its local steps with a fresh torch.optim optimiser (SGD or AdamW) from the
-global weights and uploads its weights; the server takes the sample-weighted mean. With
+global weights and uploads its weights; the server takes the mean weighted by each client's
+example count (McMahan et al.'s FedAvg; `weighting: uniform` for the plain mean). With
 `server_optimizer` set (FedAvgM / FedAdam / FedYogi style, see zofed.serveropt) the server
 instead feeds the pseudo-gradient θ − mean to that optimiser; unset, the mean is the new model.
 """
@@ -27,6 +28,7 @@ from zofed.algorithms.base import (
     sample_weighted_mean,
 )
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
 
@@ -36,6 +38,7 @@ class FedAvgSettings(Settings):
     optimizer: Literal["sgd", "adamw"] = "adamw"
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0)
+    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
     server_optimizer: ServerOptimizerSettings | None = Field(
         None, description="optimiser for the pseudo-gradient θ − mean; none: the mean is the new model"
     )
@@ -89,8 +92,8 @@ class FedAvg:
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         if not replies:
             return state
-        sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
-        mean = sample_weighted_mean([reply.tensors for _, reply in replies], sizes)
+        shares = client_shares(replies, self.settings.weighting)
+        mean = sample_weighted_mean([reply.tensors for _, reply in replies], shares)
         if self.optimizer is None:
             return ServerState(weights=mean)
         return optimizer_step(state, pseudo_gradient(state.weights, mean), self.optimizer)
@@ -102,5 +105,6 @@ ENTRY = register(
         description="FedAvg with backprop (SGD/AdamW) on the same trainable tensors: the first-order baseline",
         settings=FedAvgSettings,
         build=FedAvg,
+        basis="standard FedAvg with local backprop (McMahan et al.); server optimisers are options",
     )
 )

@@ -1,18 +1,28 @@
 """FedKSeed and FedKSeed-Pro (Qin et al., ICML 2024): ZO with K candidate seeds, K scalars up.
 
 K candidate seeds are fixed at the start and shared (derived from the run seed, so only the
-base seed and K travel). Each local step picks one candidate, uniformly (FedKSeed) or by
-probabilities from the seeds' past |g| (FedKSeed-Pro), and takes a two-point ZO step along its
-direction. A client uploads K scalars: the sum of g per candidate over its local steps. The
-server takes their sample-weighted mean ā and moves the global model by Σ_j (−lr·ā_j)·z_j.
+base seed and K travel; the paper's K = 4096 is the default). Each local step picks one
+candidate, uniformly (FedKSeed) or by probabilities from the seeds' past |g| (FedKSeed-Pro), and
+takes a two-point ZO step along its direction. A client uploads K scalars: the sum of g per
+candidate over its local steps. The server takes their mean ā weighted by each client's example
+count (`weighting: examples`, as the official server weighs by data size) and moves the global
+model by Σ_j (−lr·ā_j)·z_j.
+
+FedKSeed-Pro's probabilities follow the official code (alibaba/FederatedScope, branch FedKSeed:
+server.py `calculate_probabilities`, optimizers/mezo_bias_optimizer.py): every seed's history of
+g starts with one 0 and gets the g of every individual local step that used it, on any client;
+ψ_j = mean over that history of |clip(g, ±clip)| (clip = 1000, the official bias_loss_clip);
+ψ is min-max normalised, (ψ − min ψ)/(max ψ − min ψ + 1e-10), and p = softmax(ψ) at temperature 1.
+So a Pro client also uploads, in its reply's config, for each candidate it used (`used`, candidate
+indices) the sum of |clip(g)| over its steps on it (`abs_sums`) and its number of such steps
+(`steps`); the server keeps Σ|clip(g)| and the step count per candidate, and
+ψ_j = Σ|clip(g)|_j / (steps_j + 1), the +1 being the history's initial 0.
 
 The paper's server rebuilds the model from the initial weights and the accumulated scalar per
 seed; we keep both forms: the accumulated coefficients and the initial weights are in the state,
 `rebuild_from_initial` recomputes the model from them, and `aggregate` applies the round's
 coefficients incrementally (the tests pin the difference between the two to float rounding).
 Our choices where the paper leaves room:
-  - FedKSeed-Pro's probabilities: p_j ∝ exp(ψ_j / temperature), ψ_j the running mean of |ā_j| over
-    the rounds that used seed j, normalised by its maximum (ψ_j = 0 for unused seeds).
   - Downlink: the trainable weights by default; `downlink: replay` sends each round's K
     (seed, coeff) records to clients that keep their model, as the paper's clients replay the
     scalar history (bounded by `max_lag` rounds; see algorithms/downlink.py).
@@ -39,8 +49,9 @@ from zofed.algorithms.base import (
     zo_metrics,
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
+from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed, replay_, zo_step
 
 CANDIDATE_STREAM = 0xC5EED
 
@@ -48,22 +59,42 @@ CANDIDATE_STREAM = 0xC5EED
 class FedKSeedSettings(DownlinkSettings):
     lr: float = Field(1e-3, gt=0)
     mu: float = Field(1e-2, gt=0)
-    num_seeds: int = Field(1024, ge=1, le=1 << 20, description="K, the candidate seeds shared by all")
-    temperature: float = Field(0.5, gt=0, description="FedKSeed-Pro: softness of the seed probabilities")
+    num_seeds: int = Field(4096, ge=1, le=1 << 20, description="K, the candidate seeds shared by all (paper: 4096)")
+    clip: float = Field(1000.0, gt=0, description="FedKSeed-Pro: |g| clipped at this in the seed importance (official)")
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
+    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
+    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
 
 
 def candidate_seeds(base_seed: int, count: int) -> list[int]:
     return [mix_seed(base_seed, CANDIDATE_STREAM, j) for j in range(count)]
 
 
-def seed_probabilities(importance: Sequence[float], temperature: float) -> list[float]:
-    values = np.asarray(importance, dtype=np.float64)
-    top = values.max(initial=0.0)
-    scaled = (values / top if top > 0 else values) / temperature
-    weights = np.exp(scaled - scaled.max())
+def seed_probabilities(abs_sums: Sequence[float], steps: Sequence[int]) -> list[float]:
+    """softmax(min-max(ψ)), ψ_j = Σ|clip(g)|_j / (steps_j + 1): the official FedKSeed-Pro rule."""
+    importance = np.asarray(abs_sums, dtype=np.float64) / (np.asarray(steps, dtype=np.float64) + 1.0)
+    low = importance.min()
+    normalised = (importance - low) / (importance.max() + 1e-10 - low)
+    weights = np.exp(normalised - normalised.max())
     return (weights / weights.sum()).tolist()
+
+
+def seed_statistics(reply: Message, k: int, clip: float) -> list[tuple[int, float, int]]:
+    """(candidate, Σ|clip(g)|, steps) from a Pro reply's config; none when they cannot be a client's.
+
+    A sum outside [0, clip·steps] cannot come from clipped steps; such statistics are not counted,
+    so no reply can push a seed's probability past what its steps allow.
+    """
+    used, sums, steps = (reply.config.get(key) for key in ("used", "abs_sums", "steps"))
+    if not (isinstance(used, list) and isinstance(sums, list) and isinstance(steps, list)):
+        return []
+    if not len(used) == len(sums) == len(steps) or not all(isinstance(j, int) and 0 <= j < k for j in used):
+        return []
+    if not all(isinstance(n, int) and n >= 0 and isinstance(a, (int, float)) and 0.0 <= a <= clip * n * (1 + 1e-6)
+               for a, n in zip(sums, steps)):
+        return []
+    return [(int(j), float(a), int(n)) for j, a, n in zip(used, sums, steps)]
 
 
 class FedKSeed:
@@ -76,14 +107,14 @@ class FedKSeed:
             weights={name: tensor.detach().clone() for name, tensor in weights.items()},
             buffers={name: tensor.detach().clone() for name, tensor in weights.items()},  # initial weights
             info={"base_seed": mix_seed(seed, CANDIDATE_STREAM), "accumulated": [0.0] * k,
-                  "importance": [0.0] * k, "uses": [0] * k},
+                  "abs_sums": [0.0] * k, "steps": [0] * k},
         )
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         config = {"lr": s.lr, "mu": s.mu, "base_seed": state.info["base_seed"], "num_seeds": s.num_seeds,
-                  "directions": s.directions, "pool_size": s.pool_size}
-        probabilities = tuple(seed_probabilities(state.info["importance"], s.temperature)) if self.pro else ()
+                  "directions": s.directions, "pool_size": s.pool_size, "clip": s.clip, "step_loss": s.step_loss}
+        probabilities = tuple(seed_probabilities(state.info["abs_sums"], state.info["steps"])) if self.pro else ()
         return [model_message(state, round, client, config, s, scalars=probabilities) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
@@ -94,17 +125,23 @@ class FedKSeed:
         scratch, rng = Scratch(), np.random.default_rng(env.seed)
         # float32 on the wire: renormalise so the probabilities sum to 1 in float64
         p = np.asarray(probabilities, dtype=np.float64) / sum(probabilities) if probabilities else None
-        accumulated, losses, skipped = [0.0] * k, [], 0
+        clip = float(config["clip"])
+        accumulated, abs_sums, steps, losses, skipped = [0.0] * k, {}, {}, [], 0
         for batch in env.batches:
             j = int(rng.choice(k, p=p) if p is not None else rng.integers(k))
             result = zo_step(env.tensors, partial(env.loss, batch), seeds[j], float(config["mu"]),
-                             float(config["lr"]), directions, scratch)
+                             float(config["lr"]), directions, scratch, str(config["step_loss"]))
             if result.skipped:
                 skipped += 1
                 continue
             accumulated[j] += result.projected_grad
+            abs_sums[j] = abs_sums.get(j, 0.0) + min(abs(result.projected_grad), clip)
+            steps[j] = steps.get(j, 0) + 1
             losses.append(result.loss)
-        return Message(kind="seeds", round=round, scalars=tuple(accumulated), metrics=zo_metrics(env, losses, skipped))
+        used = sorted(steps)
+        statistics = {"used": used, "abs_sums": [abs_sums[j] for j in used], "steps": [steps[j] for j in used]}
+        return Message(kind="seeds", round=round, config=statistics if p is not None else {},
+                       scalars=tuple(accumulated), metrics=zo_metrics(env, losses, skipped))
 
     def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
         reply = accept_common(sent, reply, "seeds")
@@ -121,19 +158,20 @@ class FedKSeed:
         replies = [(c, r) for c, r in replies if len(r.scalars) == k]  # a malformed reply is never applied
         if not replies:
             return skip_round(state, round, self.settings)
-        sizes = np.asarray([float(r.metrics["num_examples"]) for _, r in replies])
-        mean = (np.asarray([r.scalars for _, r in replies], dtype=np.float64) * (sizes / sizes.sum())[:, None]).sum(0)
+        shares = np.asarray(client_shares(replies, self.settings.weighting))
+        mean = (np.asarray([r.scalars for _, r in replies], dtype=np.float64) * shares[:, None]).sum(0)
         coefficients = np.asarray([-lr * float(g) for g in mean], dtype=np.float32).tolist()  # as the wire rounds
         records = wire_records(candidate_seeds(int(state.info["base_seed"]), k), coefficients)
         info = dict(state.info)
         info["accumulated"] = [a + c for a, c in zip(state.info["accumulated"], coefficients)]
-        uses = list(state.info["uses"])
-        importance = list(state.info["importance"])
-        for j, g in enumerate(mean):
-            if g != 0.0:  # running mean of |ā_j| over the rounds that used seed j
-                uses[j] += 1
-                importance[j] += (abs(float(g)) - importance[j]) / uses[j]
-        info["uses"], info["importance"] = uses, importance
+        if self.pro:
+            # every client's every step joins its seed's history, unweighted, as in the official code
+            abs_sums, steps = list(state.info["abs_sums"]), list(state.info["steps"])
+            for _, reply in replies:
+                for j, total, count in seed_statistics(reply, k, self.settings.clip):
+                    abs_sums[j] += total
+                    steps[j] += count
+            info["abs_sums"], info["steps"] = abs_sums, steps
         return apply_round(state, round, records, [c for c, _ in replies], self.settings, self._directions(), info)
 
     def rebuild_from_initial(self, state: ServerState) -> dict[str, torch.Tensor]:
@@ -152,10 +190,12 @@ register(AlgorithmEntry(
     description="FedKSeed: K shared candidate seeds, K scalars up (Qin et al., ICML 2024)",
     settings=FedKSeedSettings,
     build=partial(FedKSeed, pro=False),
+    basis="paper + official code (FederatedScope FedKSeed); ours: incremental server update, replay bound",
 ))
 register(AlgorithmEntry(
     name="fedkseed-pro",
     description="FedKSeed-Pro: candidate seeds sampled by their past |g| (Qin et al., ICML 2024)",
     settings=FedKSeedSettings,
     build=partial(FedKSeed, pro=True),
+    basis="official calculate_probabilities (min-max of mean |clip g| per seed, softmax at 1)",
 ))

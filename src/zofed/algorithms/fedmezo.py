@@ -3,16 +3,25 @@
 Each sampled client starts from the global trainable weights, runs one two-point ZO step per
 local batch, and uploads its final weights (as published) or, with `upload: seeds` (our
 extension), only its (seed, g) records, from which the server rebuilds the same weights. The
-server takes the sample-weighted mean.
+server takes the plain mean (`weighting: uniform`, the default): the official code weights every
+client by H×batch, equal for all, and the paper's objective is (1/N)·Σ f_i. `weighting: examples`
+weights by the server's count of each client's examples instead.
+
+Published defaults (paper Appendix B.3): μ = 1e-3, η_0 = 1e-5 (Dolly/Alpaca; 2e-5 CodeAlpaca,
+2.5e-5 GSM8K), batch 1, H = 30, LoRA r = 128, α = 256. configs/*.yaml set values tuned for
+SmolLM2-135M on a CPU explicitly. The loss a step reports is L+ (`step_loss: plus`), as the
+official client and MeZO report it; the round-wise and five-round signals are built from it.
 
 Personalised learning rate (paper §3.4/§5.4): η_i = η_0·(1 + α·Φ_i) with
 Φ_i = (s_i − mean s)/max|s − mean s| over the round's sampled clients that have a signal
 (0 for the others, and for all when the signals are equal). Signals s_i:
   frozen      η_0 for everyone
   random      η_i ~ U[η_0(1−α), η_0(1+α)] per client per round (seeded)
-  round-wise  the client's mean training loss in its last round
+  round-wise  the client's mean training loss (L+ per step) in its last round
   five-round  its mean over its last 5 rounds (η_0 until it has 5)
-  model-diff  Σ over tensors of ‖Δ_i − Δ‖_F in its last round, Δ the global update
+  model-diff  Σ over tensors of ‖Δ_i − Δ̄‖_F in its last round, Δ̄ the unweighted mean of the
+              round's client deltas (as the official client.py; not the aggregated step, which
+              a weighting or a server optimiser would move)
 With `upload: seeds` the server may also send `downlink: replay` (see algorithms/downlink.py):
 the round's records instead of the weights to clients that keep their model.
 
@@ -57,17 +66,20 @@ from zofed.algorithms.base import (
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
-from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed, replay_, zo_step
+from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed, replay_, zo_step
 
 LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
 HISTORY_LENGTH = 5
 
 
 class FedMeZOSettings(DownlinkSettings):
-    lr: float = Field(1e-3, gt=0, description="η_0, the base learning rate")
-    mu: float = Field(1e-2, gt=0, description="perturbation scale")
+    lr: float = Field(1e-5, gt=0, description="η_0, the base learning rate (paper: 1e-5)")
+    mu: float = Field(1e-3, gt=0, description="perturbation scale (paper: 1e-3)")
+    weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
+    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     lr_strategy: LrStrategy = "frozen"
     lr_alpha: float = Field(0.5, ge=0, lt=1, description="α: sensitivity of η_i to Φ_i")
     upload: Literal["weights", "seeds"] = "weights"
@@ -105,7 +117,8 @@ class FedMeZO:
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         rates = personalised_lrs(s, state.info, round, clients)
-        config = {"mu": s.mu, "upload": s.upload, "directions": s.directions, "pool_size": s.pool_size}
+        config = {"mu": s.mu, "upload": s.upload, "directions": s.directions, "pool_size": s.pool_size,
+                  "step_loss": s.step_loss}
         return [model_message(state, round, client, {**config, "lr": rate}, s) for client, rate in zip(clients, rates)]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
@@ -116,7 +129,8 @@ class FedMeZO:
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):
             result = zo_step(
-                env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch
+                env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch,
+                str(config["step_loss"]),
             )
             if result.skipped:
                 skipped += 1
@@ -144,43 +158,41 @@ class FedMeZO:
         s = self.settings
         if not replies:
             return skip_round(state, round, s)
-        sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
+        shares = client_shares(replies, s.weighting)
         # model-diff needs each client's weights; a seeds upload rebuilds them only then
         client_weights = None
         if s.upload == "weights" or s.lr_strategy == "model-diff":
             client_weights = [self.client_weights(state, reply) for _, reply in replies]
         if s.upload == "weights":
-            mean = sample_weighted_mean(client_weights, sizes)
+            mean = sample_weighted_mean(client_weights, shares)
             if self.optimizer is None:
                 new_state = ServerState(weights=mean, buffers=state.buffers, info=state.info)
             else:
                 new_state = optimizer_step(state, pseudo_gradient(state.weights, mean), self.optimizer)
         elif self.optimizer is not None:
-            new_state = optimizer_step(state, self.records_pseudo_gradient(state, replies, sizes), self.optimizer)
+            new_state = optimizer_step(state, self.records_pseudo_gradient(state, replies, shares), self.optimizer)
         else:
             # Σ_k w_k·(θ + Σ_t c_kt·z_kt) = θ + Σ_k Σ_t w_k·c_kt·z_kt: the mean as one list of records
-            total = sum(sizes)
             seeds, coeffs = [], []
-            for (_, reply), size in zip(replies, sizes):
+            for (_, reply), share in zip(replies, shares):
                 lr = float(reply.config["lr"])
                 seeds.extend(reply.seeds)
-                coeffs.extend(-size / total * lr * grad for grad in reply.scalars)
+                coeffs.extend(-share * lr * grad for grad in reply.scalars)
             new_state = apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s,
                                     make_directions(s.directions, s.pool_size))
         if s.lr_strategy in ("frozen", "random"):
             return new_state  # no signal to record: the server keeps nothing per client
-        history = update_history(state, new_state.weights, replies, client_weights)
+        history = update_history(state, replies, client_weights)
         return replace(new_state, info={**new_state.info, "history": history})
 
     def records_pseudo_gradient(
-        self, state: ServerState, replies: Sequence[tuple[int, Message]], sizes: Sequence[float]
+        self, state: ServerState, replies: Sequence[tuple[int, Message]], shares: Sequence[float]
     ) -> dict[str, torch.Tensor]:
         """θ − mean = Σ_k Σ_t w_k·η_k·g_kt·z_kt, replayed into zero float32 tensors."""
-        total = sum(sizes)
         pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in state.weights.items()}
         records = [
-            (seed, size / total * float(reply.config["lr"]) * grad)
-            for (_, reply), size in zip(replies, sizes)
+            (seed, share * float(reply.config["lr"]) * grad)
+            for (_, reply), share in zip(replies, shares)
             for seed, grad in zip(reply.seeds, reply.scalars)
         ]
         replay_(list(pseudo_grad.values()), records, make_directions(self.settings.directions, self.settings.pool_size),
@@ -237,15 +249,19 @@ def heterogeneity_index(signals: Sequence[float | None]) -> list[float]:
 
 def update_history(
     state: ServerState,
-    new_weights: Mapping[str, torch.Tensor],
     replies: Sequence[tuple[int, Message]],
     client_weights: Sequence[Mapping[str, torch.Tensor]] | None,
 ) -> dict:
-    """Each replying client's recent losses and, when its weights are at hand, its model difference."""
+    """Each replying client's recent losses and, when its weights are at hand, its model difference.
+
+    The model difference is measured against the unweighted mean of the round's client deltas, as
+    the official client.py does, whatever the weighting and the server optimiser.
+    """
     history = {key: dict(value) for key, value in state.info["history"].items()}
-    global_delta = {}
+    mean_delta = {}
     if client_weights is not None:
-        global_delta = {name: new_weights[name].float() - state.weights[name].float() for name in new_weights}
+        mean_delta = {name: sum(weights[name].float() for weights in client_weights) / len(client_weights)
+                      - state.weights[name].float() for name in state.weights}
     for index, (client, reply) in enumerate(replies):
         record = history.setdefault(str(client), {"losses": [], "model_diff": None})
         loss = float(reply.metrics["train_loss"])
@@ -255,8 +271,8 @@ def update_history(
             continue
         weights = client_weights[index]
         record["model_diff"] = sum(
-            torch.linalg.vector_norm(weights[name].float() - state.weights[name].float() - global_delta[name]).item()
-            for name in new_weights
+            torch.linalg.vector_norm(weights[name].float() - state.weights[name].float() - mean_delta[name]).item()
+            for name in state.weights
         )
     return history
 
@@ -267,5 +283,7 @@ ENTRY = register(
         description="FedMeZO: FedAvg with MeZO local steps, personalised learning rates (Ling et al., KDD 2024)",
         settings=FedMeZOSettings,
         build=FedMeZO,
+        basis="paper + official code (FederatedScope FedMeZO); ours: any N and partial participation, "
+        "seeds upload, replay downlink, server optimiser",
     )
 )

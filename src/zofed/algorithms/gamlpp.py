@@ -27,8 +27,10 @@ Only the abstract is public; DESIGN.md §4 is our definition. One round:
      with no usable step leaves E unchanged.
   4. Upload: (seed, g) per step (float32 g), plus s_i (the scales used) and the updated E_i in
      the reply's config. The server rebuilds each client's update θ_i − θ = −η Σ_k g_k z_k by
-     replaying (seed, g) with the same scaled sampler, and forms the sample-weighted
-     pseudo-gradient Δ = Σ_i w_i (θ − θ_i), w_i = n_i / Σ n (serveropt's convention: old − new).
+     replaying (seed, g) with the same scaled sampler, and forms the weighted pseudo-gradient
+     Δ = Σ_i w_i (θ − θ_i) (serveropt's convention: old − new), w_i = n_i / Σ n by the server's
+     example counts (`weighting: examples`, our choice: the abstract is silent and FedAvg/FedAdam
+     weigh by examples; `uniform` gives w_i = 1/m).
   5. Global adaptive momentum: Δ goes through the configured server optimiser (serveropt; default
      Adam with bias correction, η_s = 1e-2, β1 = 0.9, β2 = 0.99, τ = 1e-3; AMSGrad, Yogi, SGD with momentum
      and clipping available). Its state lives in ServerState buffers ("serveropt/...") and
@@ -66,8 +68,10 @@ from zofed.algorithms.base import (
 )
 from zofed.messages import Message
 from zofed.algorithms.serverstep import optimizer_step
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
-from zofed.zo import DEFAULT_POOL_SIZE, DirectionSampler, Scratch, make_directions, mix_seed, replay_, zo_step
+from zofed.zo import (DEFAULT_POOL_SIZE, STEP_LOSS_HELP, DirectionSampler, Scratch, StepLoss, make_directions, mix_seed,
+                      replay_, zo_step)
 from zofed.zo.scaled import ScaledDirections
 
 
@@ -80,6 +84,8 @@ class GamLppSettings(Settings):
     ema_decay: float = Field(0.9, ge=0, lt=1, description="β of each client's per-tensor energy EMA")
     energy_exponent: float = Field(0.5, ge=0, le=2, description="γ: personalised s_t² ∝ E_t^γ")
     subtract_noise: bool = Field(True, description="remove the ZO estimate's noise floor from the energy")
+    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
+    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     server_optimizer: ServerOptimizerSettings = Field(
         default_factory=ServerOptimizerSettings, description="applied to the averaged pseudo-gradient"
     )
@@ -146,6 +152,7 @@ class GamLpp:
         config = {
             "lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size, "mix": s.mix,
             "ema_decay": s.ema_decay, "energy_exponent": s.energy_exponent, "subtract_noise": s.subtract_noise,
+            "step_loss": s.step_loss,
         }
         energy = state.info["energy"]
         return [
@@ -165,7 +172,8 @@ class GamLpp:
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):
-            result = zo_step(env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch)
+            result = zo_step(env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch,
+                             str(config["step_loss"]))
             if result.skipped:
                 skipped += 1
                 continue
@@ -204,16 +212,15 @@ class GamLpp:
         if not replies:
             return state
         s = self.settings
-        sizes = [float(reply.metrics["num_examples"]) for _, reply in replies]
-        total = sum(sizes)
+        shares = client_shares(replies, s.weighting)
         pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in state.weights.items()}
         base, scratch = make_directions(s.directions, s.pool_size), Scratch()
-        for (_, reply), size in zip(replies, sizes):
+        for (_, reply), share in zip(replies, shares):
             scales = reply.config["scales"]
             if len(scales) != len(pseudo_grad):
                 raise ValueError(f"a reply carries {len(scales)} scales for {len(pseudo_grad)} trainable tensors")
             # θ − θ_i = Σ_k η·g_k·z_k: replay with coefficients +w_i·η·g_k into the zero pseudo-gradient
-            records = [(seed, size / total * s.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
+            records = [(seed, share * s.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
             replay_(list(pseudo_grad.values()), records, ScaledDirections(base, scales), scratch)
         energy = dict(state.info["energy"]) | {str(client): reply.config["energy"] for client, reply in replies}
         return optimizer_step(state, pseudo_grad, self.optimizer, info={**state.info, "energy": energy})
@@ -235,5 +242,7 @@ ENTRY = register(
         "(Chen et al., ACL 2026)",
         settings=GamLppSettings,
         build=GamLpp,
+        basis="abstract only: per-client perturbation, seed upload, server adaptive momentum; ours: the "
+        "scales, energy EMA and their settings",
     )
 )

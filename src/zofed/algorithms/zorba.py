@@ -12,7 +12,22 @@ memory within (1 + eps)·B*). Client n then:
   * uploads one (seed, g) per local step and the view ranges of each active layer.
 
 The server averages each block over the clients that trained it: θ_l += Σ_{n covers l} w_n Δ_{n,l}
-/ Σ_{n covers l} w_n (w_n = examples); a block nobody trained this round is unchanged.
+/ Σ_{n covers l} w_n; a block nobody trained this round is unchanged. w_n is the server's count
+of client n's examples (`weighting: examples`, our choice: the abstract is silent; `uniform`
+gives w_n = 1).
+
+Downlink (`downlink: replay`, the default): the abstract names frequent model exchange as the
+communication problem, so a client that keeps its model receives the round's block records
+(seed, coeff, layer) since its version — O(clients × active layers × local steps) scalars, not
+the model — and replays each record on its layer's tensors only (algorithms/downlink.py, block
+records). A client never seen, or behind by more than `max_lag` rounds, gets the weights with its
+inactive layers in `inactive_dtype`, as `downlink: weights` sends them every round: the memory
+budget holds on first contact too. So a client's kept copy of a layer it does not train differs
+from the server's by that one rounding (records then add the same float32 coefficients on both
+sides, so it stays at that rounding, up to float32 addition order); it runs such layers in
+`inactive_dtype` anyway. The layers active for it when it synced, and every tensor the server
+cannot place in a layer, are bit for bit the server's (tested). With `resolve_every`, a layer that
+becomes active for a client later starts from its copy, off by that one rounding.
 
 Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a client process of
 their own at start-up (runtime/memory_profile.py: peak RSS of a client round with 1, L/4, L/2
@@ -30,7 +45,7 @@ Our choices where the paper's abstract is silent (all configurable):
     so tight budgets rotate coverage instead of leaving the same blocks untrained for ever.
   - `eps` = 0.05: accept a 5% worse proxy for less total memory.
   - One lr and mu for every block (MeZO's), seeds per step derived from the client's seed.
-  - Downlink: the weights, each client's inactive layers already in `inactive_dtype` (the client
+  - Weights travel with each client's inactive layers already in `inactive_dtype` (the client
     would cast them on arrival anyway), so the downlink and the client's receive buffer shrink
     with its budget too. The server places a tensor in a layer by its name (`layers.i`, GPT-2's
     `h.i`); a tensor it cannot place travels in full precision.
@@ -66,9 +81,11 @@ from zofed.algorithms.base import (
     mezo_step_seeds,
     zo_metrics,
 )
+from zofed.algorithms.downlink import Downlink, DownlinkSettings, apply_round, model_message
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting
 from zofed.errors import ZofedError
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, Scratch, make_directions, mix_seed
+from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed
 from zofed.zo.blocks import block_estimate, from_ranges, perturb_block_, to_ranges
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -101,11 +118,14 @@ class MemoryProfile(BaseModel):
         return self
 
 
-class ZorbaSettings(Settings):
+class ZorbaSettings(DownlinkSettings):
     lr: float = Field(1e-3, gt=0)
     mu: float = Field(1e-3, gt=0)
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
+    downlink: Downlink = Field("replay", description="block records since the client's version, or the weights")
+    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
+    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     inactive_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     budgets_mb: list[float] | None = Field(None, description="one budget per client; else device_profile")
     device_profile: str = "mixed"
@@ -195,9 +215,9 @@ class Zorba:
         s = self.settings
         active = current_plan(state.info)["active"]
         config = {"lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size,
-                  "inactive_dtype": s.inactive_dtype}
-        return [Message(kind="weights", round=round, config={**config, "active": active[client]},
-                        tensors=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
+                  "inactive_dtype": s.inactive_dtype, "step_loss": s.step_loss}
+        return [model_message(state, round, client, {**config, "active": active[client]}, s,
+                              weights=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
                 for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
@@ -220,7 +240,8 @@ class Zorba:
         with model.lowered(inactive, DTYPES[str(config["inactive_dtype"])]):
             for step, batch in enumerate(env.batches):
                 seed = mix_seed(env.seed, step)
-                g, loss = block_estimate(env.tensors, block, partial(env.loss, batch), seed, mu, directions, scratch)
+                g, loss = block_estimate(env.tensors, block, partial(env.loss, batch), seed, mu, directions, scratch,
+                                         str(config["step_loss"]))
                 if not math.isfinite(g):
                     skipped += 1
                     continue
@@ -254,23 +275,29 @@ class Zorba:
         assigned = current_plan(state.info)["active"]
         usable = [(reply, layers) for client, reply in replies
                   if (layers := reply_layers(reply, count, assigned[client])) is not None]
+        weights = [1.0 if s.weighting == "uniform" else float(reply.metrics["num_examples"]) for reply, _ in usable]
         covering: dict[int, float] = {}
-        for reply, layers in usable:
+        for (_, layers), weight in zip(usable, weights):
             for layer in layers:
-                covering[layer] = covering.get(layer, 0.0) + float(reply.metrics["num_examples"])
-        weights = [tensor.clone() for tensor in state.weights.values()]
-        directions, scratch = make_directions(s.directions, s.pool_size), Scratch()
-        for reply, layers in usable:
+                covering[layer] = covering.get(layer, 0.0) + weight
+        # one block record per (client, layer, step), float32 as the wire carries it; the server
+        # applies exactly these, in this order, so a client replaying them holds the same weights
+        records, blocks = [], []
+        for (reply, layers), weight in zip(usable, weights):
             lr = float(reply.config["lr"])
             for layer, indices in layers.items():
-                share = float(reply.metrics["num_examples"]) / covering[layer]
-                for seed, g in zip(reply.seeds, reply.scalars):
-                    perturb_block_(weights, indices, seed, -share * lr * g, directions, scratch)
+                share = weight / covering[layer]
+                coeffs = np.asarray([-share * lr * g for g in reply.scalars], dtype=np.float32).tolist()
+                for seed, coeff in zip(reply.seeds, coeffs):
+                    if coeff != 0.0:
+                        records.append((int(seed), coeff))
+                        blocks.append(indices)
         last_trained = [round if layer in covering else at for layer, at in enumerate(state.info["last_trained"])]
         info = {**state.info, "last_trained": last_trained}
         if s.resolve_every and round % s.resolve_every == 0:
             info = replan(s, info, round)
-        return ServerState(weights=dict(zip(state.weights, weights)), buffers=state.buffers, info=info)
+        return apply_round(state, round, records, [client for client, _ in replies], s,
+                           make_directions(s.directions, s.pool_size), info, blocks)
 
 
 def client_precision(weights: Mapping[str, torch.Tensor], active: Sequence[int], low: torch.dtype) -> dict[str, torch.Tensor]:
@@ -323,4 +350,6 @@ register(AlgorithmEntry(
     description="ZorBA: each client trains the blocks its memory budget allows, the rest frozen in bf16 (Meng et al., 2026)",
     settings=ZorbaSettings,
     build=Zorba,
+    basis="abstract only: blocks under memory budgets, seed upload; ours: memory model, proxy, solver, "
+    "block-record downlink",
 ))

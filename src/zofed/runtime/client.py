@@ -23,7 +23,8 @@ from zofed.algorithms.downlink import method_scalars, replay_segments
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.runtime.codec import tensor_views
-from zofed.zo import Scratch, make_directions, replay_
+from zofed.zo import Scratch, make_directions
+from zofed.zo.blocks import replay_blocks_
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,9 @@ def receive_model_(
             tensor.copy_(held)
         directions = make_directions(str(message.config["directions"]), int(message.config["pool_size"]))
         scratch = Scratch()
-        for round, records in replay_segments(message):
+        for round, records, blocks in replay_segments(message):
             if round > kept.version:  # rounds it already holds were sent again because its reply never came
-                replay_(tensors, records, directions, scratch)
+                replay_blocks_(tensors, records, blocks, directions, scratch)
     elif message.kind == "weights" and message.tensors:
         for name, tensor in zip(names, tensors):
             tensor.copy_(message.tensors[name])

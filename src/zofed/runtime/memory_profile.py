@@ -132,7 +132,7 @@ def _measure(config: RunConfig) -> dict:
     for active in profile_points(layers):
         config_of_round = {"lr": 0.0, "mu": settings.mu, "directions": settings.directions,
                            "pool_size": settings.pool_size, "inactive_dtype": settings.inactive_dtype,
-                           "active": list(range(active))}
+                           "step_loss": settings.step_loss, "active": list(range(active))}
         outbox = [encode(Message(kind="weights", round=1, config=config_of_round,
                                  tensors=client_precision(weights, range(active), low)))]
         peak = client_round_peak(experiment, algorithm, outbox, 0, list(range(active, layers)), low)["peak_rss_mb"]

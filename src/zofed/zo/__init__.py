@@ -13,7 +13,7 @@ from zofed.zo.directions import (
 )
 from zofed.zo.perturb import Scratch, perturb_
 from zofed.zo.seeds import SEED_LIMIT, mix_seed
-from zofed.zo.step import StepResult, replay_, zo_estimate, zo_step
+from zofed.zo.step import STEP_LOSS_HELP, StepLoss, StepResult, replay_, zo_estimate, zo_step
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -25,6 +25,8 @@ __all__ = [
     "DirectionSampler",
     "GaussianDirections",
     "SEED_LIMIT",
+    "STEP_LOSS_HELP",
+    "StepLoss",
     "Scratch",
     "StepResult",
     "make_directions",

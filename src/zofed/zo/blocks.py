@@ -15,6 +15,7 @@ import torch
 
 from zofed.zo.directions import DirectionSampler
 from zofed.zo.perturb import Scratch
+from zofed.zo.step import StepLoss, reported_loss
 
 
 def to_ranges(indices: Sequence[int]) -> list[list[int]]:
@@ -49,9 +50,9 @@ def perturb_block_(
 
 def block_estimate(
     tensors: Sequence[torch.Tensor], block: Sequence[int], loss_at: Callable[[], float], seed: int, mu: float,
-    directions: DirectionSampler, scratch: Scratch,
+    directions: DirectionSampler, scratch: Scratch, step_loss: StepLoss = "plus",
 ) -> tuple[float, float]:
-    """(g, (L+ + L−)/2) along the block's direction z(seed); θ restored. g is float32 as on the wire, NaN if a loss is."""
+    """(g, reported loss) along the block's direction z(seed); θ restored. g is float32 as on the wire, NaN if a loss is."""
     perturb_block_(tensors, block, seed, mu, directions, scratch)
     loss_plus = loss_at()
     perturb_block_(tensors, block, seed, -2.0 * mu, directions, scratch)
@@ -59,4 +60,17 @@ def block_estimate(
     perturb_block_(tensors, block, seed, mu, directions, scratch)
     if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
         return math.nan, math.nan
-    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), 0.5 * (loss_plus + loss_minus)
+    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), reported_loss(loss_plus, loss_minus, step_loss)
+
+
+@torch.no_grad()
+def replay_blocks_(
+    tensors: Sequence[torch.Tensor], records: Sequence[tuple[int, float]], blocks: Sequence[Sequence[int]] | None,
+    directions: DirectionSampler, scratch: Scratch,
+) -> None:
+    """Apply (seed, coeff) records in order, record k only on the tensors of blocks[k] (every tensor when None)."""
+    if blocks is None:
+        blocks = [range(len(tensors))] * len(records)
+    for (seed, coeff), block in zip(records, blocks):
+        if coeff != 0.0:
+            perturb_block_(tensors, block, seed, coeff, directions, scratch)
