@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import multiprocessing
 import os
@@ -24,6 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ZofedError as error:
         print(f"zofed: error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # every replaced file is written atomically, so what is on disk is the last complete state
+        where = f" writing '{error.filename}'" if error.filename else ""
+        print(_one_line(f"zofed: error: the disk is full{where}; free space (or set output_dir=...) and continue with --resume"),
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("zofed: interrupted; continue with --resume", file=sys.stderr)

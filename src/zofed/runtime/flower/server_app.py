@@ -20,6 +20,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from zofed.algorithms import Algorithm, ServerState
 from zofed.algorithms.downlink import forget_versions
+from zofed.atomic import write_atomic
 from zofed.config import FlowerConfig, RunConfig, parse_config
 from zofed.errors import ZofedError
 from zofed.metrics import ByteLedger
@@ -102,9 +103,7 @@ def _add_flower_bytes(config: RunConfig, summary: dict) -> dict:
     if measured:  # deployment: what the SuperLink's sockets carried (see wire.py for what is counted)
         summary["superlink_tcp_bytes"] = {key: sum(row[key] for row in measured) for key in measured[0]}
     path = config.run_dir / "summary.json"
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    staging.replace(path)
+    write_atomic(path, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     return summary
 
 
