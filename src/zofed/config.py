@@ -69,6 +69,7 @@ class FlowerConfig(Section):
     min_replies: int = Field(1, ge=1, description="fewest replies a round needs, or the run stops with an error")
     connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the SuperNodes to appear")
     root_certificates: str | None = None  # CA certificate of a TLS SuperLink (runtime=flower); None: insecure
+    insecure: bool = False  # runtime=flower without TLS to a SuperLink off this machine: refused unless true
     sim_workers: int = Field(1, ge=1, description="flower-sim: Ray workers, each holding one model copy")
 
 
