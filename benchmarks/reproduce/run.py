@@ -88,7 +88,7 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
                                            f"output_dir={RUNS / 'fedmezo-lr'}"])
         if not (config.run_dir / "summary.json").is_file():
             print(f"running lr_strategy={strategy} in {config.run_dir}", file=sys.stderr, flush=True)
-            run_local(config, resume=config.run_dir.exists(), show_progress=False)
+            run_local(config, resume=config.run_dir.exists(), overwrite=config.run_dir.exists(), show_progress=False)
         summary = json.loads((config.run_dir / "summary.json").read_text())
         history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
         curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], "wall_s": 0.0}]

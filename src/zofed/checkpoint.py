@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zofed.algorithms.base import ServerState
+from zofed.atomic import atomic_path, fsync_directory, fsync_file, write_atomic
 from zofed.runtime.client import KeptModel
 
 KEEP = 2
@@ -60,14 +61,17 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
             "extra": checkpoint.extra,
         }
         (staging / JSON_FILE).write_text(json.dumps(document, allow_nan=True))
-        _fsync_dir(staging)
+        for item in staging.iterdir():
+            fsync_file(item)
+        fsync_directory(staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _write_atomic(directory / "LATEST", target.name)
+    fsync_directory(directory)
+    write_atomic(directory / "LATEST", target.name)
     for old in sorted(directory.glob("ckpt-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -119,20 +123,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    for item in path.iterdir():
-        with open(item, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
 def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
     """A standalone safetensors file of trainable weights, written atomically."""
-    staging = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(staging))
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(staging))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import multiprocessing
 import os
@@ -24,6 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ZofedError as error:
         print(f"zofed: error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # every replaced file is written atomically, so what is on disk is the last complete state
+        where = f" writing '{error.filename}'" if error.filename else ""
+        print(_one_line(f"zofed: error: the disk is full{where}; free space (or set output_dir=...) and continue with --resume"),
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("zofed: interrupted; continue with --resume", file=sys.stderr)
@@ -88,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     superlink.add_argument("--database", default=None, help="state file (default: in memory)")
     superlink.add_argument("--enable-supernode-auth", action="store_true",
                            help="accept only SuperNodes whose public key was registered (`zofed flower register`; TLS required)")
+    superlink.add_argument("--insecure", action="store_true",
+                           help="serve without TLS on an address other machines reach (refused otherwise)")
     superlink.set_defaults(handler=_flower_superlink)
     supernode = flower_commands.add_parser("supernode", help="one client: trains partition K of the run's data")
     supernode.add_argument("--partition-id", type=int, required=True, help="the client id this node plays")
@@ -99,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     supernode.add_argument("--root-certificates", default=None, help="CA certificate of a TLS SuperLink")
     supernode.add_argument("--auth-private-key", default=None,
                            help="this node's private key (`zofed flower keys`), for a SuperLink with --enable-supernode-auth")
+    supernode.add_argument("--insecure", action="store_true",
+                           help="connect without TLS to a SuperLink on another machine (refused otherwise)")
     supernode.set_defaults(handler=_flower_supernode)
     keys = flower_commands.add_parser("keys", help="a new key pair for one SuperNode (SuperNode authentication)")
     keys.add_argument("directory", help="where to write NAME (private, mode 600) and NAME.pub")
@@ -164,7 +177,7 @@ def _flower_superlink(args: argparse.Namespace) -> int:
     from zofed.runtime.flower.deployment import flower_env, superlink_command
 
     command = superlink_command(args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile, args.database,
-                                args.enable_supernode_auth)
+                                args.enable_supernode_auth, args.insecure)
     os.execve(command[0], command, flower_env())  # becomes the SuperLink: same pid, signals reach it
 
 
@@ -176,7 +189,8 @@ def _flower_supernode(args: argparse.Namespace) -> int:
     # Paths that exist are made absolute (ClientApps run elsewhere); names (tiny-llama, hub ids) pass as given.
     node_config = {key: str(Path(value).resolve()) if Path(value).exists() else value
                    for key, value in node_config.items() if value is not None}
-    command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates, private_key)
+    command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates, private_key,
+                                args.insecure)
     os.execve(command[0], command, flower_env())
 
 

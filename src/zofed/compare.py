@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from zofed.atomic import atomic_path, write_atomic  # noqa: E402
 from zofed.config import RunConfig, load_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
@@ -119,12 +120,13 @@ def run_compare(
         else:
             resume = run.config.run_dir.exists()
             log(f"{label}: {'resuming' if resume else 'running'} in {run.config.run_dir}")
-            run_local(run.config, resume=resume, show_progress=show_progress, budget=budget)
+            # a run killed before its first checkpoint has nothing to resume: it starts over in its own directory
+            run_local(run.config, resume=resume, overwrite=resume, show_progress=show_progress, budget=budget)
         results.append(collect(run))
     document = build_results(name, config_path, overrides, budget, results)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "results.json", json.dumps(document, indent=2, allow_nan=True) + "\n")
-    _write_text(out / "results.md", results_table(document))
+    write_atomic(out / "results.json", json.dumps(document, indent=2, allow_nan=True) + "\n")
+    write_atomic(out / "results.md", results_table(document))
     plot_compare(document, out)
     log(f"results in {out}/ (results.json, results.md, loss_vs_round.png, loss_vs_bytes.png, "
         "loss_vs_forward_passes.png, memory.png)")
@@ -279,13 +281,8 @@ def _mean_std(values: list) -> dict | None:
 
 
 def _save(figure, path: Path) -> None:
-    staging = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(staging, dpi=110)
-    plt.close(figure)
-    staging.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    staging.replace(path)
+    try:
+        with atomic_path(path) as staging:
+            figure.savefig(staging, dpi=110)
+    finally:
+        plt.close(figure)

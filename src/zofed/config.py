@@ -67,6 +67,7 @@ class FlowerConfig(Section):
     min_replies: int = Field(1, ge=1, description="fewest replies a round needs, or the run stops with an error")
     connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the SuperNodes to appear")
     root_certificates: str | None = None  # CA certificate of a TLS SuperLink (runtime=flower); None: insecure
+    insecure: bool = False  # runtime=flower without TLS to a SuperLink off this machine: refused unless true
     sim_workers: int = Field(1, ge=1, description="flower-sim: Ray workers, each holding one model copy")
 
 
@@ -117,6 +118,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        if self.name in (".", ".."):
+            # output_dir/. is output_dir itself and output_dir/.. its parent: not a run's own directory
+            raise ValueError(f"name={self.name} names no directory of its own; choose a name such as name=run1")
         if isinstance(self.clients_per_round, int) and self.clients_per_round > self.clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} exceeds clients={self.clients}"
@@ -167,13 +171,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ZofedError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ZofedError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from None
+    if raw is None:
+        raise ZofedError(f"config file '{path}' is empty; write the run's settings in it (see configs/quickstart.yaml)")
     if not isinstance(raw, dict):
-        raise ZofedError(f"config file '{path}' must hold a mapping of keys to values")
+        raise ZofedError(f"config file '{path}' must hold a mapping of keys to values (see configs/quickstart.yaml)")
     return parse_config(raw, overrides)
 
 

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from zofed.atomic import atomic_path  # noqa: E402
+
 
 def plot_run(rounds: Sequence[dict], initial_eval_loss: float, path: Path, title: str) -> None:
     evaluated = [row for row in rounds if row.get("eval_loss") is not None]
@@ -29,7 +31,8 @@ def plot_run(rounds: Sequence[dict], initial_eval_loss: float, path: Path, title
     for axis in (by_round, by_bytes):
         axis.grid(alpha=0.3)
     figure.suptitle(title)
-    staging = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(staging, dpi=110)
-    plt.close(figure)
-    staging.replace(path)
+    try:
+        with atomic_path(path) as staging:
+            figure.savefig(staging, dpi=110)
+    finally:
+        plt.close(figure)

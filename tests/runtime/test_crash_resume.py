@@ -28,7 +28,7 @@ def without_timings(row: dict) -> dict:
 
 def run_cli(config, path, resume: bool = False) -> subprocess.Popen:
     path.write_text(yaml.safe_dump(config.to_dict()))
-    command = [sys.executable, "-m", "zofed.cli", "run", str(path), "--no-progress"] + (["--resume"] if resume else [])
+    command = [sys.executable, "-m", "zofed.cli", "run", str(path), "--no-progress"] + (["--resume", "--overwrite"] if resume else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from zofed.algorithms.downlink import method_scalars, replay_segments
+from zofed.atomic import write_atomic
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.runtime.codec import tensor_views
@@ -92,9 +93,7 @@ def kept_from_bytes(data: bytes) -> KeptModel:
 def write_kept(path: Path, kept: KeptModel) -> None:
     """Tensors and version in one file, replaced atomically (a kill leaves the old file or the new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_bytes(kept_to_bytes(kept))
-    staging.replace(path)
+    write_atomic(path, kept_to_bytes(kept))
 
 
 @torch.no_grad()

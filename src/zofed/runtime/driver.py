@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,14 +25,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zofed.algorithms import Algorithm, ServerState, build_algorithm
-from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint, save_weights
+from zofed.atomic import write_atomic
+from zofed.checkpoint import Checkpoint, save_checkpoint, save_weights
 from zofed.config import RunConfig
-from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.runtime.client import KeptStore
 from zofed.runtime.memory_profile import with_memory_profile
 from zofed.runtime.round import InProcessTransport, Transport, play_round
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
+from zofed.rundir import open_run_dir, start_run_dir
 
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -87,12 +87,12 @@ def run_local(
     play_round = play_round or run_round
     session_started = time.perf_counter()
     paths = RunPaths(config)
-    _check_run_dir(paths, resume, overwrite)
-    config = with_memory_profile(config, resume)
+    checkpoint = open_run_dir(paths.root, resume=resume, overwrite=overwrite)
+    config = with_memory_profile(config, checkpoint is not None)
     data = prepare_data(config)
     experiment = build_experiment(config, data)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
-    checkpoint = load_latest_checkpoint(paths.checkpoints) if resume else None
+    start_run_dir(paths.root, config.to_dict(), checkpoint)
     kept = KeptStore(paths.clients)
     if checkpoint is not None:
         state, first_round, extra = checkpoint.state, checkpoint.round + 1, checkpoint.extra
@@ -100,8 +100,6 @@ def run_local(
             kept.save(client, model)
         experiment.view.load_(state.weights)
     else:
-        if paths.root.exists():
-            shutil.rmtree(paths.root)
         state, first_round = algorithm.init(experiment.view.state_dict(), config.seed), 1
         extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None}
     _write_run_files(paths, config, extra["history"])
@@ -231,26 +229,15 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
     }
 
 
-def _check_run_dir(paths: RunPaths, resume: bool, overwrite: bool) -> None:
-    if paths.root.exists() and not (resume or overwrite):
-        raise ZofedError(
-            f"run directory '{paths.root}' already exists; pass --resume to continue it, "
-            "--overwrite to start over, or choose another name=..."
-        )
-
-
 def _write_run_files(paths: RunPaths, config: RunConfig, history: list[dict]) -> None:
-    paths.root.mkdir(parents=True, exist_ok=True)
     paths.summary.unlink(missing_ok=True)
-    (paths.root / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(paths.root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     # On resume the metrics file is rebuilt from the checkpoint, dropping any round written after it.
-    paths.metrics.write_text("".join(json.dumps(row) + "\n" for row in history))
+    write_atomic(paths.metrics, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def _write_json(path, document: dict) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
-    staging.replace(path)
+    write_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
 
 
 def _loss_text(row: dict) -> str:

@@ -43,12 +43,37 @@ def test_keys_are_openssh_p384_and_private_to_their_owner(tmp_path, capsys):
     private, public = tmp_path / "keys" / "node-0", tmp_path / "keys" / "node-0.pub"
     assert paths == {"private_key": str(private), "public_key": str(public)}
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
     key = load_ssh_private_key(private.read_bytes(), None)  # as flower-supernode reads it
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
     assert load_ssh_public_key(public.read_bytes()).public_numbers() == key.public_key().public_numbers()
     assert not any(line in printed for line in private_lines(private))
     with pytest.raises(ZofedError, match="already exists"):
         write_supernode_keys(tmp_path / "keys", "node-0")  # never overwrites a key in use
+
+
+@pytest.mark.parametrize("planted", ["node", "node.pub"])
+def test_keys_are_created_exclusively_never_through_a_symlink(planted, tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("someone else's file\n")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / planted).symlink_to(target)
+    with pytest.raises(ZofedError, match="already exists"):
+        write_supernode_keys(keys, "node")
+    assert target.read_text() == "someone else's file\n"
+    assert sorted(path.name for path in keys.iterdir()) == [planted]  # nothing half-written left behind
+
+
+def test_public_key_mode_does_not_depend_on_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o077)
+    try:
+        private, public = write_supernode_keys(tmp_path, "node")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644 and stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
 def test_authentication_needs_tls_and_an_existing_key(tmp_path):

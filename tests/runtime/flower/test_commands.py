@@ -6,7 +6,7 @@ import pytest
 
 from zofed.config import parse_config
 from zofed.errors import ZofedError
-from zofed.runtime.flower.deployment import superlink_command, supernode_command
+from zofed.runtime.flower.deployment import is_loopback, run_flower, superlink_command, supernode_command
 
 
 def test_superlink_is_insecure_without_certificates_and_tls_with_all_three(tmp_path):
@@ -24,7 +24,7 @@ def test_superlink_is_insecure_without_certificates_and_tls_with_all_three(tmp_p
 
 
 def test_supernode_plays_its_partition_with_node_local_paths():
-    command = supernode_command(3, "10.0.0.1:9093", 9200, {"model": "/models/smol", "state-dir": "/var/zofed"})
+    command = supernode_command(3, "10.0.0.1:9093", 9200, {"model": "/models/smol", "state-dir": "/var/zofed"}, insecure=True)
     assert command[command.index("--superlink") + 1] == "10.0.0.1:9093" and "--insecure" in command
     assert command[command.index("--node-config") + 1] == 'partition-id=3 model="/models/smol" state-dir="/var/zofed"'
     assert "--root-certificates" in supernode_command(0, root_certificates="/ca.crt")
@@ -37,3 +37,35 @@ def test_runtime_keys_are_validated():
         parse_config({"runtime": "grpc"})
     with pytest.raises(ZofedError, match="flower.min_replies"):
         parse_config({"flower": {"min_replies": 0}})
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("127.0.0.1:9093", True), ("localhost:9093", True), ("[::1]:9093", True), ("::1", True),
+    ("127.8.0.1", True), ("0.0.0.0", False), ("10.0.0.1:9093", False), ("[2001:db8::1]:9093", False),
+    ("superlink.example.org:9093", False), ("localhost.example.org:9093", False),
+])
+def test_loopback_addresses(address, loopback):
+    assert is_loopback(address) is loopback
+
+
+def test_plaintext_off_this_machine_needs_an_explicit_insecure_flag(tmp_path):
+    with pytest.raises(ZofedError, match="not a loopback address.*--insecure"):
+        superlink_command("0.0.0.0", 9100)
+    assert "--insecure" in superlink_command("0.0.0.0", 9100, insecure=True)
+    with pytest.raises(ZofedError, match="not a loopback address.*--root-certificates"):
+        supernode_command(0, "10.0.0.1:9093")
+    assert "--insecure" in supernode_command(0, "10.0.0.1:9093", insecure=True)
+    assert "--insecure" in supernode_command(0, "127.0.0.1:9093")  # this machine only: as before
+    config = parse_config({"runtime": "flower", "superlink": "10.0.0.1:9093", "output_dir": str(tmp_path)})
+    with pytest.raises(ZofedError, match="flower.root_certificates.*flower.insecure=true"):
+        run_flower(config)  # refused before `flwr run` is started
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_refuses_a_plaintext_superlink_on_all_interfaces(capsys):
+    from zofed.cli import main
+
+    assert main(["flower", "superlink", "--host", "0.0.0.0", "--port", "9100"]) == 2
+    assert "--insecure" in capsys.readouterr().err
+    assert main(["flower", "supernode", "--partition-id", "0", "--superlink", "192.168.1.5:9093"]) == 2
+    assert "not a loopback address" in capsys.readouterr().err

@@ -50,8 +50,10 @@ _CACHE: list[tuple[str, Experiment, Algorithm]] = []
 
 @app.query()
 def hello(message: Message, context: Context) -> Message:
-    """Keep the run's config in the node's state and tell the server which client this node is."""
-    context.state[RUN] = ConfigRecord({"config": str(message.content.config_records[RUN]["config"])})
+    """Tell the server which client this node is; once it has bound the node to that client, it
+    sends the run's config (what a client needs of it), kept in the node's state."""
+    if RUN in message.content.config_records:
+        context.state[RUN] = ConfigRecord({"config": str(message.content.config_records[RUN]["config"])})
     _PROCESS_COSTS.clear()  # paid before the run's rounds, not by the first round's message
     return Message(RecordDict({NODE: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=message)
 
@@ -80,7 +82,11 @@ def kept_store(context: Context, config: RunConfig) -> FileKeptStore | ContextKe
 def partition_id(context: Context) -> int:
     if "partition-id" not in context.node_config:
         raise ZofedError("this SuperNode has no partition-id; start it with --node-config 'partition-id=K'")
-    return int(context.node_config["partition-id"])
+    value = context.node_config["partition-id"]
+    if type(value) is not int or value < 0:
+        raise ZofedError(f"partition-id {str(value)[:40]!r} is not a client number; start the SuperNode with "
+                         "--node-config 'partition-id=K' for a whole number K")
+    return value
 
 
 def node_run_config(context: Context) -> RunConfig:

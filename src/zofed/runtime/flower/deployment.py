@@ -14,9 +14,10 @@ node's `state-dir`.
 The app bundle `flwr run` ships holds only a pyproject naming zofed's ServerApp and ClientApp:
 zofed itself must be installed where the SuperLink and SuperNodes run (runtime dependency
 installation is off, so nothing is fetched), and model and data paths are the nodes' own
-(node config `model`, `data-path`). Without certificate paths everything is insecure, meant for
-127.0.0.1; with them the SuperLink serves TLS and SuperNodes and `flwr run` check it against the
-CA certificate (`flower.root_certificates`).
+(node config `model`, `data-path`). With certificate paths the SuperLink serves TLS and
+SuperNodes and `flwr run` check it against the CA certificate (`flower.root_certificates`).
+Without them messages travel in plaintext: allowed on 127.0.0.1, refused for any other address
+unless the user passes --insecure (`flower.insecure=true` for `zofed run`).
 
 SuperNode authentication is Flower's own: each SuperNode holds an EC private key
 (`zofed flower keys` writes a P-384 pair in OpenSSH format, the private file readable by its
@@ -28,6 +29,7 @@ are never printed or logged by zofed: commands carry paths.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -86,9 +88,12 @@ def superlink_command(
     ca_certfile: str | None = None,
     database: str | None = None,
     enable_supernode_auth: bool = False,
+    insecure: bool = False,
 ) -> list[str]:
     command = [_script("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     tls = _tls_or_insecure(certfile=certfile, keyfile=keyfile, ca_certfile=ca_certfile)
+    if tls == ["--insecure"]:
+        refuse_plaintext(host, insecure, "give --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
     command += tls
     if enable_supernode_auth:
         if tls == ["--insecure"]:
@@ -106,6 +111,7 @@ def supernode_command(
     node_config: dict[str, str] | None = None,
     root_certificates: str | None = None,
     auth_private_key: str | None = None,
+    insecure: bool = False,
 ) -> list[str]:
     entries = {"partition-id": partition_id, **(node_config or {})}
     rendered = " ".join(f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in entries.items())
@@ -113,6 +119,7 @@ def supernode_command(
     if root_certificates:
         command += ["--root-certificates", root_certificates]
     else:
+        refuse_plaintext(superlink, insecure, "give --root-certificates (the SuperLink's CA certificate)")
         command += ["--insecure"]
     if auth_private_key:
         if not root_certificates:
@@ -125,29 +132,49 @@ def supernode_command(
 
 def write_supernode_keys(directory: Path, name: str) -> tuple[Path, Path]:
     """A new EC P-384 key pair for one SuperNode, in the OpenSSH formats Flower reads: the private
-    key in `directory/name` (mode 600), the public key in `directory/name.pub`. Returns both paths."""
+    key in `directory/name` (mode 600), the public key in `directory/name.pub` (mode 644). Returns both paths.
+
+    Both files are created exclusively and without following symlinks (an existing file or a link
+    planted at either path is refused, never written through), each with its mode set before a
+    byte is written; a failure removes what this call created.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     directory.mkdir(parents=True, exist_ok=True)
     private_path, public_path = directory / name, directory / f"{name}.pub"
-    if private_path.exists() or public_path.exists():
-        raise ZofedError(f"'{private_path}' already exists; pick another --name or remove the old pair first")
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    # Created readable by the owner only, before a byte of the key is written.
-    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as output:
-        output.write(private)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    public_path.write_bytes(public + b"\n")
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    created = []
+    try:
+        for path, mode, content in ((private_path, 0o600, private), (public_path, 0o644, public)):
+            descriptor = _create_exclusive(path, mode)
+            created.append(path)
+            with os.fdopen(descriptor, "wb") as output:
+                output.write(content)
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     return private_path, public_path
+
+
+def _create_exclusive(path: Path, mode: int) -> int:
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise ZofedError(f"'{path}' already exists; pick another --name or remove the old pair first") from None
+    os.fchmod(descriptor, mode)  # the umask may have narrowed it (a public key others cannot read is useless to them)
+    return descriptor
 
 
 def register_supernode(public_key: str, superlink: str, root_certificates: str | None) -> int:
     """Register a SuperNode's public key with the SuperLink (`flwr supernode register`); its node id."""
     if not Path(public_key).is_file():
         raise ZofedError(f"public key file '{public_key}' not found; create a pair with `zofed flower keys`")
+    if not root_certificates:
+        refuse_plaintext(superlink, False, "give --root-certificates (the SuperLink's CA certificate)")
     with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as home:
         Path(home, "config.toml").write_text(_connection_toml(superlink, root_certificates))
         env = {**flower_env(), "FLWR_HOME": home}
@@ -168,6 +195,8 @@ def run_flower(
 ) -> dict | None:
     """Submit the run to the SuperLink at `config.superlink` and wait for it; the summary, or None."""
     del show_progress  # the ServerApp runs in the SuperLink's process tree; its log is streamed instead
+    if not config.flower.root_certificates:
+        refuse_plaintext(config.superlink, config.flower.insecure, "set flower.root_certificates (its CA certificate)")
     # The ServerApp's working directory is not ours: send an absolute output directory.
     config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
     summary_path = config.run_dir / "summary.json"
@@ -191,6 +220,35 @@ def run_flower(
     if not summary_path.is_file() or summary_path.stat().st_mtime == started_mtime:
         raise ZofedError(f"the run on {config.superlink} ended without a summary; see the SuperLink's log")
     return json.loads(summary_path.read_text())
+
+
+def refuse_plaintext(address: str, insecure: bool, fix: str) -> None:
+    """Refuse plaintext to or on an address other machines can reach, unless the user accepted it.
+
+    Without TLS, anyone on the path reads every message and can inject their own; on 127.0.0.1
+    only this machine's users can.
+    """
+    if insecure or is_loopback(address):
+        return
+    raise ZofedError(
+        f"'{address}' is not a loopback address and the connection has no TLS, so anyone on the network could read "
+        f"and alter the run's messages; {fix}, or accept plaintext explicitly with --insecure (flower.insecure=true)"
+    )
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST or HOST:PORT ([IPv6]:PORT) names this machine only."""
+    host = address
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    elif address.count(":") == 1:
+        host = address.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def _connection_toml(superlink: str, root_certificates: str | None) -> str:

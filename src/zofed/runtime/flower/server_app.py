@@ -15,20 +15,21 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from zofed.algorithms import ServerState
 from zofed.algorithms.downlink import forget_versions
+from zofed.atomic import write_atomic
 from zofed.config import FlowerConfig, RunConfig, parse_config
 from zofed.errors import ZofedError
-from zofed.runtime.flower.records import NODE, RUN, pack, runtime_measurements, unpack
+from zofed.runtime.flower.nodes import Nodes
+from zofed.runtime.flower.records import pack, runtime_measurements, unpack
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
 from zofed.runtime.driver import RoundFn, run_local, run_round
 from zofed.runtime.round import Exchanged
 
-POLL_S = 0.5  # between looks for SuperNodes that have not appeared yet
 PULL_S = 0.1  # between looks for replies (Flower's deployment Grid.send_and_receive waits 3 s between looks)
 
 
@@ -69,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def serve(grid: Grid, options: ServeOptions) -> dict | None:
     config = options.config
-    nodes = Nodes(grid, config)
+    nodes = Nodes(grid, config, exchange)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
     meter = superlink_meter()  # None in simulation: no SuperLink process, no sockets
     play_round = partial(run_round, transport=GridTransport(grid, nodes, config.flower, meter))
@@ -100,9 +101,7 @@ def _add_flower_bytes(config: RunConfig, summary: dict) -> dict:
     if measured:  # deployment: what the SuperLink's sockets carried (see wire.py for what is counted)
         summary["superlink_tcp_bytes"] = {key: sum(row[key] for row in measured) for key in measured[0]}
     path = config.run_dir / "summary.json"
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    staging.replace(path)
+    write_atomic(path, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     return summary
 
 
@@ -140,48 +139,6 @@ def _resync_first(play_round, clients) -> RoundFn:
         return play_round(experiment, algorithm, state, round, kept)
 
     return play
-
-
-class Nodes:
-    """Which SuperNode holds which client: learnt by a `query` that also hands each node the run's config."""
-
-    def __init__(self, grid: Grid, config: RunConfig) -> None:
-        self.grid = grid
-        self.config_json = json.dumps(config.to_dict())
-        self.timeout_s = config.flower.connect_timeout_s
-        self.node_of: dict[int, int] = {}  # client -> node id
-        self.client_of: dict[int, int] = {}  # node id -> client
-
-    def refresh(self) -> None:
-        """Greet every node not yet greeted (a new or restarted SuperNode)."""
-        new = [node for node in self.grid.get_node_ids() if node not in self.client_of]
-        if not new:
-            return
-        hellos = [
-            Message(RecordDict({RUN: ConfigRecord({"config": self.config_json})}), dst_node_id=node, message_type=MessageType.QUERY)
-            for node in new
-        ]
-        for reply in exchange(self.grid, hellos, self.timeout_s):
-            if reply.has_error():
-                continue
-            node, client = reply.metadata.src_node_id, int(reply.content.config_records[NODE]["partition-id"])
-            self.client_of.pop(self.node_of.get(client, -1), None)  # a restarted node replaces its old id
-            self.node_of[client], self.client_of[node] = node, client
-
-    def wait_for(self, clients, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        missing = set(clients)
-        while True:
-            self.refresh()
-            missing -= set(self.node_of)
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise ZofedError(
-                    f"no SuperNode answered for clients {sorted(missing)} within {timeout_s:.0f} s; start one per "
-                    "client with `zofed flower supernode --partition-id K` (or raise flower.connect_timeout_s)"
-                )
-            time.sleep(POLL_S)
 
 
 class GridTransport:
