@@ -57,10 +57,18 @@ def tokenize_example(tokenizer, example: Example, max_length: int, system_prompt
 
 def encode_prompt(tokenizer, prompt: str, max_length: int, system_prompt: str | None = None) -> list[int]:
     """Ids a model continues from to generate the response."""
+    return encode_conversation(tokenizer, [{"role": "user", "content": prompt}], max_length, system_prompt)
+
+
+def encode_conversation(
+    tokenizer, turns: list[dict[str, str]], max_length: int, system_prompt: str | None = None
+) -> list[int]:
+    """Ids a model continues from to answer the last user turn of `turns` ({role, content} dicts)."""
     if getattr(tokenizer, "chat_template", None):
-        ids = _ids(tokenizer.apply_chat_template(_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True))
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        ids = _ids(tokenizer.apply_chat_template(system + list(turns), add_generation_prompt=True, tokenize=True))
     else:
-        ids = tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
+        ids = tokenizer("".join(turn["content"] + "\n" for turn in turns), add_special_tokens=True)["input_ids"]
     return ids[-max_length:]
 
 
