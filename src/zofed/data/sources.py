@@ -77,9 +77,13 @@ def read_rows(
 def _load(source: DataSource) -> list[Row]:
     import datasets
 
-    # Our own one-line errors replace the library's progress and warnings.
+    from huggingface_hub.utils import logging as hub_logging
+
+    # Our own one-line errors replace the libraries' progress bars and warnings (a directory
+    # without a dataset card, for one, is normal here).
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     path = Path(source.path).expanduser()
     if path.exists() and source.name is not None:
         raise ZofedError(f"data.name={source.name} names a hub dataset's config, but '{source.path}' is local; remove data.name")
