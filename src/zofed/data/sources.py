@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,13 +78,11 @@ def read_rows(
 def _load(source: DataSource) -> list[Row]:
     import datasets
 
-    from huggingface_hub.utils import logging as hub_logging
-
     # Our own one-line errors replace the libraries' progress bars and warnings (a directory
     # without a dataset card, for one, is normal here).
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    hub_logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     path = Path(source.path).expanduser()
     if path.exists() and source.name is not None:
         raise ZofedError(f"data.name={source.name} names a hub dataset's config, but '{source.path}' is local; remove data.name")
