@@ -48,6 +48,12 @@ def test_a_split_the_directory_lacks_is_refused_with_the_splits_it_has(tmp_path)
     assert "\n" not in str(error.value)
 
 
+def test_a_directory_without_data_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not rows")
+    with pytest.raises(ZofedError, match="has no .json, .jsonl, .csv or .parquet file"):
+        load_examples("gsm8k", str(tmp_path))
+
+
 def test_separate_test_file(tmp_path):
     train = write_jsonl(tmp_path / "mine.jsonl", gsm8k_rows("train", 30))
     test = write_jsonl(tmp_path / "official.jsonl", gsm8k_rows("test", 7))

@@ -101,6 +101,9 @@ def _load(source: DataSource) -> list[Row]:
             options |= {"features": _text_features(path), "keep_default_na": False, "na_values": [""]}
         return _local(source, path, builder, options)
     if path.is_dir():
+        # datasets would also read .txt or image files as rows; a task's rows come in these formats only.
+        if not any(file.suffix.lower() in BUILDERS for file in path.rglob("*") if file.is_file()):
+            raise ZofedError(f"data directory '{source.path}' has no .json, .jsonl, .csv or .parquet file; point data.path at your data")
         return _local(source, path, str(path), {})
     if _looks_like_path(source.path):
         raise ZofedError(f"data file '{source.path}' not found; check data.path")
