@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--examples", type=int, default=128, help="evaluate at most this many examples")
     evaluate.set_defaults(handler=_eval)
 
+    _add_export(commands)
+    _add_generate(commands)
+
     flower = commands.add_parser("flower", help="start a Flower SuperLink or SuperNode for runtime=flower")
     flower_commands = flower.add_subparsers(dest="flower", required=True)
     superlink = flower_commands.add_parser("superlink", help="the server side: clients and `zofed run` connect here")
@@ -258,6 +261,60 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(Path(args.run_dir), args.task, args.data, args.weights, args.examples)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="write a run's weights as a PEFT adapter or a merged transformers model")
+    export.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    export.add_argument("--out", required=True, help="new (or empty) directory to write")
+    export.add_argument("--weights", choices=("final", "best"), default="final")
+    export.add_argument("--format", choices=("peft", "merged"), default=None,
+                        help="peft: adapter for the base model; merged: a standalone model "
+                             "(default: peft for LoRA runs, merged for full-parameter runs)")
+    export.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from zofed.runtime.export import export_run
+
+    print(json.dumps(export_run(Path(args.run_dir), Path(args.out), args.weights, args.format), indent=2))
+    return 0
+
+
+def _add_generate(commands) -> None:
+    generate = commands.add_parser("generate", help="answer a prompt (or chat, with --chat) with a run's weights")
+    generate.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    generate.add_argument("prompt", nargs="?", default=None, help="the user message (omit with --chat)")
+    generate.add_argument("--chat", action="store_true", help="read one user turn per line from stdin until end of input")
+    generate.add_argument("--weights", choices=("final", "best"), default="final")
+    generate.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, in tokens")
+    generate.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from zofed.runtime.generate import chat, reply
+    from zofed.runtime.saved_run import load_run_model, open_run
+
+    if args.chat == (args.prompt is not None):
+        raise ZofedError("give either a prompt or --chat (turns read from stdin), not both or neither")
+    if args.max_new_tokens < 1:
+        raise ZofedError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    config, weights_file = open_run(Path(args.run_dir), args.weights)
+    loaded, _ = load_run_model(config, weights_file)
+    if not args.chat:
+        print(reply(loaded, config, [{"role": "user", "content": args.prompt}], args.max_new_tokens))
+        return 0
+    interactive = sys.stdin.isatty()
+
+    def answer(text: str) -> None:
+        print(text, flush=True)
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+
+    if interactive:
+        print("one message per line; end with Ctrl-D\n> ", end="", file=sys.stderr, flush=True)
+    chat(loaded, config, sys.stdin, answer, args.max_new_tokens)
     return 0
 
 

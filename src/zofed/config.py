@@ -32,12 +32,33 @@ class TrainableConfig(Section):
 
 
 class DataConfig(Section):
-    path: str | None = None  # local file/dir or hub name; None for the built-in task
+    path: str | None = None  # local file/dir or hub dataset id; None for the built-in task
+    name: str | None = None  # the hub dataset's config name, e.g. main for openai/gsm8k
+    split: str = Field("train", min_length=1)
+    columns: dict[str, str] = Field(default_factory=dict, description="task field -> column of the source")
+    test_path: str | None = None  # a separate test source (file/dir/hub id); its split is test_split or train
+    test_split: str | None = Field(None, min_length=1)  # a split of test_path (or of path) used as the test set
     limit: int | None = Field(None, ge=1)
     val_size: int | float = Field(64, gt=0)
-    test_size: int | float = Field(128, gt=0)
+    test_size: int | float = Field(128, gt=0)  # held out from the training source when no test source is given
     max_length: int | None = Field(None, ge=8)  # None: the task's default
     system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        reading = [key for key in ("name", "test_path", "test_split") if getattr(self, key) is not None]
+        reading += ["columns"] if self.columns else []
+        reading += ["split"] if self.split != "train" else []
+        if self.path is None and reading:
+            raise ValueError(f"data.{reading[0]} needs data.path (the training source); set data.path or remove it")
+        if self.test_split is not None and self.test_path is None and self.test_split == self.split:
+            raise ValueError(f"data.test_split={self.test_split} is the training split; pick another split")
+        return self
+
+    @property
+    def separate_test(self) -> bool:
+        """The test set comes from its own source instead of being held out of the training data."""
+        return self.test_path is not None or self.test_split is not None
 
 
 class PartitionConfig(Section):

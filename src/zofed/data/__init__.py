@@ -4,7 +4,7 @@ from zofed.data.examples import Example, TaskSpec, normalise_answer
 from zofed.data.loaders import TASKS, get_task, load_examples
 from zofed.data.partition import PARTITIONERS, partition, partition_table
 from zofed.data.splits import Splits, split_examples
-from zofed.data.tokenize import TokenizedExample, collate, encode_prompt, tokenize_example
+from zofed.data.tokenize import TokenizedExample, collate, encode_conversation, encode_prompt, tokenize_example
 
 __all__ = [
     "Example",
@@ -14,6 +14,7 @@ __all__ = [
     "TaskSpec",
     "TokenizedExample",
     "collate",
+    "encode_conversation",
     "encode_prompt",
     "get_task",
     "load_examples",

@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from zofed.data.sources import DataSource
+
 
 @dataclass(frozen=True)
 class Example:
@@ -13,6 +15,7 @@ class Example:
     response: str  # the full target the model is trained on
     category: str | None = None  # the label dirichlet/meta/pathological partitioners split by
     answer: str | None = None  # short gold answer for exact-match accuracy; None if the task has none
+    history: tuple[tuple[str, str], ...] = ()  # (role, content) turns before the prompt, for chat rows
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class TaskSpec:
     name: str
     description: str
     short_answers: bool  # exact-match accuracy is meaningful
-    load: Callable[[str | None, int | None, int], list[Example]]  # (path or hub name, limit, seed)
+    load: Callable[[DataSource | None, int | None, int], list[Example]]  # (source, limit, seed); None: no file
     extract_answer: Callable[[str], str | None]  # generated text -> answer to compare with Example.answer
     default_max_length: int
 

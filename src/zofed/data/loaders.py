@@ -1,97 +1,21 @@
-"""Task registry and loaders: the built-in task, GSM8K, Alpaca, CodeAlpaca and Dolly.
+"""Task registry and loaders: the built-in task, GSM8K, Alpaca, CodeAlpaca, Dolly and chat.
 
-Files are local .json (a list of objects) or .jsonl, or a directory holding one; anything else
-is taken as a hub dataset name for `datasets.load_dataset` (offline, so it must be cached).
-A malformed row stops the load with its file, row number and field named.
+Each file-based task reads its rows from a `DataSource` (see sources.py: files, directories and
+hub datasets through `datasets.load_dataset`) under its own field names, mapped to the source's
+columns by `data.columns`. A malformed row stops the load with its source, row number and field.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 from zofed.data import builtin
 from zofed.data.examples import Example, TaskSpec, final_word, last_number
+from zofed.data.sources import DataSource, read_rows
 from zofed.errors import ZofedError
-
-Row = dict
-
-
-def read_rows(source: str, required: tuple[str, ...]) -> list[tuple[str, int, Row]]:
-    """(where, row number, row) for every row, each checked to have string `required` fields."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted([*path.glob("*.jsonl"), *path.glob("*.json")])
-        if not files:
-            raise ZofedError(f"data directory '{source}' has no .json or .jsonl file; point data.path at a file")
-        path = files[0]
-    if path.is_file():
-        rows = list(enumerate(_read_file(path), start=1))
-        where = str(path)
-    elif _looks_like_path(source):
-        raise ZofedError(f"data file '{source}' not found; check data.path")
-    else:
-        rows = list(enumerate(_read_hub(source), start=1))
-        where = source
-    checked = []
-    for number, row in rows:
-        if not isinstance(row, dict):
-            raise ZofedError(f"data file {where} row {number}: expected a JSON object, got {type(row).__name__}")
-        for field in required:
-            if field not in row:
-                raise ZofedError(
-                    f"data file {where} row {number}: missing field '{field}'; every row needs {', '.join(required)}"
-                )
-            if not isinstance(row[field], str):
-                raise ZofedError(
-                    f"data file {where} row {number}: field '{field}' must be text, got {type(row[field]).__name__}"
-                )
-        checked.append((where, number, row))
-    if not checked:
-        raise ZofedError(f"data source '{where}' has no rows; give a file with at least one example")
-    return checked
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith((".json", ".jsonl")) or source.count("/") > 1
-
-
-def _read_file(path: Path) -> list:
-    text = path.read_text(encoding="utf-8", errors="strict")
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ZofedError(f"data file {path} line {number}: invalid JSON ({error.msg}); fix or remove the line") from None
-        return rows
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ZofedError(f"data file {path}: invalid JSON at line {error.lineno} ({error.msg}); fix the file") from None
-    if not isinstance(document, list):
-        raise ZofedError(f"data file {path}: expected a JSON list of objects; use a list or a .jsonl file")
-    return document
-
-
-def _read_hub(name: str) -> Iterable[Row]:
-    try:
-        import datasets
-
-        return datasets.load_dataset(name, split="train")
-    except Exception as error:  # datasets raises many types for "not available offline"
-        raise ZofedError(
-            f"data '{name}' is neither a local file nor a cached hub dataset ({type(error).__name__}); "
-            "give a local .json/.jsonl path in data.path"
-        ) from None
-
 
 def _limited(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
     if limit is None or limit >= len(examples):
@@ -117,9 +41,9 @@ def gsm8k_steps_label(answer_text: str) -> str:
     return f"steps-{min(max(steps, 2), 5)}{'+' if steps >= 5 else ''}"
 
 
-def load_gsm8k(path: str | None, limit: int | None, seed: int) -> list[Example]:
+def load_gsm8k(source: DataSource | None, limit: int | None, seed: int) -> list[Example]:
     examples = []
-    for where, number, row in read_rows(_require_path(path, "gsm8k"), ("question", "answer")):
+    for where, number, row in read_rows(_require_source(source, "gsm8k"), {"question": str, "answer": str}):
         if "####" not in row["answer"]:
             raise ZofedError(f"data file {where} row {number}: answer has no '#### <final answer>'; GSM8K rows need one")
         answer_text = _CALCULATOR.sub("", row["answer"])
@@ -141,15 +65,13 @@ def extract_gsm8k(text: str) -> str | None:
 COMMON_VERBS = 12  # the most frequent leading verbs become categories; the rest are "other"
 
 
-def load_instruction_file(path: str | None, limit: int | None, seed: int, task: str) -> list[Example]:
-    rows = read_rows(_require_path(path, task), ("instruction", "output"))
+def load_instruction_file(source: DataSource | None, limit: int | None, seed: int, task: str) -> list[Example]:
+    rows = read_rows(_require_source(source, task), {"instruction": str, "output": str}, {"input": str})
     verbs = [_leading_word(row["instruction"]) for _, _, row in rows]
     common = {verb for verb, _ in Counter(verbs).most_common(COMMON_VERBS)}
     examples = []
-    for (where, number, row), verb in zip(rows, verbs):
+    for (_, _, row), verb in zip(rows, verbs):
         extra = row.get("input", "")
-        if not isinstance(extra, str):
-            raise ZofedError(f"data file {where} row {number}: field 'input' must be text")
         prompt = row["instruction"].strip() + (f"\n\n{extra.strip()}" if extra.strip() else "")
         examples.append(Example(prompt, row["output"].strip(), verb if verb in common else "other"))
     return _limited(examples, limit, seed)
@@ -163,28 +85,56 @@ def _leading_word(text: str) -> str:
 # Dolly -------------------------------------------------------------------------------------------
 
 
-def load_dolly(path: str | None, limit: int | None, seed: int) -> list[Example]:
+def load_dolly(source: DataSource | None, limit: int | None, seed: int) -> list[Example]:
     examples = []
-    for where, number, row in read_rows(_require_path(path, "dolly"), ("instruction", "context", "response", "category")):
+    fields = {"instruction": str, "context": str, "response": str, "category": str}
+    for _, _, row in read_rows(_require_source(source, "dolly"), fields):
         context = row["context"].strip()
         prompt = row["instruction"].strip() + (f"\n\n{context}" if context else "")
         examples.append(Example(prompt, row["response"].strip(), row["category"].strip() or "other"))
     return _limited(examples, limit, seed)
 
 
+# Chat ------------------------------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant")
+
+
+def load_chat(source: DataSource | None, limit: int | None, seed: int) -> list[Example]:
+    """Conversations; the last assistant turn is the response, everything before it the context."""
+    examples = []
+    for where, number, row in read_rows(_require_source(source, "chat"), {"messages": list}, {"category": str}):
+        turns = [_turn(where, number, index, turn) for index, turn in enumerate(row["messages"], start=1)]
+        if len(turns) < 2 or turns[-1][0] != "assistant" or turns[-2][0] != "user":
+            raise ZofedError(
+                f"{where} row {number}: messages must end with a user turn answered by an assistant turn; fix the row"
+            )
+        examples.append(Example(turns[-2][1], turns[-1][1], row.get("category", "other"), history=tuple(turns[:-2])))
+    return _limited(examples, limit, seed)
+
+
+def _turn(where: str, number: int, index: int, turn) -> tuple[str, str]:
+    if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+        raise ZofedError(
+            f"{where} row {number}: message {index} must be {{role, content}} with role one of {', '.join(ROLES)} "
+            "and text content; fix the row"
+        )
+    return turn["role"], turn["content"]
+
+
 # Built-in ------------------------------------------------------------------------------------------
 
 
-def load_builtin(path: str | None, limit: int | None, seed: int) -> list[Example]:
-    if path is not None:
+def load_builtin(source: DataSource | None, limit: int | None, seed: int) -> list[Example]:
+    if source is not None:
         raise ZofedError("the built-in task is generated, it reads no file; remove data.path or pick task=gsm8k/alpaca/...")
     return builtin.generate(limit or builtin.DEFAULT_SIZE, seed)
 
 
-def _require_path(path: str | None, task: str) -> str:
-    if not path:
-        raise ZofedError(f"task {task} needs data.path (a .json/.jsonl file, a directory or a cached hub name)")
-    return path
+def _require_source(source: DataSource | None, task: str) -> DataSource:
+    if source is None:
+        raise ZofedError(f"task {task} needs data.path (a .json/.jsonl/.csv/.parquet file, a directory or a hub dataset id)")
+    return source
 
 
 def _no_answer(_: str) -> str | None:
@@ -200,8 +150,8 @@ def _register(spec: TaskSpec) -> None:
     TASKS[spec.name] = spec
 
 
-def _instruction_loader(task: str) -> Callable[[str | None, int | None, int], list[Example]]:
-    return lambda path, limit, seed: load_instruction_file(path, limit, seed, task)
+def _instruction_loader(task: str) -> Callable[[DataSource | None, int | None, int], list[Example]]:
+    return lambda source, limit, seed: load_instruction_file(source, limit, seed, task)
 
 
 _register(TaskSpec("builtin", "built-in one-word QA in 8 categories, no repeated question (generated, no files)", True, load_builtin, final_word, 64))
@@ -209,6 +159,7 @@ _register(TaskSpec("gsm8k", "GSM8K math word problems {question, answer}; accura
 _register(TaskSpec("alpaca", "Alpaca instructions {instruction, input, output}", False, _instruction_loader("alpaca"), _no_answer, 256))
 _register(TaskSpec("codealpaca", "CodeAlpaca {instruction, input, output}", False, _instruction_loader("codealpaca"), _no_answer, 256))
 _register(TaskSpec("dolly", "Dolly {instruction, context, response, category}", False, load_dolly, _no_answer, 256))
+_register(TaskSpec("chat", "conversations {messages: [{role, content}, ...]}; trains on the last assistant turn", False, load_chat, _no_answer, 512))
 
 
 def get_task(name: str) -> TaskSpec:
@@ -218,5 +169,16 @@ def get_task(name: str) -> TaskSpec:
         raise ZofedError(f"unknown task '{name}'; use one of: {', '.join(TASKS)}") from None
 
 
-def load_examples(task: str, path: str | None = None, limit: int | None = None, seed: int = 0) -> list[Example]:
-    return get_task(task).load(path, limit, seed)
+def load_examples(
+    task: str,
+    path: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    *,
+    name: str | None = None,
+    split: str = "train",
+    columns: Mapping[str, str] | None = None,
+) -> list[Example]:
+    """The task's examples from `path` (None for the built-in task), `limit` of them drawn by `seed`."""
+    source = None if path is None else DataSource(path, name, split, dict(columns or {}))
+    return get_task(task).load(source, limit, seed)

@@ -24,15 +24,26 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"])
 
 
-def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": prompt}]
+def _turns(example: Example) -> list[dict[str, str]]:
+    history = [{"role": role, "content": content} for role, content in example.history]
+    return history + [{"role": "user", "content": example.prompt}]
+
+
+def _with_system(turns: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    # A conversation's own system turn wins over the config's.
+    own_system = any(turn["role"] == "system" for turn in turns)
+    return ([{"role": "system", "content": system_prompt}] if system_prompt and not own_system else []) + turns
+
+
+def _plain_ids(tokenizer, turns: list[dict[str, str]]) -> list[int]:
+    """Without a chat template: the turns' texts, one per line."""
+    return tokenizer("".join(turn["content"] + "\n" for turn in turns), add_special_tokens=True)["input_ids"]
 
 
 def _split_ids(tokenizer, example: Example, system_prompt: str | None) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) for one example."""
     if getattr(tokenizer, "chat_template", None):
-        messages = _messages(example.prompt, system_prompt)
+        messages = _with_system(_turns(example), system_prompt)
         prompt_ids = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
         full_ids = _ids(
             tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": example.response}], tokenize=True)
@@ -40,7 +51,7 @@ def _split_ids(tokenizer, example: Example, system_prompt: str | None) -> tuple[
         if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
             return prompt_ids, full_ids[len(prompt_ids) :]
     else:
-        prompt_ids = tokenizer(example.prompt + "\n", add_special_tokens=True)["input_ids"]
+        prompt_ids = _plain_ids(tokenizer, _turns(example))
     # No template, or one whose prompt is not a prefix of the conversation: plain concatenation.
     response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, response_ids
@@ -57,10 +68,17 @@ def tokenize_example(tokenizer, example: Example, max_length: int, system_prompt
 
 def encode_prompt(tokenizer, prompt: str, max_length: int, system_prompt: str | None = None) -> list[int]:
     """Ids a model continues from to generate the response."""
+    return encode_conversation(tokenizer, [{"role": "user", "content": prompt}], max_length, system_prompt)
+
+
+def encode_conversation(
+    tokenizer, turns: list[dict[str, str]], max_length: int, system_prompt: str | None = None
+) -> list[int]:
+    """Ids a model continues from to answer the last user turn of `turns` ({role, content} dicts)."""
     if getattr(tokenizer, "chat_template", None):
-        ids = _ids(tokenizer.apply_chat_template(_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True))
+        ids = _ids(tokenizer.apply_chat_template(_with_system(list(turns), system_prompt), add_generation_prompt=True, tokenize=True))
     else:
-        ids = tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
+        ids = _plain_ids(tokenizer, list(turns))
     return ids[-max_length:]
 
 

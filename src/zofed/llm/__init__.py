@@ -1,6 +1,6 @@
 """Hugging Face transformers + PEFT glue: models, tokenizers, LoRA, and the trainable view."""
 
-from zofed.llm.models import BUILTIN_MODELS, LoadedModel, cache_dir, load_model, load_tokenizer
+from zofed.llm.models import BUILTIN_MODELS, LoadedModel, base_model_path, cache_dir, load_model, load_tokenizer
 from zofed.llm.views import LoraSettings, TrainableView, apply_lora, layer_index, trainable_view
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "LoraSettings",
     "TrainableView",
     "apply_lora",
+    "base_model_path",
     "cache_dir",
     "layer_index",
     "load_model",

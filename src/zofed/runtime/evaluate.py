@@ -4,29 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from safetensors.torch import load_file
-
-from zofed.config import parse_config
 from zofed.data import get_task, load_examples, tokenize_example
-from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
-from zofed.runtime.experiment import build_model
 from zofed.runtime.driver import DEFAULT_MAX_NEW_TOKENS
+from zofed.runtime.saved_run import load_run_model, open_run
 
 
 def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int) -> dict:
-    config_file, weights_file = run_dir / "config.yaml", run_dir / f"{weights}.safetensors"
-    if not config_file.is_file():
-        raise ZofedError(f"'{run_dir}' is not a run directory (no config.yaml); pass e.g. runs/quickstart")
-    if not weights_file.is_file():
-        raise ZofedError(f"run '{run_dir}' has no {weights} weights ({weights_file.name}); finish the run with --resume first")
+    config, weights_file = open_run(run_dir, weights)
     task = get_task(task_name)
     examples = load_examples(task_name, data_path, limit, seed=0)
-    config = parse_config(yaml.safe_load(config_file.read_text()))
-
-    loaded, view = build_model(config)
-    view.load_(load_file(str(weights_file)))
+    loaded, _ = load_run_model(config, weights_file)
 
     max_length = config.data.max_length or task.default_max_length
     tokenizer = loaded.tokenizer

@@ -49,8 +49,17 @@ class FederatedData:
 
 def prepare_data(config: RunConfig) -> FederatedData:
     task = get_task(config.task)
-    examples = load_examples(config.task, config.data.path, config.data.limit, config.seed)
-    splits = split_examples(examples, config.seed, config.data.val_size, config.data.test_size)
+    data = config.data
+    examples = load_examples(config.task, data.path, data.limit, config.seed, name=data.name, split=data.split, columns=data.columns)
+    if data.separate_test:
+        # data.name is the training dataset's config: it carries over to a split of the same dataset only.
+        test = load_examples(config.task, data.test_path or data.path, None, config.seed,
+                             name=data.name if data.test_path is None else None, split=data.test_split or "train",
+                             columns=data.columns)
+        held_out = split_examples(examples, config.seed, data.val_size, 0)
+        splits = Splits(train=held_out.train, val=held_out.val, test=test)
+    else:
+        splits = split_examples(examples, config.seed, data.val_size, data.test_size)
     client_indices = partition(
         config.partition.method,
         [example.category for example in splits.train],

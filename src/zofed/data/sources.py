@@ -1,0 +1,201 @@
+"""Rows of a data source, read by `datasets.load_dataset` and checked field by field.
+
+A source is a local .json/.jsonl/.csv/.parquet file, a directory whose files `datasets` maps to
+splits by name (train/validation/test...), or a hub dataset id with an optional config name. The
+task's field names are mapped to the source's columns, and every row is checked, so a bad row
+stops the load with one line naming the source, the row number and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zofed.errors import ZofedError
+
+Row = dict
+BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+KINDS = {str: "text", list: "a list"}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    path: str  # local file or directory, or hub dataset id
+    name: str | None = None  # the hub dataset's config name (e.g. "main" for openai/gsm8k)
+    split: str = "train"
+    columns: Mapping[str, str] = field(default_factory=dict)  # task field -> column of the source
+
+    def describe(self) -> str:
+        path = Path(self.path).expanduser()
+        if path.is_file():
+            return f"data file {self.path}" + ("" if self.split == "train" else f" split {self.split}")
+        kind = "data directory" if path.is_dir() else "hub dataset"
+        return f"{kind} {self.path}" + (f" config {self.name}" if self.name else "") + f" split {self.split}"
+
+
+def read_rows(
+    source: DataSource, required: Mapping[str, type], optional: Mapping[str, type] | None = None
+) -> list[tuple[str, int, Row]]:
+    """(where, row number, row) for every row; a row holds the task's fields under the task's names.
+
+    `required` fields must be present (not null) and of their type; `optional` ones, when present,
+    of theirs. Row numbers count from 1 in the order `datasets` reads the rows (blank lines of
+    a .jsonl file are skipped, as datasets skips them).
+    """
+    optional = optional or {}
+    fields = {**required, **optional}
+    unknown = sorted(set(source.columns) - set(fields))
+    if unknown:
+        raise ZofedError(
+            f"data.columns maps {', '.join(unknown)}, which this task does not read; map its fields {', '.join(fields)}"
+        )
+    where = source.describe()
+    checked = []
+    for number, raw in enumerate(_load(source), start=1):
+        row = {}
+        for name, kind in fields.items():
+            column = source.columns.get(name, name)
+            value = raw.get(column)
+            shown = f"'{name}'" if column == name else f"'{name}' (column '{column}')"
+            if value is None:
+                if name in required:
+                    raise ZofedError(f"{where} row {number}: missing field {shown}; every row needs {', '.join(required)}")
+                continue
+            if not isinstance(value, kind):
+                raise ZofedError(f"{where} row {number}: field {shown} must be {KINDS[kind]}, got {type(value).__name__}")
+            row[name] = value
+        checked.append((where, number, row))
+    if not checked:
+        raise ZofedError(f"{where} has no rows; give a source with at least one example")
+    return checked
+
+
+def _load(source: DataSource) -> list[Row]:
+    import datasets
+
+    # Our own one-line errors replace the libraries' progress bars and warnings (a directory
+    # without a dataset card, for one, is normal here).
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    path = Path(source.path).expanduser()
+    if path.exists() and source.name is not None:
+        raise ZofedError(f"data.name={source.name} names a hub dataset's config, but '{source.path}' is local; remove data.name")
+    if path.is_file():
+        builder = BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
+        if source.split != "train":
+            raise ZofedError(f"data file '{source.path}' has one split, train; drop split '{source.split}' or use a directory")
+        if builder == "json":
+            # datasets would turn a list of strings into a "text" column and report a bad line vaguely.
+            _check_json(path)
+        options = {"data_files": str(path)}
+        if builder == "csv":
+            # Only an empty cell is missing: pandas' default would also read "NA" or "null" as missing.
+            options |= {"features": _text_features(path), "keep_default_na": False, "na_values": [""]}
+        return _local(source, path, builder, options)
+    if path.is_dir():
+        # datasets would also read .txt or image files as rows; a task's rows come in these formats only.
+        if not any(file.suffix.lower() in BUILDERS for file in path.rglob("*") if file.is_file()):
+            raise ZofedError(f"data directory '{source.path}' has no .json, .jsonl, .csv or .parquet file; point data.path at your data")
+        return _local(source, path, str(path), {})
+    if _looks_like_path(source.path):
+        raise ZofedError(f"data file '{source.path}' not found; check data.path")
+    return _hub(source, datasets)
+
+
+def _local(source: DataSource, path: Path, builder: str, options: dict) -> list[Row]:
+    import datasets
+
+    # A throw-away cache: the rows are read into memory once, and nothing piles up in the user's
+    # datasets cache for every file a test or a user ever pointed at.
+    with tempfile.TemporaryDirectory(prefix="zofed-data-") as cache:
+        try:
+            loaded = datasets.load_dataset(builder, split=source.split, cache_dir=cache, **options)
+        except ValueError as error:
+            if "Unknown split" not in str(error):
+                raise _unreadable(source, path, error) from None
+            raise ZofedError(
+                f"{source.describe()}: {_first_line(error)} (splits come from file names); set data.split/data.test_split"
+            ) from None
+        except Exception as error:  # datasets wraps parse errors of every format in its own types
+            raise _unreadable(source, path, error) from None
+        return loaded.to_list()
+
+
+def _hub(source: DataSource, datasets) -> list[Row]:
+    try:
+        return datasets.load_dataset(source.path, name=source.name, split=source.split).to_list()
+    except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
+        if datasets.config.HF_HUB_OFFLINE:
+            raise ZofedError(
+                f"data '{source.path}' is not a local file or directory and not in the hub cache, and hub downloads are off; "
+                f"run with HF_HUB_OFFLINE=0 to download it, or give a local path in data.path"
+            ) from None
+        raise ZofedError(f"hub dataset '{source.path}' could not be loaded ({_first_line(error)}); check the id and your network") from None
+    except ValueError as error:  # an unknown config name or split, listed by datasets
+        raise ZofedError(f"{source.describe()}: {_first_line(error)}; set data.name/data.split/data.test_split") from None
+
+
+def _unreadable(source: DataSource, path: Path, error: Exception) -> ZofedError:
+    """The exact line of a malformed JSON file if there is one, else what datasets said."""
+    if path.is_dir():  # a single JSON file was checked before loading
+        for file in sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl")):
+            _check_json(file)
+    cause = error.__cause__ or error.__context__ or error
+    return ZofedError(f"{source.describe()} could not be read ({type(cause).__name__}: {_first_line(cause)}); fix the file")
+
+
+def _check_json(path: Path) -> None:
+    text = path.read_text(encoding="utf-8", errors="strict")
+    if path.suffix == ".jsonl":
+        rows = 0
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ZofedError(f"data file {path} line {number}: invalid JSON ({error.msg}); fix or remove the line") from None
+            rows += 1
+            if not isinstance(row, dict):
+                raise ZofedError(f"data file {path} line {number}: expected a JSON object, got {type(row).__name__}")
+        if not rows:
+            raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
+        return
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ZofedError(f"data file {path}: invalid JSON at line {error.lineno} ({error.msg}); fix the file") from None
+    if not isinstance(document, list):
+        raise ZofedError(f"data file {path}: expected a JSON list of objects; use a list or a .jsonl file")
+    for number, row in enumerate(document, start=1):
+        if not isinstance(row, dict):
+            raise ZofedError(f"data file {path} row {number}: expected a JSON object, got {type(row).__name__}")
+    if not document:
+        raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
+
+
+def _text_features(path: Path):
+    """Every CSV column as text: pandas would read "42" as a number, and "007" as 7."""
+    import datasets
+
+    with path.open(newline="", encoding="utf-8") as file:
+        header = next(csv.reader(file), None)
+    if not header:
+        raise ZofedError(f"data file {path} has no header row; the first line must name the columns")
+    return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.lower().endswith(tuple(BUILDERS)) or source.count("/") > 1
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
