@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from zofed.config import RunConfig
+from zofed.device import model_device, to_device
 from zofed.errors import ZofedError
 from zofed.data import (
     Example,
@@ -81,6 +82,10 @@ class Experiment:
         return self.loaded.model
 
     @property
+    def device(self) -> torch.device:
+        return model_device(self.loaded.model)
+
+    @property
     def pad_token_id(self) -> int:
         return int(self.loaded.tokenizer.pad_token_id)
 
@@ -104,7 +109,7 @@ class Experiment:
             while len(order) < local.batch_size:
                 order.extend(int(i) for i in rng.permutation(indices))
             chosen, order = order[: local.batch_size], order[local.batch_size :]
-            yield collate([self.train_tokens[i] for i in chosen], self.pad_token_id)
+            yield to_device(collate([self.train_tokens[i] for i in chosen], self.pad_token_id), self.device)
 
 
 def json_digest(value) -> str:
@@ -126,7 +131,7 @@ def data_fingerprint(experiment: Experiment) -> dict[str, str]:
 
 def build_model(config: RunConfig) -> tuple[LoadedModel, TrainableView]:
     """The config's model with its adapters (if any) and the view of what it trains."""
-    loaded = load_model(config.model, config.dtype)
+    loaded = load_model(config.model, config.dtype, config.device)
     trainable = config.trainable
     if trainable.mode == "lora":
         settings = LoraSettings(trainable.r, trainable.alpha, trainable.dropout, tuple(trainable.target_modules))

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,8 +31,10 @@ from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
+from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
-from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
+from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
+from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
 from zofed.runtime.client import KeptModel, KeptStore, receive_model_
 from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
@@ -178,12 +179,14 @@ def client_round(
     Returns the encoded reply, the client's metrics row and the model it keeps (None: keep nothing).
     """
     reset_peak_rss()
+    reset_peak_device_memory(experiment.device)
     client_started = time.perf_counter()
     message = decode(downlink)
     env = client_env(experiment, message.round, client)
     message, kept = receive_model_(message, env.tensors, env.names, kept)
     reply = algorithm.train(message, env)
     del message
+    synchronize(experiment.device)  # the client's seconds include the device work it queued
     seconds = time.perf_counter() - client_started
     client_peak_rss_mb = peak_rss_mb()
     experiment.model.eval()
@@ -192,6 +195,7 @@ def client_round(
         **{key: float(value) for key, value in reply.metrics.items()},
         "seconds": seconds,
         "peak_rss_mb": client_peak_rss_mb,
+        "peak_device_mb": peak_device_memory_mb(experiment.device),  # None on the CPU
     }
     return encode(reply), row, kept
 
@@ -219,6 +223,7 @@ def round_row(
         ),
         "skipped_steps": sum(int(row["skipped_steps"]) for row in per_client),
         "peak_rss_mb": max((row["peak_rss_mb"] for row in per_client), default=None),
+        "peak_device_mb": peak_of(row.get("peak_device_mb") for row in per_client),
         "seconds": time.perf_counter() - started,
         "per_client": per_client,
     }
@@ -226,15 +231,7 @@ def round_row(
 
 def client_env(experiment: Experiment, round: int, client: int) -> ClientEnv:
     model = experiment.model
-
-    def loss(batch) -> float:
-        with torch.inference_mode():
-            return float(model(**batch, use_cache=False).loss)
-
-    def loss_for_backward(batch) -> torch.Tensor:
-        model.train()
-        return model(**batch, use_cache=False).loss
-
+    loss, loss_for_backward = model_losses(model)
     return ClientEnv(
         client_id=client,
         seed=experiment.client_seed(round, client),
@@ -317,6 +314,7 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
         "forward_passes": sum(row["forward_passes"] for row in history),
         "skipped_steps": sum(row["skipped_steps"] for row in history),
         "peak_rss_mb": max((row["peak_rss_mb"] for row in history), default=None),
+        "peak_device_mb": peak_of(row.get("peak_device_mb") for row in history),
         "wall_s": wall_s,
     }
 

@@ -44,7 +44,7 @@ def perturb_block_(
     """θ_i += scale·z(seed, i) for the tensors i of one block; i is the index in the full view."""
     for index in block:
         tensor = tensors[index]
-        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape))
+        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape, tensor.device))
 
 
 def block_estimate(

@@ -66,7 +66,7 @@ def train(message: Message, context: Context) -> Message:
     store = kept_store(context, config)
     uplink, row, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
     store.save(client, kept)
-    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "setup_s": setup_s,
+    runtime = {"seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "peak_device_mb": row["peak_device_mb"], "setup_s": setup_s,
                **model_load, **_PROCESS_COSTS}
     _PROCESS_COSTS.clear()
     return Message(pack(uplink, runtime), reply_to=message)
