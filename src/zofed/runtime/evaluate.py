@@ -15,7 +15,9 @@ from zofed.runtime.experiment import build_model
 from zofed.runtime.local import DEFAULT_MAX_NEW_TOKENS
 
 
-def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int) -> dict:
+def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int,
+                 device: str | None = None) -> dict:
+    """`device`: where to evaluate (default: the run's own `device`)."""
     config_file, weights_file = run_dir / "config.yaml", run_dir / f"{weights}.safetensors"
     if not config_file.is_file():
         raise ZofedError(f"'{run_dir}' is not a run directory (no config.yaml); pass e.g. runs/quickstart")
@@ -23,7 +25,7 @@ def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: 
         raise ZofedError(f"run '{run_dir}' has no {weights} weights ({weights_file.name}); finish the run with --resume first")
     task = get_task(task_name)
     examples = load_examples(task_name, data_path, limit, seed=0)
-    config = parse_config(yaml.safe_load(config_file.read_text()))
+    config = parse_config(yaml.safe_load(config_file.read_text()), [f"device={device}"] if device else [])
 
     loaded, view = build_model(config)
     view.load_(load_file(str(weights_file)))
