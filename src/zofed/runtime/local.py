@@ -29,11 +29,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from zofed.algorithms import Algorithm, ClientEnv, ServerState, build_algorithm
 from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint, save_weights
 from zofed.config import RunConfig
+from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
 from zofed.errors import ZofedError
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
-from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
 from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
 from zofed.runtime.client import KeptModel, KeptStore, receive_model_
 from zofed.runtime.codec import decode, encode, encode_with_sizes, sizes_of
