@@ -205,6 +205,7 @@ def _list(args: argparse.Namespace) -> int:
     from zofed.algorithms import ALGORITHMS
     from zofed.data import PARTITIONERS, TASKS
     from zofed.llm import BUILTIN_MODELS
+    from zofed.llm.shapes import SHAPES
 
     print("algorithms:")
     for name, entry in sorted(ALGORITHMS.items()):
@@ -212,6 +213,7 @@ def _list(args: argparse.Namespace) -> int:
     print("models (or any local directory / hub id available offline):")
     for name, model in BUILTIN_MODELS.items():
         print(f"  {name:14s} {getattr(model, 'description', model)}")
+    print(f"  shape:NAME     a published architecture with random weights, NAME one of {', '.join(SHAPES)}")
     print("tasks:")
     for name, task in TASKS.items():
         print(f"  {name:14s} {task.description}")
