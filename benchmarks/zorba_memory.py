@@ -33,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from zofed.llm.shapes import SHAPES
 from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
 
 CHILD_ENV = {**os.environ, **PROFILE_ENV}
@@ -41,13 +42,6 @@ BASELINES = {
     "fedmezo": ["fedmezo.upload=seeds", "fedmezo.directions=pool"],
     "fedkseed": ["fedkseed.directions=pool"],
     "fedavg": ["fedavg.optimizer=sgd"],
-}
-# Architectures of the family's larger members (their published configs); vocabulary and tokenizer as the built-in.
-SHAPES = {
-    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
-                     "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64},
-    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
-                     "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 64},
 }
 ZO_LR = ["fedmezo.lr=1e-5", "fedmezo.mu=1e-3", "fedkseed.lr=1e-5", "fedkseed.mu=1e-3", "zorba.lr=1e-5", "zorba.mu=1e-3",
          "fedavg.lr=1e-5"]
@@ -103,19 +97,19 @@ def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> di
 
 
 def write_shape(shape: str, directory: Path) -> Path:
-    """A random-weight model of `shape` (and the built-in tokenizer) saved under `directory`."""
+    """A random-weight model of `shape` (and the built-in tokenizer) saved under `directory`.
+
+    Saved to a file rather than built in each process (`model=shape:NAME`), so the clients load
+    it from a memory-mapped weight file as they would a real checkpoint.
+    """
     import torch
-    from transformers import LlamaForCausalLM
 
-    from zofed.llm.models import SMOLLM2, load_model
+    from zofed.llm.models import SMOLLM2, load_tokenizer
+    from zofed.llm.shapes import build_shape
 
-    builtin = load_model(SMOLLM2)
-    config = builtin.model.config.__class__.from_dict({**builtin.model.config.to_dict(), **SHAPES[shape]})
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)  # stored as the family's checkpoints are
     target = directory / shape
-    model.save_pretrained(target)
-    builtin.tokenizer.save_pretrained(target)
+    build_shape(shape, torch.bfloat16).save_pretrained(target)  # stored as the family's checkpoints are
+    load_tokenizer(SMOLLM2).save_pretrained(target)
     return target
 
 

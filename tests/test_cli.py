@@ -64,7 +64,8 @@ def test_malformed_data_row_is_reported_with_its_row(tmp_path):
 def test_list_names_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("fedmezo", "fedavg", "smollm2-135m-instruct", "tiny-llama", "builtin", "gsm8k", "dirichlet", "meta"):
+    for name in ("fedmezo", "fedavg", "smollm2-135m-instruct", "tiny-llama", "shape:NAME", "llama-3.1-8b", "builtin", "gsm8k",
+                 "dirichlet", "meta"):
         assert name in out
 
 

@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=None, help="data file/dir or hub name (omit for the built-in task)")
     evaluate.add_argument("--weights", choices=("final", "best"), default="final")
     evaluate.add_argument("--examples", type=int, default=128, help="evaluate at most this many examples")
+    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the run's device)")
     evaluate.set_defaults(handler=_eval)
 
     _add_export(commands)
@@ -129,9 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="micro-benchmarks")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
     step = bench_commands.add_parser("step", help="ZO step time and memory against two forward passes")
-    step.add_argument("--model", default="smollm2-135m-instruct")
+    step.add_argument("--model", default="smollm2-135m-instruct",
+                      help="comma-separated models or ladder shapes (shape:llama-3.2-1b); `ladder` for every ladder shape")
     step.add_argument("--modes", default="lora,full", help="comma-separated: lora, full")
-    step.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    step.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    step.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    step.add_argument("--no-reference", action="store_true", help="skip the reference MeZO step (slow on large models)")
     step.add_argument("--batch-size", type=int, default=1)
     step.add_argument("--seq-len", type=int, default=128)
     step.add_argument("--repeats", type=int, default=3)
@@ -218,6 +222,7 @@ def _list(args: argparse.Namespace) -> int:
     from zofed.algorithms import ALGORITHMS
     from zofed.data import PARTITIONERS, TASKS
     from zofed.llm import BUILTIN_MODELS
+    from zofed.llm.shapes import SHAPES
 
     print("algorithms:")
     for name, entry in sorted(ALGORITHMS.items()):
@@ -231,6 +236,7 @@ def _list(args: argparse.Namespace) -> int:
     print("models (or any local directory / hub id available offline):")
     for name, model in BUILTIN_MODELS.items():
         print(f"  {name:14s} {getattr(model, 'description', model)}")
+    print(f"  shape:NAME     a published architecture with random weights, NAME one of {', '.join(SHAPES)}")
     print("tasks:")
     for name, task in TASKS.items():
         print(f"  {name:14s} {task.description}")
@@ -259,7 +265,7 @@ def _data(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from zofed.runtime.evaluate import evaluate_run
 
-    result = evaluate_run(Path(args.run_dir), args.task, args.data, args.weights, args.examples)
+    result = evaluate_run(Path(args.run_dir), args.task, args.data, args.weights, args.examples, args.device)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -319,35 +325,35 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _bench_step(args: argparse.Namespace) -> int:
-    from zofed.bench import bench_step
+    from zofed.bench import bench_step, step_line
+    from zofed.device import describe_device, resolve_device
+    from zofed.llm.models import DTYPES
+    from zofed.llm.shapes import LADDER, SHAPE_PREFIX, shape_name
     from zofed.machine import describe_machine
 
     modes, dtypes = args.modes.split(","), args.dtypes.split(",")
-    for value, allowed, key in ((modes, {"lora", "full"}, "--modes"), (dtypes, {"fp32", "bf16"}, "--dtypes")):
+    for value, allowed, key in ((modes, {"lora", "full"}, "--modes"), (dtypes, set(DTYPES), "--dtypes")):
         if not set(value) <= allowed:
             raise ZofedError(f"{key} {','.join(value)} has an unknown entry; use {','.join(sorted(allowed))}")
+    models = [model.strip() for model in args.model.split(",") if model.strip()]
+    models = [name for model in models for name in ([SHAPE_PREFIX + s for s in LADDER] if model == "ladder" else [model])]
+    for model in models:
+        shape_name(model)  # an unknown shape fails here, not in a worker process
+    device = resolve_device(args.device)  # checked here: a missing device is one line, not a worker's traceback
     rows = []
-    for mode in modes:
-        for dtype in dtypes:
-            # A fresh process per configuration, so one's memory does not inflate the next one's peak.
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                row = pool.apply(
-                    bench_step, (args.model, mode, dtype, args.batch_size, args.seq_len, args.repeats, args.pool_size)
-                )
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                print(
-                    f"{mode:5s} {dtype:5s} forward {row['forward_s']:.3f}s  step/2fwd pool {row['ratio_pool_to_two_forwards']:.2f}"
-                    f"  gaussian {row['ratio_gaussian_to_two_forwards']:.2f}  reference {row['ratio_reference_to_two_forwards']:.2f}"
-                    f"  speedup {row['speedup_vs_reference']:.1f}x  RSS inf/zo/bp {row['peak_rss_inference_mb']:.0f}/"
-                    f"{row['peak_rss_zo_mb']:.0f}/{row['peak_rss_backprop_mb']:.0f} MB",
-                    flush=True,
-                )
+    for model in models:
+        for mode in modes:
+            for dtype in dtypes:
+                # A fresh process per configuration, so one's memory does not inflate the next one's peak.
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    row = pool.apply(bench_step, (model, mode, dtype, args.batch_size, args.seq_len, args.repeats,
+                                                  args.pool_size, str(device), not args.no_reference))
+                rows.append(row)
+                print(json.dumps(row) if args.json else step_line(row), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"machine": describe_machine(), "results": rows}, indent=2) + "\n")
+        document = {"machine": describe_machine(), "device": describe_device(device), "results": rows}
+        Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 

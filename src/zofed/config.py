@@ -118,7 +118,9 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0, lt=2**63)
     rounds: int = Field(10, ge=1)
     model: str = "smollm2-135m-instruct"
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Syntax only here: whether the machine has the device is checked when the model is built.
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$", description="auto, cpu, cuda, cuda:N or mps")
     task: str = "builtin"
     algorithm: str = "fedmezo"
     clients: int = Field(4, ge=1)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from zofed.data import Example, TokenizedExample, collate, encode_prompt, normalise_answer
+from zofed.device import model_device, to_device
 
 
 @torch.inference_mode()
@@ -18,7 +19,7 @@ def evaluate_loss(
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(list(examples[start : start + batch_size]), pad_token_id)
+        batch = to_device(collate(list(examples[start : start + batch_size]), pad_token_id), model_device(model))
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         if tokens == 0:
             continue
@@ -51,8 +52,9 @@ def exact_match_accuracy(
         prompts = [encode_prompt(tokenizer, ex.prompt, max_length, system_prompt) for ex in chunk]
         width = max(len(ids) for ids in prompts)
         # Left padding so every prompt ends where generation begins.
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+        device = model_device(model)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

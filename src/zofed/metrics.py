@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from zofed.runtime.codec import EncodedSizes
@@ -32,6 +33,11 @@ def reset_peak_rss() -> None:
             clear_refs.write("5")
     except OSError:
         pass
+
+
+def peak_of(values: Iterable[float | None]) -> float | None:
+    """The largest measured value; None when nothing was measured (device memory on the CPU)."""
+    return max((value for value in values if value is not None), default=None)
 
 
 @dataclass

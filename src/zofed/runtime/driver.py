@@ -29,6 +29,7 @@ from zofed.atomic import write_atomic
 from zofed.checkpoint import Checkpoint, save_checkpoint, save_weights
 from zofed.config import RunConfig
 from zofed.eval import evaluate_loss, exact_match_accuracy
+from zofed.metrics import peak_of
 from zofed.runtime.client import KeptStore
 from zofed.runtime.memory_profile import with_memory_profile
 from zofed.runtime.round import InProcessTransport, Transport, play_round
@@ -225,6 +226,7 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
         "forward_passes": sum(row["forward_passes"] for row in history),
         "skipped_steps": sum(row["skipped_steps"] for row in history),
         "peak_rss_mb": max((row["peak_rss_mb"] for row in history), default=None),
+        "peak_device_mb": peak_of(row.get("peak_device_mb") for row in history),
         "wall_s": wall_s,
     }
 

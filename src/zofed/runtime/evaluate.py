@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zofed.config import parse_config
 from zofed.data import get_task, load_examples, tokenize_example
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.runtime.driver import DEFAULT_MAX_NEW_TOKENS
 from zofed.runtime.saved_run import load_run_model, open_run
 
 
-def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int) -> dict:
+def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int,
+                 device: str | None = None) -> dict:
+    """`device`: where to evaluate (default: the run's own `device`)."""
     config, weights_file = open_run(run_dir, weights)
+    if device:
+        config = parse_config(config.to_dict(), [f"device={device}"])
     task = get_task(task_name)
     examples = load_examples(task_name, data_path, limit, seed=0)
     loaded, _ = load_run_model(config, weights_file)

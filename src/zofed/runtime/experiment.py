@@ -16,6 +16,7 @@ import torch
 
 from zofed.algorithms import ClientEnv
 from zofed.config import RunConfig
+from zofed.device import model_device, to_device
 from zofed.errors import ZofedError
 from zofed.data import (
     Example,
@@ -29,6 +30,7 @@ from zofed.data import (
     split_examples,
     tokenize_example,
 )
+from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
 from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
 from zofed.zo import mix_seed
@@ -92,6 +94,10 @@ class Experiment:
         return self.loaded.model
 
     @property
+    def device(self) -> torch.device:
+        return model_device(self.loaded.model)
+
+    @property
     def pad_token_id(self) -> int:
         return int(self.loaded.tokenizer.pad_token_id)
 
@@ -118,14 +124,7 @@ class Experiment:
         """A simulated client's round on the one model: its batches, and the model's live trainable tensors."""
         model = self.model
         model.eval()  # a backprop client before it left the model in train mode
-
-        def loss(batch) -> float:
-            with torch.inference_mode():
-                return float(model(**batch, use_cache=False).loss)
-
-        def loss_for_backward(batch) -> torch.Tensor:
-            model.train()
-            return model(**batch, use_cache=False).loss
+        loss, loss_for_backward = model_losses(model)
 
         return ClientEnv(
             client_id=client,
@@ -151,7 +150,7 @@ class Experiment:
             while len(order) < local.batch_size:
                 order.extend(int(i) for i in rng.permutation(indices))
             chosen, order = order[: local.batch_size], order[local.batch_size :]
-            yield collate([self.train_tokens[i] for i in chosen], self.pad_token_id)
+            yield to_device(collate([self.train_tokens[i] for i in chosen], self.pad_token_id), self.device)
 
 
 def json_digest(value) -> str:
@@ -173,7 +172,7 @@ def data_fingerprint(experiment: Experiment) -> dict[str, str]:
 
 def build_model(config: RunConfig) -> tuple[LoadedModel, TrainableView]:
     """The config's model with its adapters (if any) and the view of what it trains."""
-    loaded = load_model(config.model, config.dtype)
+    loaded = load_model(config.model, config.dtype, config.device)
     trainable = config.trainable
     if trainable.mode == "lora":
         settings = LoraSettings(trainable.r, trainable.alpha, trainable.dropout, tuple(trainable.target_modules))

@@ -19,11 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from zofed.algorithms import Algorithm, ClientEnv, ServerState
 from zofed.algorithms.base import Sent
 from zofed.algorithms.downlink import forget_versions
 from zofed.config import FaultsConfig, RobustConfig
-from zofed.metrics import ByteLedger, peak_rss_mb, reset_peak_rss
+from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
+from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
 from zofed.runtime.client import KeptModel, receive_model_
 from zofed.runtime.codec import CodecError, EncodedSizes, decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
@@ -143,6 +146,7 @@ def play_round(
         "forward_passes": sum(int(row["forward_passes"]) for row in applied),
         "skipped_steps": sum(int(row["skipped_steps"]) for row in applied),
         "peak_rss_mb": max((row["peak_rss_mb"] for row in per_client if "peak_rss_mb" in row), default=None),
+        "peak_device_mb": peak_of(row.get("peak_device_mb") for row in per_client),
         "seconds": time.perf_counter() - started,
         "per_client": per_client,
         "dropped": dropped,
@@ -164,10 +168,14 @@ def client_round(
     client_started = time.perf_counter()
     message = decode(downlink)
     env = population.client_env(message.round, client)
+    device = env.tensors[0].device if env.tensors else torch.device("cpu")
+    reset_peak_device_memory(device)
     message, kept = receive_model_(message, env.tensors, env.names, kept)
     reply = algorithm.train(message, env)
     del message
-    measured = {"seconds": time.perf_counter() - client_started, "peak_rss_mb": peak_rss_mb()}
+    synchronize(device)  # the client's seconds include the device work it queued
+    measured = {"seconds": time.perf_counter() - client_started, "peak_rss_mb": peak_rss_mb(),
+                "peak_device_mb": peak_device_memory_mb(device)}  # None on the CPU
     return encode(reply), measured, kept
 
 

@@ -27,7 +27,8 @@ LARGE_PAYLOAD = "zofed.large"  # ArrayRecord: "message", a uint8 Array of the co
 RUN = "zofed.run"  # ConfigRecord: the run's config, sent once per node
 NODE = "zofed.node"  # ConfigRecord: the node's partition id, in a query reply
 KEPT = "zofed.kept"  # ArrayRecord in Context state: the client's kept model (safetensors bytes, version in metadata)
-RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s", "model_load_s", "model_load_cpu_s", "process_start_s", "imports_s", "imports_cpu_s")
+RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s", "model_load_s", "model_load_cpu_s", "process_start_s", "imports_s", "imports_cpu_s",
+                "peak_device_mb")
 
 
 def pack(data: bytes, runtime: dict[str, float] | None = None) -> RecordDict:
@@ -38,11 +39,15 @@ def pack(data: bytes, runtime: dict[str, float] | None = None) -> RecordDict:
             raise ValueError(f"unknown runtime measurements {sorted(unknown)}")
         # One bytes value of float64s in RUNTIME_KEYS order (NaN: not measured): a ConfigRecord
         # entry per measurement would cost its key and framing each (measured: 24 bytes apiece).
-        values["runtime"] = struct.pack(f"<{len(RUNTIME_KEYS)}d", *(float(runtime.get(key, math.nan)) for key in RUNTIME_KEYS))
+        values["runtime"] = struct.pack(f"<{len(RUNTIME_KEYS)}d", *(_measured(runtime.get(key)) for key in RUNTIME_KEYS))
     if len(data) < LARGE:
         return RecordDict({PAYLOAD: ConfigRecord({"message": bytes(data), **values})})
     large = ArrayRecord({"message": Array("uint8", (len(data),), CODEC_STYPE, bytes(data))})
     return RecordDict({PAYLOAD: ConfigRecord(values), LARGE_PAYLOAD: large})
+
+
+def _measured(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def unpack(content: RecordDict) -> bytes:

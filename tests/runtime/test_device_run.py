@@ -1,0 +1,43 @@
+"""Runs on a chosen device: metrics carry peak device memory where there is one; the CPU path is unchanged."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from zofed.cli import main
+from zofed.runtime.local import run_local
+
+from .helpers import final_weights, tiny_config
+
+COMMON = ("rounds=1", "clients=2", "clients_per_round=2", "local.local_steps=3")
+
+
+def test_a_run_on_device_auto_here_reports_no_device_memory(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    config = tiny_config(tmp_path, "fedmezo", "device=auto", *COMMON)
+    summary = run_local(config, show_progress=False)
+    assert summary["peak_device_mb"] is None and summary["peak_rss_mb"] > 0
+    assert math.isfinite(summary["final_eval_loss"])
+    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("peak_device_mb" in client for row in rows for client in row["per_client"])
+    # eval may move a run to another device; one that does not exist is one line, exit code 2
+    assert main(["eval", str(config.run_dir), "--task", "builtin", "--examples", "4", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(config.run_dir), "--task", "builtin", "--examples", "4", "--device", "gpu"]) == 2
+    assert "config key 'device'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("algorithm", ["fedmezo", "fedavg"])
+def test_a_cuda_run_matches_the_cpu_run_and_measures_device_memory(tmp_path, algorithm):
+    cpu = run_local(tiny_config(tmp_path / "cpu", algorithm, "device=cpu", "fedmezo.directions=pool", *COMMON),
+                    show_progress=False)
+    config = tiny_config(tmp_path / "cuda", algorithm, "device=cuda", "fedmezo.directions=pool", *COMMON)
+    cuda = run_local(config, show_progress=False)
+    assert cuda["peak_device_mb"] > 0
+    # Different kernels round differently: close, not equal.
+    assert cuda["final_eval_loss"] == pytest.approx(cpu["final_eval_loss"], rel=1e-3)
+    assert all(tensor.device.type == "cpu" for tensor in final_weights(config).values())
