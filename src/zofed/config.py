@@ -18,6 +18,7 @@ from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
 from zofed.runtime.faults import FaultsConfig
 from zofed.runtime.screening import RobustConfig
+from zofed.tracking import TrackingConfig
 
 
 class Section(BaseModel):
@@ -87,6 +88,7 @@ class RunConfig(Section):
     flower: FlowerConfig = FlowerConfig()
     robust: RobustConfig = RobustConfig()
     faults: FaultsConfig = FaultsConfig()  # injected, for testing defences; in-process runtime only
+    tracking: TrackingConfig = TrackingConfig()  # TensorBoard (default) and W&B logging of each round
     output_dir: str = "runs"
     trainable: TrainableConfig = TrainableConfig()
     data: DataConfig = DataConfig()

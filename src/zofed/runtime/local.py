@@ -24,8 +24,6 @@ from typing import Literal
 
 import torch
 import yaml
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zofed.algorithms import Algorithm, ClientEnv, ServerState, build_algorithm
 from zofed.checkpoint import Checkpoint, load_latest_checkpoint, save_checkpoint, save_weights
@@ -40,6 +38,7 @@ from zofed.runtime.faults import corrupt, reply_lost
 from zofed.runtime.memory_profile import with_memory_profile
 from zofed.runtime.screening import screen_replies
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
+from zofed.tracking import open_tracking
 
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -113,14 +112,13 @@ def run_local(
     _write_run_files(paths, config, extra["history"])
     clock = _Clock(extra["elapsed_s"], session_started)
 
-    with _progress(show_progress) as progress:
-        task = progress.add_task("rounds", total=config.rounds, completed=first_round - 1, loss="-")
+    with open_tracking(config, paths.root, first_round, show_progress) as tracking:
         for round in range(first_round, config.rounds + 1):
             if budget is not None and budget.spent(extra["history"]) >= budget.value:
                 break
             state, row = play_round(experiment, algorithm, state, round, kept)
             extra = _record_round(paths, state, row, extra, clock.elapsed())
-            progress.update(task, advance=1, loss=_loss_text(row))
+            tracking.round(row)
             if stop_after_round is not None and round >= stop_after_round:
                 return None
 
@@ -180,6 +178,7 @@ def client_round(
     reset_peak_rss()
     client_started = time.perf_counter()
     message = decode(downlink)
+    lr = message.config.get("lr")  # the rate this client was told: FedMeZO's differ per client
     env = client_env(experiment, message.round, client)
     message, kept = receive_model_(message, env.tensors, env.names, kept)
     reply = algorithm.train(message, env)
@@ -192,6 +191,7 @@ def client_round(
         **{key: float(value) for key, value in reply.metrics.items()},
         "seconds": seconds,
         "peak_rss_mb": client_peak_rss_mb,
+        "lr": float(lr) if isinstance(lr, (int, float)) else None,
     }
     return encode(reply), row, kept
 
@@ -343,11 +343,6 @@ def _write_json(path, document: dict) -> None:
     staging.replace(path)
 
 
-def _loss_text(row: dict) -> str:
-    shown = row["eval_loss"] if row["eval_loss"] is not None else row["train_loss"]
-    return f"{shown:.4f}"
-
-
 class _Clock:
     """Run time accumulated across resumed sessions."""
 
@@ -356,31 +351,3 @@ class _Clock:
 
     def elapsed(self) -> float:
         return self._before_s + time.perf_counter() - self._started
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs) -> int:
-        return 0
-
-    def update(self, *args, **kwargs) -> None:
-        pass
-
-
-def _progress(show: bool) -> Progress | _NoProgress:
-    if not show:
-        return _NoProgress()
-    return Progress(
-        TextColumn("[bold]round {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),  # stdout carries the summary JSON
-    )
