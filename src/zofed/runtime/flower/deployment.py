@@ -3,7 +3,8 @@
 `zofed flower superlink` and `zofed flower supernode` are thin wrappers that start
 `flower-superlink` / `flower-supernode` with the flags a zofed run needs; `zofed run CONFIG
 runtime=flower superlink=HOST:PORT` submits the run with `flwr run`, streams its log, and prints
-the summary once the ServerApp wrote it.
+the summary the ServerApp logs at the end (the run directory itself stays on the SuperLink's
+machine; docs/deployment.md says how to fetch it).
 
 Flower 1.41 serves the SuperLink's Fleet, Control and ServerApp APIs over HTTP on one address
 (`--host/--port`); a SuperNode serves its ClientApps on its own `--port`. Each message starts a
@@ -38,6 +39,10 @@ from pathlib import Path
 
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
+
+# The summary's line in the ServerApp's log: `flwr run --stream` carries it to a submitting
+# machine that does not share a filesystem with the SuperLink.
+SUMMARY_LINE = "zofed summary: "
 
 APP_PYPROJECT = """\
 [build-system]
@@ -170,7 +175,6 @@ def run_flower(
     del show_progress  # the ServerApp runs in the SuperLink's process tree; its log is streamed instead
     # The ServerApp's working directory is not ours: send an absolute output directory.
     config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
-    summary_path = config.run_dir / "summary.json"
     with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as scratch:
         app, home = Path(scratch) / "app", Path(scratch) / "home"
         app.mkdir()
@@ -182,15 +186,37 @@ def run_flower(
             f"config-json = {json.dumps(json.dumps(config.to_dict()))}\n"
             f"resume = {str(resume).lower()}\noverwrite = {str(overwrite).lower()}\n"
         )
-        started_mtime = summary_path.stat().st_mtime if summary_path.exists() else None
         env = {**flower_env(), "FLWR_HOME": str(home)}
         command = [_script("flwr"), "run", str(app), "zofed", "--run-config", str(overrides), "--stream"]
-        result = subprocess.run(command, env=env, check=False)
-    if result.returncode != 0:
-        raise ZofedError(f"`flwr run` failed (exit {result.returncode}); is a SuperLink listening at {config.superlink}?")
-    if not summary_path.is_file() or summary_path.stat().st_mtime == started_mtime:
+        returncode, summary = _stream_for_summary(command, env)
+    if returncode != 0:
+        raise ZofedError(f"`flwr run` failed (exit {returncode}); is a SuperLink listening at {config.superlink}?")
+    if summary is None:
         raise ZofedError(f"the run on {config.superlink} ended without a summary; see the SuperLink's log")
-    return json.loads(summary_path.read_text())
+    return summary
+
+
+def _stream_for_summary(command: list[str], env: dict[str, str]) -> tuple[int, dict | None]:
+    """Run `flwr run --stream`, echo its log to stderr (stdout is for the summary), and take the
+    summary from the ServerApp's log line: the run directory is on the SuperLink's machine, which
+    need not share a filesystem with this one."""
+    summary = None
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            sys.stderr.write(line)
+            summary = summary_from_log_line(line) or summary
+    return process.returncode, summary
+
+
+def summary_from_log_line(line: str) -> dict | None:
+    """The summary in one line of a streamed ServerApp log, or None for any other line."""
+    _, found, document = line.partition(SUMMARY_LINE)
+    if not found:
+        return None
+    try:
+        return json.loads(document)
+    except ValueError:
+        return None  # a log line that quotes the marker without a whole summary after it
 
 
 def _connection_toml(superlink: str, root_certificates: str | None) -> str:
