@@ -173,27 +173,38 @@ def run_flower(
 ) -> dict | None:
     """Submit the run to the SuperLink at `config.superlink` and wait for it; the summary, or None."""
     del show_progress  # the ServerApp runs in the SuperLink's process tree; its log is streamed instead
-    # The ServerApp's working directory is not ours: send an absolute output directory.
-    config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
-    with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as scratch:
-        app, home = Path(scratch) / "app", Path(scratch) / "home"
-        app.mkdir()
-        home.mkdir()
-        (app / "pyproject.toml").write_text(APP_PYPROJECT)
-        (home / "config.toml").write_text(_connection_toml(config.superlink, config.flower.root_certificates))
-        overrides = Path(scratch) / "run-config.toml"
-        overrides.write_text(
-            f"config-json = {json.dumps(json.dumps(config.to_dict()))}\n"
-            f"resume = {str(resume).lower()}\noverwrite = {str(overwrite).lower()}\n"
-        )
-        env = {**flower_env(), "FLWR_HOME": str(home)}
-        command = [_script("flwr"), "run", str(app), "zofed", "--run-config", str(overrides), "--stream"]
-        returncode, summary = _stream_for_summary(command, env)
+    connection = _connection_toml(config.superlink, config.flower.root_certificates)
+    returncode, summary = submit_run(config, connection, {}, resume=resume, overwrite=overwrite)
     if returncode != 0:
         raise ZofedError(f"`flwr run` failed (exit {returncode}); is a SuperLink listening at {config.superlink}?")
     if summary is None:
         raise ZofedError(f"the run on {config.superlink} ended without a summary; see the SuperLink's log")
     return summary
+
+
+def submit_run(
+    config: RunConfig, connection_toml: str, extra_env: dict[str, str], *, resume: bool, overwrite: bool,
+    home: Path | None = None, extra_args: tuple[str, ...] = (),
+) -> tuple[int, dict | None]:
+    """`flwr run` of zofed's app with the resolved config, through the SuperLink connection
+    `connection_toml` (the `zofed` entry of a Flower config file, written to `home` or a scratch
+    FLWR_HOME); the exit code and the summary from the streamed log."""
+    # The ServerApp's working directory is not ours: send an absolute output directory.
+    config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
+    with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as scratch:
+        app, home = Path(scratch) / "app", home or Path(scratch) / "home"
+        app.mkdir()
+        home.mkdir(exist_ok=True)
+        (app / "pyproject.toml").write_text(APP_PYPROJECT)
+        (home / "config.toml").write_text(connection_toml)
+        overrides = Path(scratch) / "run-config.toml"
+        overrides.write_text(
+            f"config-json = {json.dumps(json.dumps(config.to_dict()))}\n"
+            f"resume = {str(resume).lower()}\noverwrite = {str(overwrite).lower()}\n"
+        )
+        env = {**flower_env(), "FLWR_HOME": str(home), **extra_env}
+        command = [_script("flwr"), "run", str(app), "zofed", "--run-config", str(overrides), "--stream", *extra_args]
+        return _stream_for_summary(command, env)
 
 
 def _stream_for_summary(command: list[str], env: dict[str, str]) -> tuple[int, dict | None]:

@@ -96,7 +96,7 @@ def serve(grid: Grid, options: ServeOptions) -> dict | None:
     config = options.config
     nodes = Nodes(grid, config)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
-    meter = superlink_meter()  # None in simulation: no SuperLink process, no sockets
+    meter = superlink_meter()  # under flower-sim the nodes are virtual: it sees Flower's own traffic only
     play_round = partial(flower_round, grid, nodes, config.flower, meter)
     if options.resume:
         play_round = _resync_first(play_round, range(config.clients))

@@ -1,47 +1,89 @@
 """`runtime=flower-sim`: the run on Flower's simulation engine, one virtual SuperNode per client.
 
-The ServerApp runs in this process (a thread); ClientApps run in Ray workers, each building the
-experiment once and reusing it across rounds (`client_app.cached_experiment`).
+Flower 1.41's way (its `run_simulation` function is deprecated): `flwr run` against a local
+SuperLink in simulation mode, which `flwr` starts itself for a connection whose address is
+`:local-in-memory:`. The ServerApp then runs in a process of the SuperLink's and the ClientApps
+in Ray workers, each building the experiment once and reusing it across rounds
+(`client_app.cached_experiment`); the ServerApp's log, one plain line per round and the summary,
+is streamed back as for `runtime=flower`.
+
 `flower.sim_workers` workers (each with its own model copy) train clients at once, and the
 machine's cores are split between them: Ray sets each worker's OMP_NUM_THREADS to the CPUs its
 client asked for, so asking for one CPU would leave torch one thread where the local runtime
 uses them all (measured: 1.15 s against 0.86 s per client round on 2 cores).
-`run_simulation` is Flower's in-process entry point (deprecated in favour of `flwr run` with a
-local SuperLink, which would need an app bundle and a SuperLink process for the same result);
-Flower stops Ray when it returns.
+
+The local SuperLink outlives `flwr run` by design (Flower reuses it); this module gives it ports
+and a FLWR_HOME of its own and stops it, with everything it started, when the run ends.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
+import tempfile
+from pathlib import Path
 
+import psutil
 import torch
-from flwr.simulation import run_simulation
 
 from zofed.config import RunConfig
-from zofed.runtime.flower.client_app import app as client_app
-from zofed.runtime.flower.server_app import ServeOptions, make_server_app
+from zofed.errors import ZofedError
+from zofed.runtime.flower.deployment import submit_run
+from zofed.runtime.flower.loopback import free_port
 
 
 def run_flower_sim(
     config: RunConfig, *, resume: bool = False, overwrite: bool = False, show_progress: bool = True
 ) -> dict | None:
-    # Runtime dependency installation would reach for the network; the environment is already complete.
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    options = ServeOptions(config, resume=resume, overwrite=overwrite, show_progress=show_progress)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    del show_progress  # the ServerApp runs in the local SuperLink's process tree; its log is streamed instead
+    with tempfile.TemporaryDirectory(prefix="zofed-sim-") as scratch:
+        home = Path(scratch)
+        # Ports of its own: the defaults would meet another run's local SuperLink on this machine.
+        ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+        try:
+            returncode, summary = submit_run(
+                config, LOCAL_SIMULATION, ports, resume=resume, overwrite=overwrite, home=home,
+                extra_args=("--federation-config", simulation_options(config)),
+            )
+        finally:
+            stop_local_superlink(home)
+    if returncode != 0:
+        raise ZofedError(f"`flwr run` on the local simulation SuperLink failed (exit {returncode}); see the log above")
+    return summary
+
+
+LOCAL_SIMULATION = '[superlink]\ndefault = "zofed"\n\n[superlink.zofed]\naddress = ":local-in-memory:"\n'
+
+
+def simulation_options(config: RunConfig) -> str:
+    """`flwr run --federation-config`: the simulation sized for this run."""
     workers = config.flower.sim_workers
     cpus_per_client = max(1, torch.get_num_threads() // workers)  # the threads the local runtime would use
-    run_simulation(
-        server_app=make_server_app(options),
-        client_app=client_app,
-        num_supernodes=config.clients,
-        backend_config={
-            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cpus_per_client * workers, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": True},
-        },
-    )
-    summary = config.run_dir / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else None
+    return (f"num-supernodes={config.clients} client-resources-num-cpus={cpus_per_client} "
+            f"client-resources-num-gpus=0.0 init-args-num-cpus={cpus_per_client * workers} init-args-num-gpus=0 "
+            'init-args-logging-level="ERROR" init-args-log-to-driver=true')
+
+
+def stop_local_superlink(home: Path) -> None:
+    """Stop the local SuperLink `flwr` started for FLWR_HOME `home` (its log file lies there), and
+    every process under it (SuperExec, ServerApp, simulation, Ray)."""
+    superlinks = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if any("flower-superlink" in part for part in command[:2]) and any(str(home) in part for part in command):
+            superlinks.append(process)
+    family = []
+    for superlink in superlinks:
+        try:
+            family += [superlink, *superlink.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in family:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
