@@ -27,7 +27,7 @@ import torch
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
 from zofed.runtime.flower.deployment import submit_run
-from zofed.runtime.flower.loopback import free_port
+from zofed.runtime.flower.loopback import free_port, stop_processes
 
 
 def run_flower_sim(
@@ -76,14 +76,4 @@ def stop_local_superlink(home: Path) -> None:
             family += [superlink, *superlink.children(recursive=True)]
         except psutil.NoSuchProcess:
             pass
-    for member in family:
-        try:
-            member.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=15)
-    for member in alive:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
+    stop_processes(family, timeout_s=15)
