@@ -116,3 +116,24 @@ def test_wandb_without_the_package_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import machinery: "not installed"
     with pytest.raises(ZofedError, match=r"pip install wandb.*tracking.wandb=false"):
         tiny_config(tmp_path, "fedmezo", "tracking.wandb=true")
+
+
+def _console_config(tmp_path):
+    return tiny_config(tmp_path, "fedmezo", "rounds=2", "tracking.tensorboard=false")
+
+
+def test_a_terminal_gets_the_bar_naming_its_loss(tmp_path, monkeypatch, capsys):
+    from zofed.tracking import PlainLines, ProgressBar, open_tracking
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat stderr as a terminal
+    row = {"round": 1, "train_loss": 2.5, "eval_loss": 1.25, "bytes_up": 1, "bytes_down": 1, "forward_passes": 1,
+           "peak_rss_mb": 1.0, "seconds": 0.1}
+    with open_tracking(_console_config(tmp_path), tmp_path, first_round=1) as tracking:
+        assert [type(sink) for sink in tracking.sinks] == [ProgressBar]
+        tracking.round(row)
+    assert "val loss 1.2500" in capsys.readouterr().err
+    with open_tracking(_console_config(tmp_path), tmp_path, first_round=1, show_progress=False) as tracking:
+        assert tracking.sinks == []  # --no-progress on a terminal: quiet
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    with open_tracking(_console_config(tmp_path), tmp_path, first_round=1, show_progress=False) as tracking:
+        assert [type(sink) for sink in tracking.sinks] == [PlainLines]  # piped: lines even without a bar
