@@ -112,10 +112,12 @@ def test_wandb_sink_logs_every_round_offline(tmp_path, monkeypatch):
     assert [call[2]["loss/train"] for call in logs] == pytest.approx([row["train_loss"] for row in rows])
 
 
-def test_wandb_without_the_package_is_a_config_error(tmp_path, monkeypatch):
+def test_wandb_without_the_package_refuses_the_run_before_it_writes(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import machinery: "not installed"
+    config = tiny_config(tmp_path, "fedmezo", "tracking.wandb=true")  # a SuperNode or `zofed eval` may read it
     with pytest.raises(ZofedError, match=r"pip install wandb.*tracking.wandb=false"):
-        tiny_config(tmp_path, "fedmezo", "tracking.wandb=true")
+        run_local(config, show_progress=False)
+    assert not config.run_dir.exists()
 
 
 def _console_config(tmp_path):

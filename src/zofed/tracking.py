@@ -1,6 +1,6 @@
 """Where a run's per-round rows go besides metrics.jsonl: TensorBoard, W&B, and the console.
 
-A sink is anything with `round(row)` and `close()`; `open_tracking` picks the sinks a config asks
+A sink is anything with `round(row, values)` and `close()`; `open_tracking` picks the sinks a config asks
 for and the console form the output allows (a live bar on a terminal, one plain line per round
 otherwise, so nohup and SLURM logs show progress). Every sink gets the same flat scalars
 (`scalars(row)`), so TensorBoard and W&B show the same numbers as metrics.jsonl.
@@ -16,9 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TextIO
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from zofed.errors import ZofedError
 
 if TYPE_CHECKING:
     from zofed.config import RunConfig
@@ -35,11 +37,16 @@ class TrackingConfig(BaseModel):
     # offline needs no network or account; `wandb sync` uploads later
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
 
-    @model_validator(mode="after")
-    def _wandb_installed(self) -> TrackingConfig:
-        if self.wandb and importlib.util.find_spec("wandb") is None:
-            raise ValueError("tracking.wandb=true needs the wandb package: `pip install wandb`, or set tracking.wandb=false")
-        return self
+
+
+def check_tracking(settings: TrackingConfig) -> None:
+    """Refuse a run whose logging cannot start, before it writes anything.
+
+    Checked where the run is played (the ServerApp's machine under Flower), not when the config is
+    parsed: SuperNodes and `zofed eval` read the same config and need no W&B.
+    """
+    if settings.wandb and importlib.util.find_spec("wandb") is None:
+        raise ZofedError("tracking.wandb=true needs the wandb package: `pip install wandb`, or set tracking.wandb=false")
 
 
 class Sink(Protocol):

@@ -38,7 +38,7 @@ from zofed.runtime.faults import corrupt, reply_lost
 from zofed.runtime.memory_profile import with_memory_profile
 from zofed.runtime.screening import screen_replies
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
-from zofed.tracking import open_tracking
+from zofed.tracking import check_tracking, open_tracking
 
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -93,6 +93,7 @@ def run_local(
     session_started = time.perf_counter()
     paths = RunPaths(config)
     _check_run_dir(paths, resume, overwrite)
+    check_tracking(config.tracking)
     config = with_memory_profile(config, resume)
     data = prepare_data(config)
     experiment = build_experiment(config, data)
