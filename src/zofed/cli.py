@@ -183,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
 
         summary = run_local(config, **options)
     print(json.dumps(summary, indent=2))
-    print(f"results in {config.run_dir}/ (summary.json, metrics.jsonl, report.png)", file=sys.stderr)
+    where = " on the SuperLink's machine" if config.runtime == "flower" else ""
+    print(f"results in {config.run_dir}/{where} (summary.json, metrics.jsonl, report.png, TensorBoard events)", file=sys.stderr)
     return 0
 
 
