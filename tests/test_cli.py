@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from zofed.cli import main
+from zofed.cli import _parser, main
+from zofed.config import load_config, parse_config
+from zofed.llm.models import _not_found
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -86,3 +89,71 @@ def test_data_prints_per_client_sizes_and_labels(capsys):
     assert main(["data", str(QUICKSTART), "clients=3", "partition.method=meta"]) == 0
     out = capsys.readouterr().out
     assert out.count("client ") == 3 and "size" in out
+
+
+@pytest.mark.parametrize(
+    "args, overrides",
+    [
+        (["run", str(QUICKSTART), "--overwrite", "rounds=2"], ["rounds=2"]),
+        (["compare", str(QUICKSTART), "--algorithms", "fedmezo,fedkseed", "model=tiny-llama", "--seeds", "2", "rounds=1"],
+         ["model=tiny-llama", "rounds=1"]),
+        (["run", str(QUICKSTART), "rounds=2", "--no-progress", "seed=3", "--resume"], ["rounds=2", "seed=3"]),
+        (["config", "show", str(QUICKSTART), "rounds=4"], ["rounds=4"]),
+    ],
+)
+def test_overrides_go_anywhere_among_the_flags(args, overrides):
+    parsed = _parser().parse_args(args)
+    assert parsed.config == str(QUICKSTART) and parsed.overrides == overrides
+
+
+def test_an_override_after_a_flag_reaches_the_config(capsys):
+    assert main(["run", str(QUICKSTART), "--overwrite", "rounds=0"]) == 2  # refused by the config, not by argparse
+    assert "config key 'rounds'" in capsys.readouterr().err
+
+
+def test_nothing_given_prints_the_commands_and_exit_2(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: zofed [-h] COMMAND ...")
+    for command in ("run", "compare", "data", "config", "eval", "flower"):
+        assert f"\n    {command} " in err
+
+
+def test_a_command_without_its_config_names_config_only(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["run"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "zofed run: error: the following arguments are required: CONFIG"
+
+
+def test_config_show_prints_every_default_with_the_overrides(capsys):
+    assert main(["config", "show", str(QUICKSTART), "rounds=4", "fedmezo.lr_strategy=random"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["rounds"] == 4 and shown["fedmezo"]["lr_strategy"] == "random"
+    assert shown["fedmezo"]["mu"] == 0.01  # from the YAML
+    assert shown["tracking"] == {"tensorboard": True, "wandb": False, "wandb_project": "zofed", "wandb_mode": "offline"}
+    assert shown["eval"]["batch_size"] == 16 and shown["trainable"]["target_modules"] == ["q_proj", "v_proj"]  # defaults
+    assert parse_config(shown) == load_config(QUICKSTART, ["rounds=4", "fedmezo.lr_strategy=random"])  # round-trips
+
+
+def test_every_argument_of_data_is_described(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "--help"])
+    out = capsys.readouterr().out
+    assert "CONFIG      YAML config" in out and "KEY=VALUE   dotted config overrides" in out
+    for action in _parser()._subparsers._group_actions[0].choices["data"]._actions:
+        assert action.help, action.dest
+
+
+def test_model_not_found_offline_says_how_to_allow_downloads(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the CLI's own default: offline
+    assert main(["run", str(QUICKSTART), "model=nobody/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'nobody/no-such-model' not found" in err and "HF_HUB_OFFLINE=0" in err
+
+
+def test_model_not_found_online_does_not_suggest_going_online(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    message = str(_not_found("nobody/no-such-model"))
+    assert "HF_HUB_OFFLINE" not in message and "spelling" in message

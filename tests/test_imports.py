@@ -18,7 +18,7 @@ for module in sys.argv[1:]:
 """
 
 WITHOUT_FLOWER = ["zofed", "zofed.cli", "zofed.config", "zofed.bench", "zofed.llm", "zofed.algorithms",
-                  "zofed.runtime.local", "zofed.runtime.evaluate", "zofed.device", "benchmarks.gpu.check"]
+                  "zofed.runtime.driver", "zofed.runtime.evaluate", "zofed.device", "benchmarks.gpu.check"]
 
 
 def run_blocked(*modules: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Nothing downloads at run time unless the user asks for it explicitly (HF_HUB_OFFLINE=0).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # the commands, not argparse's "required: command"
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
@@ -47,21 +51,44 @@ def _one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command's positionals (config, overrides) may come before, between or after its flags.
+
+    argparse's intermixed parsing refuses a parser with subcommands, so only the leaves use it;
+    it parses in two passes through `parse_known_args`, which must then take the plain path.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+OVERRIDES_HELP = "dotted config overrides, before, between or after the flags, e.g. rounds=2 fedmezo.lr=1e-3"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zofed", description="Zeroth-order federated fine-tuning of LLMs.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="zofed", description="Zeroth-order federated fine-tuning of LLMs.",
+                     epilog="`zofed COMMAND --help` describes a command.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a federated fine-tuning config")
-    run.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
-    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. rounds=2 fedmezo.lr=1e-3")
+    run.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], help=OVERRIDES_HELP)
     run.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     run.set_defaults(handler=_run)
 
     compare = commands.add_parser("compare", help="run several algorithms on identical data, seeds and budgets")
-    compare.add_argument("config", help="YAML config shared by every run")
-    compare.add_argument("overrides", nargs="*", help="dotted key=value overrides for every run")
+    compare.add_argument("config", metavar="CONFIG", help="YAML config shared by every run")
+    compare.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], help=OVERRIDES_HELP + " (for every run)")
     compare.add_argument("--algorithms", required=True, help="comma-separated, e.g. fedmezo,fedkseed,fedavg")
     compare.add_argument("--seeds", type=int, default=1, help="runs per algorithm, seeds config.seed, config.seed+1, ...")
     compare.add_argument("--budget", default=None,
@@ -73,10 +100,22 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list algorithms, models, tasks and partitioners")
     listing.set_defaults(handler=_list)
 
-    data = commands.add_parser("data", help="show how a config splits its data across clients")
-    data.add_argument("config")
-    data.add_argument("overrides", nargs="*")
+    data = commands.add_parser(
+        "data", help="show how a config splits its data across clients",
+        description="Load the config's data, split it into train/validation/test and partition the train set "
+                    "across clients; print each client's size and label counts. Trains nothing, writes nothing.",
+    )
+    data.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    data.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], 
+                      help="dotted config overrides, before or after CONFIG, e.g. clients=8 partition.method=dirichlet")
     data.set_defaults(handler=_data)
+
+    config = commands.add_parser("config", help="inspect a config")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    show = config_commands.add_parser("show", help="print the resolved config (YAML, every default filled in)")
+    show.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    show.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], help=OVERRIDES_HELP)
+    show.set_defaults(handler=_config_show)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's weights on a data file")
     evaluate.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
@@ -164,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
 
         summary = run_local(config, **options)
     print(json.dumps(summary, indent=2))
-    print(f"results in {config.run_dir}/ (summary.json, metrics.jsonl, report.png)", file=sys.stderr)
+    where = " on the SuperLink's machine" if config.runtime == "flower" else ""
+    print(f"results in {config.run_dir}/{where} (summary.json, metrics.jsonl, report.png, TensorBoard events)", file=sys.stderr)
     return 0
 
 
@@ -243,6 +283,16 @@ def _list(args: argparse.Namespace) -> int:
     print("partitioners:")
     for name in PARTITIONERS:
         print(f"  {name}")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from zofed.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
     return 0
 
 

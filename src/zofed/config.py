@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
+from zofed.tracking import TrackingConfig
 
 
 class Section(BaseModel):
@@ -130,6 +131,7 @@ class RunConfig(Section):
     flower: FlowerConfig = FlowerConfig()
     robust: RobustConfig = RobustConfig()
     faults: FaultsConfig = FaultsConfig()  # injected, for testing defences; in-process runtime only
+    tracking: TrackingConfig = TrackingConfig()  # TensorBoard (default) and W&B logging of each round
     output_dir: str = "runs"
     trainable: TrainableConfig = TrainableConfig()
     data: DataConfig = DataConfig()

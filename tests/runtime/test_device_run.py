@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from zofed.cli import main
-from zofed.runtime.local import run_local
+from zofed.runtime.driver import run_local
 
 from .helpers import final_weights, tiny_config
 

@@ -316,7 +316,10 @@ def _from_pretrained(load: Callable[..., Any], name: str, source: str, extra: di
 
 
 def _not_found(name: str) -> ZofedError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    # zofed runs offline unless told otherwise, so a hub id that is not cached yet needs the switch named.
+    how = "; to download it from the Hugging Face hub, run with HF_HUB_OFFLINE=0 (e.g. `HF_HUB_OFFLINE=0 zofed run ...`)"
     return ZofedError(
         f"model '{name}' not found: use a built-in name ({', '.join(BUILTIN_MODELS)}), "
-        "a local model directory, or a hub id available offline"
+        f"a local model directory, or a hub id{' already cached' + how if offline else ' (check its spelling)'}"
     )

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import yaml
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zofed.algorithms import Algorithm, ServerState, build_algorithm
 from zofed.atomic import write_atomic
@@ -35,6 +33,7 @@ from zofed.runtime.memory_profile import with_memory_profile
 from zofed.runtime.round import InProcessTransport, Transport, play_round
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 from zofed.rundir import open_run_dir, start_run_dir
+from zofed.tracking import check_tracking, open_tracking
 
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -88,6 +87,7 @@ def run_local(
     play_round = play_round or run_round
     session_started = time.perf_counter()
     paths = RunPaths(config)
+    check_tracking(config.tracking)  # before the run directory is touched: a missing W&B leaves nothing behind
     checkpoint = open_run_dir(paths.root, resume=resume, overwrite=overwrite)
     config = with_memory_profile(config, checkpoint is not None)
     data = prepare_data(config)
@@ -106,14 +106,13 @@ def run_local(
     _write_run_files(paths, config, extra["history"])
     clock = _Clock(extra["elapsed_s"], session_started)
 
-    with _progress(show_progress) as progress:
-        task = progress.add_task("rounds", total=config.rounds, completed=first_round - 1, loss="-")
+    with open_tracking(config, paths.root, first_round, show_progress) as tracking:
         for round in range(first_round, config.rounds + 1):
             if budget is not None and budget.spent(extra["history"]) >= budget.value:
                 break
             state, row = play_round(experiment, algorithm, state, round, kept)
             extra = _record_round(paths, state, row, extra, clock.elapsed())
-            progress.update(task, advance=1, loss=_loss_text(row))
+            tracking.round(row)
             if stop_after_round is not None and round >= stop_after_round:
                 return None
 
@@ -242,11 +241,6 @@ def _write_json(path, document: dict) -> None:
     write_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
 
 
-def _loss_text(row: dict) -> str:
-    shown = row["eval_loss"] if row["eval_loss"] is not None else row["train_loss"]
-    return f"{shown:.4f}"
-
-
 class _Clock:
     """Run time accumulated across resumed sessions."""
 
@@ -255,31 +249,3 @@ class _Clock:
 
     def elapsed(self) -> float:
         return self._before_s + time.perf_counter() - self._started
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs) -> int:
-        return 0
-
-    def update(self, *args, **kwargs) -> None:
-        pass
-
-
-def _progress(show: bool) -> Progress | _NoProgress:
-    if not show:
-        return _NoProgress()
-    return Progress(
-        TextColumn("[bold]round {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),  # stdout carries the summary JSON
-    )

@@ -31,15 +31,12 @@ def flower_env(tmp_path, monkeypatch):
 def test_hostile_replies_on_flower_sim_are_rejected_and_equal_silence(tmp_path, monkeypatch, name):
     from zofed.runtime.flower import simulation
 
-    from .hostile_app import app
-
     monkeypatch.setenv("ZOFED_HOSTILE_CASES", name)
     monkeypatch.setenv("ZOFED_HOSTILE_CLIENTS", str(CLIENTS))
-    monkeypatch.setattr(simulation, "client_app", app)
     plan = schedule(CASE_SETS[name], CLIENTS)
     # a simulation worker's first message imports torch and transformers: minutes on a loaded machine
     config = hostile_config(tmp_path / "sim", name, "runtime=flower-sim", "flower.connect_timeout_s=1200")
-    simulation.run_flower_sim(config, show_progress=False)
+    simulation.run_flower_sim(config, show_progress=False, client_app="tests.runtime.flower.hostile_app:app")
     rows = rows_of(config)
     assert_rejected_as_planned(rows, plan)
     reference = hostile_config(tmp_path / "silent", name)

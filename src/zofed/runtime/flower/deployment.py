@@ -3,7 +3,8 @@
 `zofed flower superlink` and `zofed flower supernode` are thin wrappers that start
 `flower-superlink` / `flower-supernode` with the flags a zofed run needs; `zofed run CONFIG
 runtime=flower superlink=HOST:PORT` submits the run with `flwr run`, streams its log, and prints
-the summary once the ServerApp wrote it.
+the summary the ServerApp logs at the end (the run directory itself stays on the SuperLink's
+machine; docs/deployment.md says how to fetch it).
 
 Flower 1.41 serves the SuperLink's Fleet, Control and ServerApp APIs over HTTP on one address
 (`--host/--port`); a SuperNode serves its ClientApps on its own `--port`. Each message starts a
@@ -41,6 +42,11 @@ from pathlib import Path
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
 
+# The summary's line in the ServerApp's log: `flwr run --stream` carries it to a submitting
+# machine that does not share a filesystem with the SuperLink.
+SUMMARY_LINE = "zofed summary: "
+
+CLIENT_APP = "zofed.runtime.flower.client_app:app"
 APP_PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -61,7 +67,7 @@ publisher = "zofed"
 
 [tool.flwr.app.components]
 serverapp = "zofed.runtime.flower.server_app:app"
-clientapp = "zofed.runtime.flower.client_app:app"
+clientapp = "{client_app}"
 
 [tool.flwr.app.config]
 config-json = ""
@@ -197,29 +203,61 @@ def run_flower(
     del show_progress  # the ServerApp runs in the SuperLink's process tree; its log is streamed instead
     if not config.flower.root_certificates:
         refuse_plaintext(config.superlink, config.flower.insecure, "set flower.root_certificates (its CA certificate)")
+    connection = _connection_toml(config.superlink, config.flower.root_certificates)
+    returncode, summary = submit_run(config, connection, {}, resume=resume, overwrite=overwrite)
+    if returncode != 0:
+        raise ZofedError(f"`flwr run` failed (exit {returncode}); is a SuperLink listening at {config.superlink}?")
+    if summary is None:
+        raise ZofedError(f"the run on {config.superlink} ended without a summary; see the SuperLink's log")
+    return summary
+
+
+def submit_run(
+    config: RunConfig, connection_toml: str, extra_env: dict[str, str], *, resume: bool, overwrite: bool,
+    home: Path | None = None, extra_args: tuple[str, ...] = (), client_app: str = CLIENT_APP,
+) -> tuple[int, dict | None]:
+    """`flwr run` of zofed's app with the resolved config, through the SuperLink connection
+    `connection_toml` (the `zofed` entry of a Flower config file, written to `home` or a scratch
+    FLWR_HOME); the exit code and the summary from the streamed log."""
     # The ServerApp's working directory is not ours: send an absolute output directory.
     config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
-    summary_path = config.run_dir / "summary.json"
     with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as scratch:
-        app, home = Path(scratch) / "app", Path(scratch) / "home"
+        app, home = Path(scratch) / "app", home or Path(scratch) / "home"
         app.mkdir()
-        home.mkdir()
-        (app / "pyproject.toml").write_text(APP_PYPROJECT)
-        (home / "config.toml").write_text(_connection_toml(config.superlink, config.flower.root_certificates))
+        home.mkdir(exist_ok=True)
+        (app / "pyproject.toml").write_text(APP_PYPROJECT.replace("{client_app}", client_app))
+        (home / "config.toml").write_text(connection_toml)
         overrides = Path(scratch) / "run-config.toml"
         overrides.write_text(
             f"config-json = {json.dumps(json.dumps(config.to_dict()))}\n"
             f"resume = {str(resume).lower()}\noverwrite = {str(overwrite).lower()}\n"
         )
-        started_mtime = summary_path.stat().st_mtime if summary_path.exists() else None
-        env = {**flower_env(), "FLWR_HOME": str(home)}
-        command = [_script("flwr"), "run", str(app), "zofed", "--run-config", str(overrides), "--stream"]
-        result = subprocess.run(command, env=env, check=False)
-    if result.returncode != 0:
-        raise ZofedError(f"`flwr run` failed (exit {result.returncode}); is a SuperLink listening at {config.superlink}?")
-    if not summary_path.is_file() or summary_path.stat().st_mtime == started_mtime:
-        raise ZofedError(f"the run on {config.superlink} ended without a summary; see the SuperLink's log")
-    return json.loads(summary_path.read_text())
+        env = {**flower_env(), "FLWR_HOME": str(home), **extra_env}
+        command = [_script("flwr"), "run", str(app), "zofed", "--run-config", str(overrides), "--stream", *extra_args]
+        return _stream_for_summary(command, env)
+
+
+def _stream_for_summary(command: list[str], env: dict[str, str]) -> tuple[int, dict | None]:
+    """Run `flwr run --stream`, echo its log to stderr (stdout is for the summary), and take the
+    summary from the ServerApp's log line: the run directory is on the SuperLink's machine, which
+    need not share a filesystem with this one."""
+    summary = None
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            sys.stderr.write(line)
+            summary = summary_from_log_line(line) or summary
+    return process.returncode, summary
+
+
+def summary_from_log_line(line: str) -> dict | None:
+    """The summary in one line of a streamed ServerApp log, or None for any other line."""
+    _, found, document = line.partition(SUMMARY_LINE)
+    if not found:
+        return None
+    try:
+        return json.loads(document)
+    except ValueError:
+        return None  # a log line that quotes the marker without a whole summary after it
 
 
 def refuse_plaintext(address: str, insecure: bool, fix: str) -> None:

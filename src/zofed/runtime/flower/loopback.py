@@ -37,6 +37,21 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0)
     raise TimeoutError(f"nothing listens on {port} after {timeout_s} s")
 
 
+def stop_processes(processes: list[psutil.Process], timeout_s: float = 10.0) -> None:
+    """SIGTERM each process, then SIGKILL those still alive after `timeout_s`."""
+    for member in processes:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 class LoopbackFederation:
     """A SuperLink and SuperNodes on 127.0.0.1 (free ports), started through `zofed flower` with
     their logs under `root`; `stop_all` ends them and every process they started."""
@@ -81,14 +96,7 @@ class LoopbackFederation:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for child in family:
-            try:
-                child.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for child in alive:
-            child.kill()
+        stop_processes(family)
 
     def crash(self, process: subprocess.Popen) -> None:
         """SIGKILL a process and every process it started, as when its machine dies: nothing cleans up."""

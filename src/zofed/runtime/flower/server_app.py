@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from flwr.app import Context, Message, MessageType
+from flwr.common.config import get_project_dir
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from zofed.algorithms import ServerState
 from zofed.algorithms.downlink import forget_versions
 from zofed.atomic import write_atomic
-from zofed.config import FlowerConfig, RunConfig, parse_config
+from zofed.config import FlowerConfig, RunConfig, load_config, parse_config
 from zofed.errors import ZofedError
+from zofed.runtime.flower.deployment import SUMMARY_LINE
 from zofed.runtime.flower.nodes import Nodes
 from zofed.runtime.flower.records import pack, runtime_measurements, unpack
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
@@ -53,7 +57,8 @@ def make_server_app(options: ServeOptions) -> ServerApp:
 
 
 # The deployment's ServerApp, loaded by `flwr run` from the app bundle; the run comes in the
-# Flower run config (`zofed run ... runtime=flower` fills it).
+# Flower run config: `config-json` when `zofed run ... runtime=flower` submits it, else the YAML
+# file `config` plus `overrides` (`flwr run .` from the repository, see its pyproject.toml).
 app = ServerApp()
 
 
@@ -61,18 +66,36 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
     options = ServeOptions(
-        config=parse_config(json.loads(str(run_config["config-json"]))),
+        config=submitted_config(run_config, lambda: app_dir(grid)),
         resume=bool(run_config.get("resume", False)),
         overwrite=bool(run_config.get("overwrite", False)),
     )
-    serve(grid, options)
+    summary = serve(grid, options)
+    if summary is not None:
+        print(SUMMARY_LINE + json.dumps(summary, allow_nan=True), flush=True)
+
+
+def submitted_config(run_config: Mapping[str, object], bundle_dir: Callable[[], Path]) -> RunConfig:
+    """The run's config from the Flower run config; a relative `config` path is inside the app bundle."""
+    if run_config.get("config-json"):
+        return parse_config(json.loads(str(run_config["config-json"])))
+    if not run_config.get("config"):
+        raise ZofedError("the Flower run config has neither config-json nor config; pass --run-config 'config=\"configs/quickstart.yaml\"'")
+    path = Path(str(run_config["config"])).expanduser()
+    return load_config(path if path.is_absolute() else bundle_dir() / path, str(run_config.get("overrides", "")).split())
+
+
+def app_dir(grid: Grid) -> Path:
+    """Where Flower unpacked this run's app bundle on the SuperLink's machine."""
+    run = grid.run
+    return get_project_dir(run.fab_id, run.fab_version, run.fab_hash)
 
 
 def serve(grid: Grid, options: ServeOptions) -> dict | None:
     config = options.config
     nodes = Nodes(grid, config, exchange)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
-    meter = superlink_meter()  # None in simulation: no SuperLink process, no sockets
+    meter = superlink_meter()  # under flower-sim the nodes are virtual: it sees Flower's own traffic only
     play_round = partial(run_round, transport=GridTransport(grid, nodes, config.flower, meter))
     if options.resume:
         play_round = _resync_first(play_round, range(config.clients))

@@ -1,17 +1,22 @@
 """`runtime=flower-sim`: the run on Flower's simulation engine, one virtual SuperNode per client.
 
-The ServerApp runs in this process (a thread); ClientApps run in Ray workers, each building the
-experiment once and reusing it across rounds (`client_app.cached_experiment`).
+Flower 1.41's way (its `run_simulation` function is deprecated): `flwr run` against a local
+SuperLink in simulation mode, which `flwr` starts itself for a connection whose address is
+`:local-in-memory:`. The ServerApp then runs in a process of the SuperLink's and the ClientApps
+in Ray workers, each building the experiment once and reusing it across rounds
+(`client_app.cached_experiment`); the ServerApp's log, one plain line per round and the summary,
+is streamed back as for `runtime=flower`.
+
 `flower.sim_workers` workers (each with its own model copy) train clients at once, and the
 machine's cores are split between them: Ray sets each worker's OMP_NUM_THREADS to the CPUs its
 client asked for, so asking for one CPU would leave torch one thread where the local runtime
 uses them all (measured: 1.15 s against 0.86 s per client round on 2 cores).
-`run_simulation` is Flower's in-process entry point (deprecated in favour of `flwr run` with a
-local SuperLink, which would need an app bundle and a SuperLink process for the same result);
-Flower stops Ray when it returns.
+
+The local SuperLink outlives `flwr run` by design (Flower reuses it); this module gives it ports
+and a FLWR_HOME of its own and stops it, with everything it started, when the run ends.
 
 On a GPU (`device: cuda` or `auto` on a CUDA machine) every worker puts its model on the one
-GPU Ray hands out: each client asks for 1/sim_workers of it (`client_resources.num_gpus`), so
+GPU Ray hands out: each client asks for 1/sim_workers of it (`client-resources-num-gpus`), so
 the workers share one accelerator as the local runtime's clients share one model. Ray makes
 only the assigned GPU visible inside a worker, where it is `cuda:0`; so `cuda:N` is refused
 here (pick the GPU with CUDA_VISIBLE_DEVICES instead).
@@ -19,35 +24,42 @@ here (pick the GPU with CUDA_VISIBLE_DEVICES instead).
 
 from __future__ import annotations
 
-import json
-import logging
-import os
+import tempfile
+from pathlib import Path
 
+import psutil
 import torch
-from flwr.simulation import run_simulation
 
 from zofed.config import RunConfig
 from zofed.device import resolve_device
 from zofed.errors import ZofedError
-from zofed.runtime.flower.client_app import app as client_app
-from zofed.runtime.flower.server_app import ServeOptions, make_server_app
+from zofed.runtime.flower.deployment import CLIENT_APP, submit_run
+from zofed.runtime.flower.loopback import free_port, stop_processes
 
 
 def run_flower_sim(
-    config: RunConfig, *, resume: bool = False, overwrite: bool = False, show_progress: bool = True
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, show_progress: bool = True,
+    client_app: str = CLIENT_APP,
 ) -> dict | None:
-    # Runtime dependency installation would reach for the network; the environment is already complete.
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    options = ServeOptions(config, resume=resume, overwrite=overwrite, show_progress=show_progress)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(
-        server_app=make_server_app(options),
-        client_app=client_app,
-        num_supernodes=config.clients,
-        backend_config=sim_backend_config(config),
-    )
-    summary = config.run_dir / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else None
+    """`client_app`: the ClientApp's component path (tests swap in a wrapper that plays hostile clients)."""
+    del show_progress  # the ServerApp runs in the local SuperLink's process tree; its log is streamed instead
+    with tempfile.TemporaryDirectory(prefix="zofed-sim-") as scratch:
+        home = Path(scratch)
+        # Ports of its own: the defaults would meet another run's local SuperLink on this machine.
+        ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+        try:
+            returncode, summary = submit_run(
+                config, LOCAL_SIMULATION, ports, resume=resume, overwrite=overwrite, home=home,
+                extra_args=("--federation-config", simulation_options(config)), client_app=client_app,
+            )
+        finally:
+            stop_local_superlink(home)
+    if returncode != 0:
+        raise ZofedError(f"`flwr run` on the local simulation SuperLink failed (exit {returncode}); see the log above")
+    return summary
+
+
+LOCAL_SIMULATION = '[superlink]\ndefault = "zofed"\n\n[superlink.zofed]\naddress = ":local-in-memory:"\n'
 
 
 def sim_backend_config(config: RunConfig) -> dict:
@@ -61,5 +73,32 @@ def sim_backend_config(config: RunConfig) -> dict:
     gpus = 1 if device.type == "cuda" else 0
     return {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus / workers},
-        "init_args": {"num_cpus": cpus_per_client * workers, "num_gpus": gpus, "logging_level": "ERROR", "log_to_driver": True},
+        "init_args": {"num_cpus": cpus_per_client * workers, "num_gpus": gpus},
     }
+
+
+def simulation_options(config: RunConfig) -> str:
+    """`flwr run --federation-config`: the simulation sized for this run (`sim_backend_config`)."""
+    backend = sim_backend_config(config)
+    clients, init = backend["client_resources"], backend["init_args"]
+    return (f"num-supernodes={config.clients} client-resources-num-cpus={clients['num_cpus']} "
+            f"client-resources-num-gpus={float(clients['num_gpus'])} init-args-num-cpus={init['num_cpus']} "
+            f"init-args-num-gpus={init['num_gpus']} "
+            'init-args-logging-level="ERROR" init-args-log-to-driver=true')
+
+
+def stop_local_superlink(home: Path) -> None:
+    """Stop the local SuperLink `flwr` started for FLWR_HOME `home` (its log file lies there), and
+    every process under it (SuperExec, ServerApp, simulation, Ray)."""
+    superlinks = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if any("flower-superlink" in part for part in command[:2]) and any(str(home) in part for part in command):
+            superlinks.append(process)
+    family = []
+    for superlink in superlinks:
+        try:
+            family += [superlink, *superlink.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    stop_processes(family, timeout_s=15)

@@ -1,0 +1,83 @@
+"""The repository as a Flower app: `flwr run .` next to `zofed run runtime=flower`, and the summary
+reaching a submitting machine through the streamed log rather than a shared filesystem."""
+
+import json
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from zofed.errors import ZofedError
+from zofed.runtime.flower.deployment import SUMMARY_LINE, _connection_toml, _script, flower_env, summary_from_log_line
+from zofed.runtime.flower.server_app import submitted_config
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_pyproject_is_a_flower_app_naming_zofeds_components():
+    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "zofed.runtime.flower.server_app:app",
+                                 "clientapp": "zofed.runtime.flower.client_app:app"}
+    assert (REPO / app["config"]["config"]).is_file()
+    assert "federations" not in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]  # `flwr run` would rewrite it
+
+
+def test_submitted_config_reads_the_bundles_yaml_with_overrides_and_config_json_wins(tmp_path):
+    bundle = lambda: REPO  # noqa: E731 - where Flower unpacked the bundle
+    config = submitted_config({"config": "configs/quickstart.yaml", "overrides": "rounds=2  model=tiny-llama"}, bundle)
+    assert (config.rounds, config.model, config.name) == (2, "tiny-llama", "quickstart")
+    resolved = submitted_config({"config": "configs/quickstart.yaml", "config-json": json.dumps(config.to_dict() | {"rounds": 5})}, bundle)
+    assert resolved.rounds == 5
+    with pytest.raises(ZofedError, match="config-json nor config"):
+        submitted_config({"overrides": "rounds=2"}, bundle)
+
+
+def test_summary_comes_from_its_log_line_only():
+    summary = {"rounds": 2, "final_eval_loss": 1.5}
+    assert summary_from_log_line(f"INFO : {SUMMARY_LINE}{json.dumps(summary)}\n") == summary
+    assert summary_from_log_line("round 1/2  val loss 1.2\n") is None
+    assert summary_from_log_line(f"{SUMMARY_LINE}{{truncated\n") is None
+
+
+@pytest.mark.slow
+def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink(tmp_path, deployment):
+    deployment.start_superlink()
+    for partition in (0, 1):
+        deployment.start_supernode(partition)
+    home = tmp_path / "flwr-cli-home"
+    home.mkdir()
+    (home / "config.toml").write_text(_connection_toml(deployment.superlink, None))
+    overrides = (f"model=tiny-llama clients=2 clients_per_round=2 rounds=2 data.limit=120 data.val_size=12 "
+                 f"data.test_size=12 eval.accuracy_examples=0 local.local_steps=2 output_dir={tmp_path / 'runs'}")
+    run_config = f'config="configs/quickstart.yaml" overrides="{overrides}"'
+    result = subprocess.run([_script("flwr"), "run", str(REPO), "zofed", "--run-config", run_config, "--stream"],
+                            env={**flower_env(), "FLWR_HOME": str(home)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summaries = [summary_from_log_line(line) for line in result.stdout.splitlines() if SUMMARY_LINE in line]
+    summary = next(found for found in summaries if found)
+    assert summary["rounds_run"] == 2 and summary["model"] == "tiny-llama"
+    assert "quickstart round 2/2" in result.stdout  # the plain per-round lines travel with the log
+    assert summary == json.loads((tmp_path / "runs" / "quickstart" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_flower_sim_uses_no_deprecated_api_and_leaves_no_superlink(tmp_path):
+    """runtime=flower-sim goes through `flwr run` on a local simulation SuperLink, stopped afterwards."""
+    import sys
+
+    import psutil
+
+    overrides = ["runtime=flower-sim", "model=tiny-llama", "clients=3", "clients_per_round=3", "rounds=1", "data.limit=120",
+                 "data.val_size=12", "data.test_size=12", "eval.accuracy_examples=0", "local.local_steps=1",
+                 f"output_dir={tmp_path / 'runs'}"]
+    result = subprocess.run([sys.executable, "-m", "zofed.cli", "run", str(REPO / "configs" / "quickstart.yaml"), *overrides],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                            env={**flower_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "deprecat" not in result.stderr.lower(), [line for line in result.stderr.splitlines() if "eprecat" in line]
+    assert "(3 simulated SuperNodes)" in result.stderr  # the run's size reached the simulation
+    assert json.loads(result.stdout)["rounds_run"] == 1
+    leftovers = [process for process in psutil.process_iter(["cmdline"])
+                 if any("zofed-sim-" in part for part in process.info["cmdline"] or [])]
+    assert not leftovers, [process.info["cmdline"] for process in leftovers]

@@ -1,0 +1,141 @@
+"""Run tracking: TensorBoard event files, the optional W&B sink, and the console lines."""
+
+import importlib.machinery
+import json
+import sys
+import types
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from zofed.errors import ZofedError
+from zofed.runtime.driver import run_local
+from zofed.tracking import loss_text, scalars
+
+from .runtime.helpers import tiny_config
+
+
+def _events(run_dir) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def _rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    config = tiny_config(tmp_path_factory.mktemp("tracked"), "fedmezo", "rounds=2", "local.local_steps=2")
+    run_local(config, show_progress=False)
+    return config
+
+
+def test_tensorboard_events_hold_every_round_row(tracked_run):
+    events, rows = _events(tracked_run.run_dir), _rows(tracked_run.run_dir)
+    expected = {
+        "loss/train": "train_loss", "loss/validation": "eval_loss", "bytes/up": "bytes_up", "bytes/down": "bytes_down",
+        "compute/forward_passes": "forward_passes", "memory/peak_rss_mb": "peak_rss_mb", "time/round_s": "seconds",
+    }
+    for tag, key in expected.items():
+        assert [step for step, _ in events[tag]] == [1, 2], tag
+        assert [value for _, value in events[tag]] == pytest.approx([row[key] for row in rows], rel=1e-6), tag
+    assert [value for _, value in events["lr"]] == pytest.approx([0.005, 0.005])
+    assert [value for _, value in events["bytes/up_records"]] == [row["bytes_up_by_kind"]["records"] for row in rows]
+
+
+def test_resumed_run_logs_each_round_once(tmp_path):
+    config = tiny_config(tmp_path, "fedavg", "rounds=3", "local.local_steps=2")
+    assert run_local(config, show_progress=False, stop_after_round=2) is None
+    run_local(config, resume=True, show_progress=False)
+    assert [step for step, _ in _events(config.run_dir)["loss/train"]] == [1, 2, 3]
+    assert [value for _, value in _events(config.run_dir)["lr"]] == pytest.approx([5e-3] * 3)  # FedAvg: its settings' lr
+
+
+def test_tensorboard_off_writes_no_event_files(tmp_path):
+    config = tiny_config(tmp_path, "fedmezo", "rounds=1", "local.local_steps=1", "tracking.tensorboard=false")
+    run_local(config, show_progress=False)
+    assert not list(config.run_dir.glob("events.out.tfevents.*"))
+
+
+def test_piped_output_gets_one_plain_line_per_round(tmp_path, capsys):
+    config = tiny_config(tmp_path, "fedmezo", "rounds=2", "local.local_steps=1", "eval.every=2")
+    run_local(config, show_progress=True)  # stderr is captured, not a terminal: lines, not a bar
+    lines = [line for line in capsys.readouterr().err.splitlines() if " round " in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("test-fedmezo round 1/2  train loss ") and "val loss" not in lines[0]
+    assert lines[1].startswith("test-fedmezo round 2/2  val loss ") and "lr 0.005" in lines[1]
+
+
+def test_the_shown_loss_is_named():
+    assert loss_text({"train_loss": 2.5, "eval_loss": None}) == "train loss 2.5000"
+    assert loss_text({"train_loss": 2.5, "eval_loss": 1.25}) == "val loss 1.2500"
+
+
+def test_scalars_leave_out_missing_and_non_finite_values():
+    values = scalars({"round": 1, "train_loss": float("nan"), "eval_loss": None, "bytes_up": 10, "per_client": [{"lr": 0.1}, {"lr": 0.3}]})
+    assert values == {"bytes/up": 10.0, "lr": pytest.approx(0.2), "clients/sampled": 0.0, "clients/dropped": 0.0,
+                      "clients/rejected": 0.0}
+    assert scalars({"round": 1}, default_lr=1e-3)["lr"] == 1e-3
+
+
+class _FakeWandb(types.ModuleType):
+    """Stands in for the wandb package (not installed here): records what zofed calls."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+        self.calls = []
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        return self
+
+    def log(self, values, step):
+        self.calls.append(("log", step, values))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def test_wandb_sink_logs_every_round_offline(tmp_path, monkeypatch):
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    config = tiny_config(tmp_path, "fedmezo", "rounds=2", "local.local_steps=1", "tracking.wandb=true")
+    run_local(config, show_progress=False)
+    init, *logs, finish = fake.calls
+    assert init[0] == "init" and init[1]["mode"] == "offline" and init[1]["name"] == "test-fedmezo"
+    assert init[1]["config"]["tracking"]["wandb"] is True
+    assert [call[1] for call in logs] == [1, 2] and finish == ("finish",)
+    rows = _rows(config.run_dir)
+    assert [call[2]["loss/train"] for call in logs] == pytest.approx([row["train_loss"] for row in rows])
+
+
+def test_wandb_without_the_package_refuses_the_run_before_it_writes(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import machinery: "not installed"
+    config = tiny_config(tmp_path, "fedmezo", "tracking.wandb=true")  # a SuperNode or `zofed eval` may read it
+    with pytest.raises(ZofedError, match=r"pip install wandb.*tracking.wandb=false"):
+        run_local(config, show_progress=False)
+    assert not config.run_dir.exists()
+
+
+def _console_config(tmp_path):
+    return tiny_config(tmp_path, "fedmezo", "rounds=2", "tracking.tensorboard=false")
+
+
+def test_a_terminal_gets_the_bar_naming_its_loss(tmp_path, monkeypatch, capsys):
+    from zofed.tracking import PlainLines, ProgressBar, open_tracking
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat stderr as a terminal
+    row = {"round": 1, "train_loss": 2.5, "eval_loss": 1.25, "bytes_up": 1, "bytes_down": 1, "forward_passes": 1,
+           "peak_rss_mb": 1.0, "seconds": 0.1}
+    with open_tracking(_console_config(tmp_path), tmp_path, first_round=1) as tracking:
+        assert [type(sink) for sink in tracking.sinks] == [ProgressBar]
+        tracking.round(row)
+    assert "val loss 1.2500" in capsys.readouterr().err
+    with open_tracking(_console_config(tmp_path), tmp_path, first_round=1, show_progress=False) as tracking:
+        assert tracking.sinks == []  # --no-progress on a terminal: quiet
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    with open_tracking(_console_config(tmp_path), tmp_path, first_round=1, show_progress=False) as tracking:
+        assert [type(sink) for sink in tracking.sinks] == [PlainLines]  # piped: lines even without a bar
