@@ -113,6 +113,12 @@ class Settings(BaseModel):
         """Whether the run must measure the client memory model (runtime/memory_profile.py) before it starts."""
         return False
 
+    @property
+    def replays_directions(self) -> bool:
+        """Whether a party other than the client rebuilds its directions from seeds (the server's
+        rebuild or replay, another client's catch-up): then every party must draw the same z."""
+        return hasattr(self, "directions")
+
     def for_population(self, clients: int) -> "Settings":
         """These settings for a run of `clients` clients (a method that plans per client learns the count)."""
         return self

@@ -94,6 +94,11 @@ class FedMeZOSettings(DownlinkSettings):
         """Whether every client's upload lives on the same coordinates (robust median/trimmed mean need it)."""
         return self.upload == "weights"
 
+    @property
+    def replays_directions(self) -> bool:
+        """As published (weights up, weights down) no one but the client ever draws its directions."""
+        return self.upload == "seeds" or self.downlink == "replay"
+
     @model_validator(mode="after")
     def _replay_needs_seeds(self) -> "FedMeZOSettings":
         if self.downlink == "replay" and self.upload != "seeds":
