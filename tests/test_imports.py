@@ -33,5 +33,5 @@ def test_the_package_and_the_gpu_check_import_without_flwr_and_gguf():
 
 def test_the_blocker_blocks():
     # The Flower runtime needs flwr: if this imported, the test above would prove nothing.
-    result = run_blocked("zofed.runtime.flower.simulation")
+    result = run_blocked("zofed.runtime.flower.server_app")
     assert result.returncode != 0 and "blocked: flwr" in result.stderr

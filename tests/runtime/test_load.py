@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import zofed.runtime.driver as driver
+import zofed.runtime.round as round_body
 from zofed.checkpoint import load_latest_checkpoint
 from zofed.runtime.client import KeptStore
 
@@ -55,7 +56,7 @@ def test_a_round_touches_only_its_sampled_clients(tmp_path, monkeypatch, clients
                          "fedmezo.upload=seeds", "fedmezo.downlink=replay", f"fedmezo.max_lag={max_lag}")
     counts: dict[str, int] = {}
     for name in ("client_round", "encode_with_sizes"):
-        count_calls(monkeypatch, local, name, counts)
+        count_calls(monkeypatch, round_body, name, counts)
     for name in ("load", "save"):
         count_calls(monkeypatch, KeptStore, name, counts)
     driver.run_local(config, show_progress=False)
