@@ -103,6 +103,19 @@ def test_fedkseed_wrong_length_and_too_many_moved_candidates_are_rejected():
     rejects(algorithm, state, sent, replace(reply, scalars=(0.5,) * 16), "16 candidates moved in 4")
 
 
+def test_fedkseed_pro_statistics_must_be_ones_the_client_s_steps_made():
+    algorithm, state, sent, reply = honest("fedkseed-pro", {"lr": 0.02, "mu": 1e-3, "num_seeds": 16})
+    algorithm.accept(state, sent, reply)
+    stats = dict(reply.config)
+    inflated = {**stats, "steps": [n * 100 for n in stats["steps"]], "abs_sums": [a * 100 for a in stats["abs_sums"]]}
+    rejects(algorithm, state, sent, replace(reply, config=inflated), "count 400 steps in 4")
+    twice = {key: [value[0], value[0]] for key, value in stats.items()}
+    rejects(algorithm, state, sent, replace(reply, config=twice), "twice")
+    rejects(algorithm, state, sent, replace(reply, config={}), "missing or impossible")
+    beyond_clip = {**stats, "abs_sums": [1e9] * len(stats["abs_sums"])}
+    rejects(algorithm, state, sent, replace(reply, config=beyond_clip), "missing or impossible")
+
+
 def test_fedavg_forged_count_is_rejected():
     algorithm, state, sent, reply = honest("fedavg", {"lr": 0.01, "optimizer": "sgd"})
     algorithm.accept(state, sent, reply)

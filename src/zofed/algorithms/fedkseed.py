@@ -151,6 +151,17 @@ class FedKSeed:
         used = sum(1 for g in reply.scalars if g != 0.0)  # each local step adds to one candidate's sum
         if sent.steps is not None and used > sent.steps:
             raise Rejected(f"{used} candidates moved in {sent.steps} local steps")
+        if self.pro:
+            # the statistics steer every later round's seed sampling: they must be ones this client's steps made
+            statistics = seed_statistics(reply, k, self.settings.clip)
+            if used and not statistics:
+                raise Rejected("FedKSeed-Pro statistics (used, abs_sums, steps) missing or impossible for clipped steps")
+            indices = [j for j, _, _ in statistics]
+            if len(set(indices)) != len(indices):
+                raise Rejected("FedKSeed-Pro statistics name a candidate twice")
+            counted = sum(n for _, _, n in statistics)
+            if sent.steps is not None and counted > sent.steps:
+                raise Rejected(f"FedKSeed-Pro statistics count {counted} steps in {sent.steps} local steps")
         return reply
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
