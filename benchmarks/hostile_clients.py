@@ -9,7 +9,15 @@ method's plain mean, and the attack with the robust option that fits the upload:
 Goal: final test loss with robust aggregation within 5% of the clean run. Reported next to the
 initial test loss, so how much training there was to protect is visible too.
 
+`--runtime flower-sim` plays every case on Flower's simulation engine instead: the hostile client
+corrupts its replies on the client side of the transport (benchmarks/hostile_client_app.py, the
+same corruption as the in-process `faults.hostile_*`), the server screens and aggregates them in
+the one round body every runtime shares. Each case is then a whole `flwr run` (its own SuperLink,
+workers loading the model), so it costs minutes more than the local runtime's; results are
+compared with the local runtime's for the same upload when those are in the output file.
+
     PYTHONPATH=src .venv/bin/python benchmarks/hostile_clients.py [--upload weights] [--rounds 2]
+        [--runtime local|flower-sim]
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MODES = ("scale", "sign-flip", "random", "nan")
 HOSTILE_CLIENT = 3
 TOLERANCE = 0.05
+FAULTS_ENV = "ZOFED_BENCH_FAULTS"  # read by benchmarks/hostile_client_app.py (its ENV): the attack
 ROBUST = {"weights": ["robust.aggregator=trimmed-mean", "robust.trim_fraction=0.125"],
           "seeds": ["robust.clip_scalar={clip}"]}
 
@@ -41,6 +50,26 @@ def overrides(args) -> list[str]:
         "eval.val_examples=1", f"eval.test_examples={args.eval_examples}", "eval.accuracy_examples=0",
         f"fedmezo.upload={args.upload}",
     ]
+
+
+def play_flower(attack: list[str], extra: list[str], args, out: Path, name: str) -> dict:
+    """The case as a `flwr run` on the simulation engine; the attack is made by the client app, not the server."""
+    from zofed.config import load_config
+    from zofed.runtime.flower.simulation import run_flower_sim
+
+    config = load_config(args.config, overrides(args) + attack + extra)
+    os.environ[FAULTS_ENV] = config.faults.model_dump_json()  # the hostile node's own orders, read by its workers
+    config = load_config(args.config, overrides(args) + extra + [
+        "runtime=flower-sim", f"name={name}", f"output_dir={out}", "flower.connect_timeout_s=1200"])
+    started = time.perf_counter()
+    summary = run_flower_sim(config, show_progress=False, client_app="benchmarks.hostile_client_app:app")
+    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    loss = summary["final_test_loss"]
+    result = {"final_test_loss": loss, "rejected_replies": sum(len(row["rejected"]) for row in rows),
+              "wall_s": round_s(time.perf_counter() - started)}
+    print(f"  {name:20s} test loss {loss:.4f}  rejected {result['rejected_replies']}  ({result['wall_s']:.0f} s)",
+          file=sys.stderr, flush=True)
+    return result
 
 
 def play(experiment, initial: dict, extra: list[str], args, out: Path, name: str) -> dict:
@@ -70,6 +99,12 @@ def play(experiment, initial: dict, extra: list[str], args, out: Path, name: str
     return result
 
 
+def final_losses(document: dict) -> list[float]:
+    """Every run's final test loss in a fixed order: clean, then per mode without and with the defence."""
+    return [document["clean"]["final_test_loss"]] + [case[side]["final_test_loss"] for case in document["cases"]
+                                                     for side in ("without_robust", "with_robust")]
+
+
 def round_s(seconds: float) -> float:
     return float(f"{seconds:.1f}")
 
@@ -90,8 +125,12 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=50.0, help="--upload seeds: robust.clip_scalar")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runtime", choices=("local", "flower-sim"), default="local")
     parser.add_argument("--output", default="benchmarks/results/hostile_clients.json")
     args = parser.parse_args()
+    if args.runtime == "flower-sim":  # the simulation's workers import the hostile client app from this checkout
+        root = Path(__file__).resolve().parents[1]
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "src"), os.environ.get("PYTHONPATH", "")])
 
     import torch
 
@@ -110,14 +149,22 @@ def main() -> None:
     initial_loss = evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id,
                                  experiment.config.eval.batch_size)
     print(f"  initial test loss {initial_loss:.4f}", file=sys.stderr, flush=True)
+    if args.runtime == "flower-sim":
+        del experiment, initial  # every case loads its own, in the simulation's workers
+
+    def play_case(attack: list[str], extra: list[str], name: str) -> dict:
+        if args.runtime == "flower-sim":
+            return play_flower(attack, extra, args, out, name)
+        return play(experiment, initial, attack + extra, args, out, name)
+
     with tempfile.TemporaryDirectory(prefix="zofed-hostile-") as tmp:
         out = Path(tmp)
-        clean = play(experiment, initial, [], args, out, "clean")
+        clean = play_case([], [], "clean")
         cases = []
         for mode in modes:
             attack = [f"faults.hostile_clients=[{HOSTILE_CLIENT}]", f"faults.hostile_mode={mode}", "faults.hostile_scale=1000"]
-            plain = play(experiment, initial, attack, args, out, f"{mode}-mean")
-            defended = play(experiment, initial, attack + robust, args, out, f"{mode}-robust")
+            plain = play_case(attack, [], f"{mode}-mean")
+            defended = play_case(attack, robust, f"{mode}-robust")
             cases.append({
                 "hostile_mode": mode,
                 "without_robust": plain | {"gap_to_clean": relative_gap(plain["final_test_loss"], clean["final_test_loss"])},
@@ -127,7 +174,7 @@ def main() -> None:
     document = {
         "machine": describe_machine(),
         "setup": {
-            "config": args.config, "algorithm": "fedmezo", "upload": args.upload, "clients": 8, "sampled": 8,
+            "runtime": args.runtime, "config": args.config, "algorithm": "fedmezo", "upload": args.upload, "clients": 8, "sampled": 8,
             "hostile_client": HOSTILE_CLIENT, "hostile_scale": 1000, "rounds": args.rounds,
             "local_steps": args.local_steps, "batch_size": args.batch_size, "data_limit": args.limit,
             "eval_examples": args.eval_examples, "robust": robust, "tolerance": TOLERANCE,
@@ -147,8 +194,13 @@ def main() -> None:
     print(f"robust within {TOLERANCE:.0%} of clean in every mode: {goal_met}")
     output = Path(args.output)
     existing = json.loads(output.read_text()) if output.is_file() else {}
-    existing = existing if "by_upload" in existing else {"by_upload": {}}
-    existing["by_upload"][args.upload] = document
+    existing = existing if "by_runtime" in existing else {"by_runtime": {}}
+    existing["by_runtime"].setdefault(args.runtime, {})[args.upload] = document
+    local = existing["by_runtime"].get("local", {}).get(args.upload)
+    if args.runtime != "local" and local and local["setup"] | {"runtime": args.runtime} == document["setup"]:
+        gaps = [abs(a - b) for a, b in zip(final_losses(document), final_losses(local))]
+        document["max_abs_difference_to_local"] = max(gaps)
+        print(f"largest difference to the local runtime's final test losses: {max(gaps):.2e}")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(existing, indent=2, allow_nan=True) + "\n")
 

@@ -162,6 +162,10 @@ class RunConfig(Section):
                 f"robust.trim_fraction={self.robust.trim_fraction} trims no client of the {self.sampled_per_round()} "
                 f"sampled per round (the plain mean); raise it to at least {1 / self.sampled_per_round():.3g} or sample more clients"
             )
+        if self.runtime != "local" and self.faults != FaultsConfig():
+            # injected where the in-process transport runs the clients; a Flower runtime would silently skip them
+            raise ValueError(f"faults are injected by runtime=local only, not runtime={self.runtime}; "
+                             "remove the faults section or run with runtime=local")
         settings = self.methods.get(self.algorithm)
         if self.robust.aggregator != "mean" and settings is not None and not settings.shared_coordinates:
             raise ValueError(

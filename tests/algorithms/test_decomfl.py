@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -35,3 +37,20 @@ def test_one_client_matches_its_own_update_on_the_server():
     reply = train_client(algorithm, problem, message, 0, 4)
     state = algorithm.aggregate(state, 1, [(0, reply)])
     assert torch.allclose(state.weights["weight"], problem.weight.data, atol=1e-6)
+
+
+def test_a_reply_of_another_length_is_dropped_not_the_round():
+    algorithm = build_algorithm("decomfl", {"lr": 0.02, "mu": 1e-3})
+    problem = ToyProblem(clients=3)
+    state = algorithm.init(problem.initial(), seed=0)
+    messages = algorithm.configure(state, 1, [0, 1, 2])
+    replies = [(client, train_client(algorithm, problem, message, client, 4))
+               for client, message in enumerate(messages)]
+    honest = algorithm.aggregate(state, 1, replies[:2])
+    padded = replace(replies[2][1], scalars=replies[2][1].scalars + (1e3,))
+    with_padded = algorithm.aggregate(state, 1, [*replies[:2], (2, padded)])
+    assert torch.equal(with_padded.weights["weight"], honest.weights["weight"])
+    assert not torch.equal(honest.weights["weight"], state.weights["weight"])
+    # two against two of another length: the shorter wins, so padding cannot outvote the honest length
+    tie = algorithm.aggregate(state, 1, [replies[0], (2, padded), (1, replies[1][1]), (3, padded)])
+    assert torch.equal(tie.weights["weight"], honest.weights["weight"])

@@ -92,3 +92,10 @@ def test_one_hostile_client_in_four_is_contained_by_the_median(tmp_path):
 def test_median_with_per_client_seeds_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ZofedError, match="shared coordinates"):
         tiny_config(tmp_path, "fedmezo", "fedmezo.upload=seeds", "robust.aggregator=median")
+
+
+@pytest.mark.parametrize("runtime", ["flower-sim", "flower"])
+def test_faults_on_a_flower_runtime_are_refused_not_skipped(tmp_path, runtime):
+    with pytest.raises(ZofedError, match=f"runtime=local only, not runtime={runtime}"):
+        tiny_config(tmp_path, "fedmezo", f"runtime={runtime}", "faults.drop_rate=0.3")
+    tiny_config(tmp_path, "fedmezo", f"runtime={runtime}")

@@ -17,6 +17,7 @@ same θ and applied together.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Literal
@@ -65,6 +66,20 @@ def round_records(base_seed: int, coefficients: Sequence[float], perturbations: 
         (step_seed(base_seed, index // perturbations, index % perturbations), coeff)
         for index, coeff in enumerate(coefficients)
     ]
+
+
+def same_length(replies: Sequence[tuple[int, Message]]) -> list[tuple[int, Message]]:
+    """The replies of the round's common length; one of another length is dropped, not the round.
+
+    Clients of one round run the same steps over the same seeds, so `accept` already refuses a
+    length other than the one asked for; this holds where the server could not say how many steps
+    it asked. The most common length wins, a tie the shorter one (padding a reply cannot outvote).
+    """
+    counts = Counter(len(reply.scalars) for _, reply in replies if reply.scalars)
+    if not counts:
+        return []
+    length = min(counts, key=lambda n: (-counts[n], n))
+    return [(client, reply) for client, reply in replies if len(reply.scalars) == length]
 
 
 class DeComFL:
@@ -124,9 +139,8 @@ class DeComFL:
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings
-        lengths = {len(reply.scalars) for _, reply in replies}
-        if not replies or len(lengths) != 1 or 0 in lengths:
-            # clients of one round run the same steps; mismatched replies are not applied
+        replies = same_length(replies)
+        if not replies:
             return skip_round(state, round, s)
         shares = np.asarray(client_shares(replies, s.weighting))
         grads = np.asarray([reply.scalars for _, reply in replies], dtype=np.float64)

@@ -21,12 +21,14 @@ import time
 _IMPORTS_STARTED, _IMPORTS_CPU_STARTED = time.time(), time.process_time()
 
 import json  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.clientapp.typing import Mod  # noqa: E402
 
 from zofed.algorithms import Algorithm, build_algorithm  # noqa: E402
 from zofed.config import RunConfig, parse_config  # noqa: E402
@@ -34,8 +36,6 @@ from zofed.errors import ZofedError  # noqa: E402
 from zofed.runtime.experiment import Experiment, build_experiment, build_model, prepare_data  # noqa: E402
 from zofed.runtime.flower.records import NODE, RUN, ContextKeptStore, FileKeptStore, pack, unpack  # noqa: E402
 from zofed.runtime.round import client_round  # noqa: E402
-
-app = ClientApp()
 
 # What this process paid before it could serve its first message, reported once (then emptied).
 _PROCESS_COSTS = {
@@ -48,7 +48,6 @@ _PROCESS_COSTS = {
 _CACHE: list[tuple[str, Experiment, Algorithm]] = []
 
 
-@app.query()
 def hello(message: Message, context: Context) -> Message:
     """Tell the server which client this node is; once it has bound the node to that client, it
     sends the run's config (what a client needs of it), kept in the node's state."""
@@ -58,7 +57,6 @@ def hello(message: Message, context: Context) -> Message:
     return Message(RecordDict({NODE: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=message)
 
 
-@app.train()
 def train(message: Message, context: Context) -> Message:
     client = partition_id(context)
     config = node_run_config(context)
@@ -71,6 +69,18 @@ def train(message: Message, context: Context) -> Message:
     runtime = {**measured, "setup_s": setup_s, **model_load, **_PROCESS_COSTS}
     _PROCESS_COSTS.clear()
     return Message(pack(uplink, runtime), reply_to=message)
+
+
+def build_client_app(train_mods: Sequence[Mod] = ()) -> ClientApp:
+    """zofed's ClientApp; `train_mods` wrap its train handler (Flower mods: tests and benchmarks play
+    hostile clients by replacing the honest reply on the client side of the transport)."""
+    client_app = ClientApp()
+    client_app.query()(hello)
+    client_app.train(mods=list(train_mods))(train)
+    return client_app
+
+
+app = build_client_app()
 
 
 def kept_store(context: Context, config: RunConfig) -> FileKeptStore | ContextKeptStore:
