@@ -194,7 +194,8 @@ def main() -> None:
     print(f"robust within {TOLERANCE:.0%} of clean in every mode: {goal_met}")
     output = Path(args.output)
     existing = json.loads(output.read_text()) if output.is_file() else {}
-    existing = existing if "by_runtime" in existing else {"by_runtime": {}}
+    if "by_runtime" not in existing:  # the file's first layout held the local runtime's results only
+        existing = {"by_runtime": {"local": existing.get("by_upload", {})}}
     existing["by_runtime"].setdefault(args.runtime, {})[args.upload] = document
     local = existing["by_runtime"].get("local", {}).get(args.upload)
     if args.runtime != "local" and local and local["setup"] | {"runtime": args.runtime} == document["setup"]:
