@@ -159,12 +159,9 @@ def run_rounds_through_the_wire(algorithm, rounds: int):
     return state, kinds, exact
 
 
-def test_weights_are_the_default_downlink_while_a_kept_copy_breaks_the_memory_budget():
-    assert build_algorithm("zorba", SETTINGS).settings.downlink == "weights"
-
-
-def test_block_records_replay_exactly():
-    algorithm = build_algorithm("zorba", {**SETTINGS, "downlink": "replay"})
+def test_block_records_are_the_default_downlink_and_replay_exactly():
+    algorithm = build_algorithm("zorba", SETTINGS)
+    assert algorithm.settings.downlink == "replay"
     state, messages, exact = run_rounds_through_the_wire(algorithm, rounds=6)
     assert exact  # block records replayed on each layer's tensors only give the server's model bit for bit
     first = {}
