@@ -57,14 +57,10 @@ class MemoryKeptStore:
     def __init__(self, directory) -> None:
         self.models = {}
 
-    def load(self, client, at_most):
-        return self.models.get(client)
+    def client(self, client, at_most):
+        from zofed.runtime.client import KeptInMemory
 
-    def save(self, client, kept) -> None:
-        if kept is None:
-            self.models.pop(client, None)
-        else:
-            self.models[client] = kept
+        return self.models.setdefault(client, KeptInMemory())
 
 
 def child(clients: int, rounds: int, kept_in_memory: bool) -> dict:

@@ -4,7 +4,11 @@ Memory: each case is one client's round, the server's side in a process of its o
 the round-1 downlink to a file) and the client's in another (`client_round_peak`, the same
 function the start-up profile uses): the model is loaded, the downlink's bytes read, the peak-RSS
 window reset, the client decodes the downlink, loads it and trains a few local steps; the peak is
-that window's VmHWM. A ZorBA client first puts its inactive layers in bf16 (this also copies the
+that window's VmHWM. A ZorBA client with `downlink: replay` (the default) is measured twice, each
+round in a fresh process: first contact (the weights, saved to its kept file on disk before
+training) and its steady state (round 2's block records: the kept file loaded into the model, the
+records replayed, the synced model saved again, then training). For the second, the server
+process plays round 1 with every client in-process and encodes client's round-2 downlink. A ZorBA client first puts its inactive layers in bf16 (this also copies the
 model out of the weight file's memory map), then opens the window; it gets the plan's blocks for
 its device class (`zorba.device_profile`, clients 0/1/2 = smallest/middle/largest budget), and
 its peak is checked against its budget. The window measures the round, not the model load: our
@@ -48,26 +52,38 @@ ZO_LR = ["fedmezo.lr=1e-5", "fedmezo.mu=1e-3", "fedkseed.lr=1e-5", "fedkseed.mu=
 
 
 def server_downlink(config_json: str, client: int, downlink: Path) -> dict:
-    """The server's side, in a process of its own: the round-1 downlink to `client`, written to `downlink`.
+    """The server's side, in a process of its own: the round-1 downlink to `client`, written to `downlink`,
+    and with a replay downlink the round-2 one to `<downlink>.replay` (round 1 played with every client here).
 
     Returns what the client process needs to know besides the bytes (for ZorBA: its plan).
     """
     from zofed.algorithms import build_algorithm
     from zofed.algorithms.zorba import current_plan
     from zofed.config import parse_config
+    from zofed.runtime.client import KeptStore
     from zofed.runtime.codec import encode
+    from zofed.runtime.driver import run_round
     from zofed.runtime.experiment import build_experiment
 
     config = parse_config(json.loads(config_json))
     experiment = build_experiment(config)
+    replays = getattr(config.algorithm_settings, "downlink", "weights") == "replay"
     num_layers, weights = experiment.loaded.num_layers, experiment.view.state_dict()
-    del experiment  # the server holds its state, not a model; a large model cannot have both here
-    gc.collect()
+    if not replays:
+        del experiment  # the server holds its state, not a model; a large model cannot have both here
+        gc.collect()
     method = build_algorithm(config.algorithm, config.algorithm_settings)
     state = method.init(weights, config.seed)
     del weights
     gc.collect()
     downlink.write_bytes(encode(method.configure(state, 1, [client])[0]))
+    if replays:
+        with tempfile.TemporaryDirectory(prefix="zofed-kept-") as kept:
+            state, _ = run_round(experiment, method, state, 1, KeptStore(Path(kept)))
+        [steady] = method.configure(state, 2, [client])
+        if steady.kind != "replay":
+            raise RuntimeError(f"client {client}'s round-2 downlink is {steady.kind}, not the records to replay")
+        replay_path(downlink).write_bytes(encode(steady))
     if config.algorithm != "zorba":
         return {}
     plan = current_plan(state.info)
@@ -76,11 +92,21 @@ def server_downlink(config_json: str, client: int, downlink: Path) -> dict:
             "lower": [layer for layer in range(num_layers) if layer not in active]}
 
 
+def replay_path(downlink: Path) -> Path:
+    return downlink.with_name(downlink.name + ".replay")
+
+
+def kept_path(downlink: Path) -> Path:
+    return downlink.with_name("kept.safetensors")  # the client's disk
+
+
 def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> dict:
-    """The client's round in this (fresh) process, from the downlink's bytes as they would arrive."""
+    """The client's round in this (fresh) process, from the downlink's bytes as they would arrive;
+    its kept copy (if it keeps one) in a file beside them."""
     from zofed.algorithms import build_algorithm
     from zofed.algorithms.zorba import DTYPES
     from zofed.config import parse_config
+    from zofed.runtime.client import KeptFile
     from zofed.runtime.experiment import build_experiment
     from zofed.runtime.memory_profile import client_round_peak
 
@@ -91,7 +117,7 @@ def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> di
     dtype = DTYPES[config.algorithm_settings.inactive_dtype] if lower is not None else None
     outbox = [downlink.read_bytes()]
     gc.collect()
-    peak = client_round_peak(experiment, method, outbox, client, lower, dtype)
+    peak = client_round_peak(experiment, method, outbox, client, lower, dtype, KeptFile(kept_path(downlink)))
     return {"algorithm": config.algorithm, "client": client, **peak, "trainable_params": experiment.view.numel(),
             **plan}
 
@@ -125,7 +151,14 @@ def run_child(config, client: int) -> dict:
             return json.loads(output.strip().splitlines()[-1])
 
         plan = child("--server")
-        return child("--client", json.dumps(plan))
+        first = child("--client", json.dumps(plan))
+        if not replay_path(downlink).is_file():
+            return first
+        downlink.unlink()
+        replay_path(downlink).rename(downlink)  # round 2 arrives, the client's kept file from round 1 still on its disk
+        steady = child("--client", json.dumps(plan))
+        return {**first, "first_contact_peak_rss_mb": first["peak_rss_mb"], "replay_peak_rss_mb": steady["peak_rss_mb"],
+                "peak_rss_mb": max(first["peak_rss_mb"], steady["peak_rss_mb"])}
 
 
 def main() -> None:
@@ -186,7 +219,9 @@ def main() -> None:
     for client in range(3):
         memory.append(run_child(zorba_config, client))
         row = memory[-1]
-        print(f"zorba c{client}  peak {row['peak_rss_mb']:8.1f} MB  budget {row['budget_mb']:8.1f} MB  "
+        steps = (f" (first contact {row['first_contact_peak_rss_mb']:.1f}, replay {row['replay_peak_rss_mb']:.1f})"
+                 if "replay_peak_rss_mb" in row else "")
+        print(f"zorba c{client}  peak {row['peak_rss_mb']:8.1f} MB{steps}  budget {row['budget_mb']:8.1f} MB  "
               f"{len(row['active_blocks'])} active blocks", flush=True)
     fedmezo_peak = next(row["peak_rss_mb"] for row in memory if row["algorithm"] == "fedmezo")
     zorba_rows = [row for row in memory if row["algorithm"] == "zorba"]

@@ -8,7 +8,7 @@ from zofed.errors import ZofedError
 from zofed.runtime.client import receive_model_
 from zofed.runtime.codec import encode_with_sizes
 
-from .toy import ToyProblem, train_client
+from .toy import ToyProblem, kept_tensors, train_client
 
 SEED_UPLOAD = {
     "fedmezo": {"lr": 0.02, "mu": 1e-3, "upload": "seeds"},
@@ -39,9 +39,10 @@ def run(name: str, downlink: str, rounds: int, max_lag: int = 10, drop=()):
             kinds.append((round, client, message.kind))
             down_bytes.append((round, message.kind, encode_with_sizes(message)[1].total))
             reply = train_client(algorithm, problem, message, client, 1000 * round + client, kept)
-            if client in kept:
-                held = kept[client]
-                exact &= all(torch.equal(t, versions[held.version][n]) for n, t in zip(problem.names, held.tensors))
+            held = kept[client]
+            if held.version is not None:
+                exact &= all(torch.equal(t, versions[held.version][n])
+                             for n, t in zip(problem.names, kept_tensors(held, problem.env(client, 0).tensors)))
             if (round, client) not in drop:
                 replies.append((client, reply))
         state = algorithm.aggregate(state, round, replies)

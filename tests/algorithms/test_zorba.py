@@ -13,7 +13,7 @@ from zofed.algorithms.zorba import client_budgets, current_plan, plan
 from zofed.errors import ZofedError
 from zofed.messages import Message
 
-from .toy import ToyProblem
+from .toy import ToyProblem, kept_tensors
 
 PROFILE = {"base_mb": 100.0, "block_mb": [10.0, 10.0], "block_params": [18, 3]}
 SETTINGS = {"lr": 0.02, "mu": 1e-3, "memory_profile": PROFILE, "num_clients": 3, "budgets_mb": [125, 125, 125]}
@@ -135,7 +135,7 @@ def test_bad_budgets_are_one_line_errors(tmp_path):
 def run_rounds_through_the_wire(algorithm, rounds: int):
     """Partial participation through codec and downlink; returns the state, the message kinds and whether
     every client's kept model is bit-for-bit the server's model of the version it holds."""
-    from zofed.runtime.client import receive_model_
+    from zofed.runtime.client import KeptInMemory, receive_model_
     from zofed.runtime.codec import decode, encode
 
     problem = ToyProblem()
@@ -148,23 +148,20 @@ def run_rounds_through_the_wire(algorithm, rounds: int):
         for client, message in zip(sampled, algorithm.configure(state, round, sampled)):
             kinds.append((round, client, message))
             env = dataclasses.replace(problem.env(client, seed=100 * round + client), split=TwoLayerToy())
-            received, kept_model = receive_model_(decode(encode(message)), env.tensors, env.names, kept.get(client))
-            if kept_model is not None:
-                kept[client] = kept_model
-                exact &= all(torch.equal(t, versions[kept_model.version][n])
-                             for n, t in zip(problem.names, kept_model.tensors))
+            held = kept.setdefault(client, KeptInMemory())
+            received = receive_model_(decode(encode(message)), env.tensors, env.names, held)
+            if held.version is not None:
+                exact &= all(torch.equal(t, versions[held.version][n])
+                             for n, t in zip(problem.names, kept_tensors(held, env.tensors)))
             replies.append((client, decode(encode(algorithm.train(received, env)))))
         state = algorithm.aggregate(state, round, replies)
         versions[round] = {name: tensor.clone() for name, tensor in state.weights.items()}
     return state, kinds, exact
 
 
-def test_weights_are_the_default_downlink_while_a_kept_copy_breaks_the_memory_budget():
-    assert build_algorithm("zorba", SETTINGS).settings.downlink == "weights"
-
-
-def test_block_records_replay_exactly():
-    algorithm = build_algorithm("zorba", {**SETTINGS, "downlink": "replay"})
+def test_block_records_are_the_default_downlink_and_replay_exactly():
+    algorithm = build_algorithm("zorba", SETTINGS)
+    assert algorithm.settings.downlink == "replay"
     state, messages, exact = run_rounds_through_the_wire(algorithm, rounds=6)
     assert exact  # block records replayed on each layer's tensors only give the server's model bit for bit
     first = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from zofed.algorithms import ClientEnv
-from zofed.runtime.client import KeptModel, receive_model_
+from zofed.runtime.client import KeptInMemory, receive_model_
 from zofed.config import FaultsConfig, RobustConfig
 from zofed.runtime.codec import decode, encode
 from zofed.runtime.round import InProcessTransport, play_round
@@ -62,16 +62,19 @@ class ToyProblem:
 
 
 def train_client(algorithm, problem: ToyProblem, message, client: int, seed: int,
-                 kept: dict[int, KeptModel] | None = None, steps: int = 5):
+                 kept: dict[int, KeptInMemory] | None = None, steps: int = 5):
     """One client's round as a runtime runs it: through the codec, downlink applied, reply through the codec."""
     kept = {} if kept is None else kept
     env = problem.env(client, seed=seed, steps=steps)
-    message, kept_model = receive_model_(decode(encode(message)), env.tensors, env.names, kept.get(client))
-    if kept_model is None:
-        kept.pop(client, None)
-    else:
-        kept[client] = kept_model
+    message = receive_model_(decode(encode(message)), env.tensors, env.names, kept.setdefault(client, KeptInMemory()))
     return decode(encode(algorithm.train(message, env)))
+
+
+def kept_tensors(held: KeptInMemory, like) -> list[torch.Tensor]:
+    """A client's kept copy, read back into fresh tensors shaped like `like`."""
+    tensors = [torch.empty_like(tensor) for tensor in like]
+    held.load_into(tensors)
+    return tensors
 
 
 class ToyPopulation:
@@ -94,21 +97,17 @@ class ToyPopulation:
 
 
 class DictKept:
-    def __init__(self, kept: dict[int, KeptModel]) -> None:
+    """Each client's kept copy as bytes in a dict (one version each: toy runs never resume)."""
+
+    def __init__(self, kept: dict[int, KeptInMemory]) -> None:
         self.kept = kept
 
-    def load(self, client: int, at_most: int | None = None) -> KeptModel | None:
-        return self.kept.get(client)
-
-    def save(self, client: int, kept: KeptModel | None) -> None:
-        if kept is None:
-            self.kept.pop(client, None)
-        else:
-            self.kept[client] = kept
+    def client(self, client: int, at_most: int) -> KeptInMemory:
+        return self.kept.setdefault(client, KeptInMemory())
 
 
 def run_rounds(algorithm, problem: ToyProblem, rounds: int, clients=None, steps: int = 5, state=None,
-               first_round: int = 1, kept: dict[int, KeptModel] | None = None, robust: RobustConfig = RobustConfig()):
+               first_round: int = 1, kept: dict[int, KeptInMemory] | None = None, robust: RobustConfig = RobustConfig()):
     """Rounds of the runtimes' one round body (screening included) on the toy problem."""
     state = algorithm.init(problem.initial(), seed=0) if state is None else state
     population = ToyPopulation(problem, clients, steps)

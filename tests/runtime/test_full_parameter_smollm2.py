@@ -51,7 +51,7 @@ def test_full_parameter_round_moves_the_model_and_server_agrees(experiment, name
     state = algorithm.init(initial, seed=0)
     [message] = algorithm.configure(state, 1, [0])
     env = experiment.client_env(1, 0)
-    message, _ = receive_model_(decode(encode(message)), env.tensors, env.names, None)
+    message = receive_model_(decode(encode(message)), env.tensors, env.names, None)
     reply = decode(encode(algorithm.train(message, env)))
     assert reply.metrics["steps"] == 2 and reply.metrics["skipped_steps"] == 0
     assert torch.isfinite(torch.tensor(reply.metrics["train_loss"]))

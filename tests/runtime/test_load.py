@@ -57,12 +57,11 @@ def test_a_round_touches_only_its_sampled_clients(tmp_path, monkeypatch, clients
     counts: dict[str, int] = {}
     for name in ("client_round", "encode_with_sizes"):
         count_calls(monkeypatch, round_body, name, counts)
-    for name in ("load", "save"):
-        count_calls(monkeypatch, KeptStore, name, counts)
+    count_calls(monkeypatch, KeptStore, "client", counts)
     driver.run_local(config, show_progress=False)
 
     contacts = rounds * sampled
-    assert counts == {"client_round": contacts, "encode_with_sizes": contacts, "load": contacts, "save": contacts}
+    assert counts == {"client_round": contacts, "encode_with_sizes": contacts, "client": contacts}
     seen = {client for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()
             for client in json.loads(line)["clients"]}
     assert {int(path.name) for path in (config.run_dir / "clients").iterdir()} == seen

@@ -16,8 +16,8 @@ The server averages each block over the clients that trained it: θ_l += Σ_{n c
 of client n's examples (`weighting: examples`, our choice: the abstract is silent; `uniform`
 gives w_n = 1).
 
-Downlink (`downlink: replay`; the default stays `weights`): the abstract names frequent model exchange
-as the communication problem, so a client that keeps its model receives the round's block records
+Downlink (`downlink: replay`, the default): the abstract names frequent model exchange as the
+communication problem, so a client that keeps its model receives the round's block records
 (seed, coeff, layer) since its version — O(clients × active layers × local steps) scalars, not
 the model — and replays each record on its layer's tensors only (algorithms/downlink.py, block
 records). A client never seen, or behind by more than `max_lag` rounds, gets the weights with its
@@ -28,10 +28,11 @@ sides, so it stays at that rounding, up to float32 addition order); it runs such
 `inactive_dtype` anyway. The layers active for it when it synced, and every tensor the server
 cannot place in a layer, are bit for bit the server's (tested). With `resolve_every`, a layer that
 becomes active for a client later starts from its copy, off by that one rounding.
-Not the default: a client that keeps its model holds that copy beside the round's own tensors, and
-a full-parameter SmolLM2 client of the `mixed` profile's smallest device then peaked at 1,405 MB
-against its 1,110 MB budget (1,067 MB with `downlink: weights`; tests/runtime/test_memory_profile.py).
-Records down need the kept copy out of the client's memory window (on disk, streamed per layer).
+The kept copy stays out of the client's memory (runtime/client.py): saved to its disk from the
+model's own tensors before training, loaded straight back into them next round, one tensor at a
+time. Held in memory it made a full-parameter SmolLM2 client of the `mixed` profile's smallest
+device peak at 1,405 MB against its 1,107 MB budget; streamed, it peaks at 1,068 MB on first
+contact and 786 MB in its steady state (tests/runtime/test_memory_profile.py).
 
 Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a client process of
 their own at start-up (runtime/memory_profile.py: peak RSS of a client round with 1, L/4, L/2
@@ -127,8 +128,7 @@ class ZorbaSettings(DownlinkSettings):
     mu: float = Field(1e-3, gt=0)
     directions: Literal["gaussian", "pool"] = "gaussian"
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
-    # weights by default: a kept copy breaks the memory budget this method exists for (see the module docstring)
-    downlink: Downlink = Field("weights", description="the weights, or block records since the client's version")
+    downlink: Downlink = Field("replay", description="block records since the client's version, or the weights")
     weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
     step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     inactive_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"

@@ -98,7 +98,7 @@ def run_local(
     if checkpoint is not None:
         state, first_round, extra = checkpoint.state, checkpoint.round + 1, checkpoint.extra
         for client, model in checkpoint.kept.items():  # a checkpoint from before the store held the copies
-            kept.save(client, model)
+            kept.client(client, at_most=model.version).save_from(model.version, model.tensors)
         experiment.view.load_(state.weights)
     else:
         state, first_round = algorithm.init(experiment.view.state_dict(), config.seed), 1

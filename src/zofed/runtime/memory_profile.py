@@ -77,13 +77,14 @@ def profile_points(num_layers: int) -> list[int]:
 
 
 def client_round_peak(experiment, algorithm, outbox: list[bytes], client: int, lower: list[int] | None,
-                      dtype=None) -> dict:
+                      dtype=None, kept=None) -> dict:
     """One client's round as its own process runs it, from the downlink's bytes; peak RSS of the round.
 
     `outbox` holds the encoded downlink and nothing else may (it is popped, so the bytes can go
     once decoded); they are resident when the window opens, as bytes from the network would be.
     `lower`: layers to hold in `dtype` for the whole round (lowered before the window opens, so the
-    window leaves out the full-precision load before it), or None.
+    window leaves out the full-precision load before it), or None. `kept`: the client's kept copy
+    (`KeptCopy`), loaded and saved inside the window, or None.
     """
     from contextlib import nullcontext
 
@@ -95,7 +96,7 @@ def client_round_peak(experiment, algorithm, outbox: list[bytes], client: int, l
         gc.collect()
         resident = peak_rss_mb()
         reset_peak_rss()
-        received, _ = receive_model_(decode(outbox.pop()), env.tensors, env.names, None)
+        received = receive_model_(decode(outbox.pop()), env.tensors, env.names, kept)
         algorithm.train(received, env)
         peak = peak_rss_mb()
     return {"resident_before_mb": round(resident, 1), "peak_rss_mb": round(peak, 1)}

@@ -27,7 +27,7 @@ from zofed.algorithms.downlink import forget_versions
 from zofed.config import FaultsConfig, RobustConfig
 from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
 from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
-from zofed.runtime.client import KeptModel, receive_model_
+from zofed.runtime.client import KeptCopy, receive_model_
 from zofed.runtime.codec import CodecError, EncodedSizes, decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
 from zofed.runtime.screening import screen
@@ -53,9 +53,9 @@ class Population(Protocol):
 
 
 class KeptModels(Protocol):
-    def load(self, client: int, at_most: int | None = None) -> KeptModel | None: ...
-
-    def save(self, client: int, kept: KeptModel | None) -> None: ...
+    def client(self, client: int, at_most: int) -> KeptCopy:
+        """The client's kept copy, its newest version not past `at_most` in use."""
+        ...
 
 
 @dataclass
@@ -157,12 +157,12 @@ def play_round(
 
 
 def client_round(
-    population: Population, algorithm: Algorithm, client: int, downlink: bytes, kept: KeptModel | None
-) -> tuple[bytes, dict[str, float], KeptModel | None]:
+    population: Population, algorithm: Algorithm, client: int, downlink: bytes, kept: KeptCopy | None
+) -> tuple[bytes, dict[str, float]]:
     """A client's whole round, from the server's bytes to its reply's bytes; every runtime's clients run this.
 
-    Returns the encoded reply, what the client measured (seconds, peak RSS) and the model it keeps
-    (None: keep nothing).
+    `kept`: the client's kept copy, loaded and saved in place (None: a client that keeps nothing).
+    Returns the encoded reply and what the client measured (seconds, peak RSS).
     """
     reset_peak_rss()
     client_started = time.perf_counter()
@@ -170,13 +170,13 @@ def client_round(
     env = population.client_env(message.round, client)
     device = env.tensors[0].device if env.tensors else torch.device("cpu")
     reset_peak_device_memory(device)
-    message, kept = receive_model_(message, env.tensors, env.names, kept)
+    message = receive_model_(message, env.tensors, env.names, kept)
     reply = algorithm.train(message, env)
     del message
     synchronize(device)  # the client's seconds include the device work it queued
     measured = {"seconds": time.perf_counter() - client_started, "peak_rss_mb": peak_rss_mb(),
                 "peak_device_mb": peak_device_memory_mb(device)}  # None on the CPU
-    return encode(reply), measured, kept
+    return encode(reply), measured
 
 
 
@@ -196,9 +196,8 @@ class InProcessTransport:
     def exchange(self, round: int, downlinks: Sequence[tuple[int, bytes]], state: ServerState) -> Exchanged:
         exchanged = Exchanged()
         for client, downlink in downlinks:
-            uplink, measured, kept = client_round(self.population, self.algorithm, client, downlink,
-                                                  self.kept.load(client, round - 1))
-            self.kept.save(client, kept)
+            uplink, measured = client_round(self.population, self.algorithm, client, downlink,
+                                            self.kept.client(client, at_most=round - 1))
             if reply_lost(self.faults, self.run_seed, round, client):
                 exchanged.failures[client] = "reply lost (faults.drop_rate)"
                 continue

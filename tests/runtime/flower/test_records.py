@@ -9,8 +9,8 @@ pytest.importorskip("flwr")
 
 from flwr.app import Context, RecordDict  # noqa: E402
 
-from zofed.runtime.client import KeptModel  # noqa: E402
-from zofed.runtime.flower.records import LARGE, ContextKeptStore, FileKeptStore, pack, runtime_measurements, unpack  # noqa: E402
+from zofed.runtime.client import KeptFile  # noqa: E402
+from zofed.runtime.flower.records import LARGE, ContextKept, pack, runtime_measurements, unpack  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [0, 356, LARGE + 5])
@@ -23,15 +23,18 @@ def test_codec_bytes_come_back_unchanged(size):
 
 
 def test_kept_models_round_trip_in_context_state_and_files(tmp_path):
-    kept = KeptModel(3, (torch.randn(2, 3), torch.ones(4, dtype=torch.bfloat16)))
+    model = (torch.randn(2, 3), torch.ones(4, dtype=torch.bfloat16))
+    into = tuple(torch.zeros_like(tensor) for tensor in model)
     context = Context(run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={})
-    for store in (ContextKeptStore(context), FileKeptStore(tmp_path / "state")):
-        assert store.load(0) is None
-        store.save(0, kept)
-        loaded = store.load(0)
-        assert loaded.version == 3 and all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(kept.tensors, loaded.tensors))
-        store.save(0, None)
-        assert store.load(0) is None
+    for kept in (ContextKept(context), KeptFile(tmp_path / "state" / "kept-0.safetensors")):
+        assert kept.version is None
+        kept.save_from(3, model)
+        assert kept.version == 3
+        kept.load_into(into)
+        assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(model, into))
+        kept.forget()
+        assert kept.version is None
+    assert ContextKept(context).version is None  # the node's state, not the object, holds the copy
 
 
 def test_runtime_measurements_cost_little_more_than_their_floats():

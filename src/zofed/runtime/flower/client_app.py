@@ -34,7 +34,8 @@ from zofed.algorithms import Algorithm, build_algorithm  # noqa: E402
 from zofed.config import RunConfig, parse_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.runtime.experiment import Experiment, build_experiment, build_model, prepare_data  # noqa: E402
-from zofed.runtime.flower.records import NODE, RUN, ContextKeptStore, FileKeptStore, pack, unpack  # noqa: E402
+from zofed.runtime.client import KeptCopy, KeptFile  # noqa: E402
+from zofed.runtime.flower.records import NODE, RUN, ContextKept, pack, unpack  # noqa: E402
 from zofed.runtime.round import client_round  # noqa: E402
 
 # What this process paid before it could serve its first message, reported once (then emptied).
@@ -63,9 +64,7 @@ def train(message: Message, context: Context) -> Message:
     setup_started = time.perf_counter()
     experiment, algorithm, model_load = cached_experiment(config)
     setup_s = time.perf_counter() - setup_started
-    store = kept_store(context, config)
-    uplink, measured, kept = client_round(experiment, algorithm, client, unpack(message.content), store.load(client))
-    store.save(client, kept)
+    uplink, measured = client_round(experiment, algorithm, client, unpack(message.content), kept_copy(context, config))
     runtime = {**measured, "setup_s": setup_s, **model_load, **_PROCESS_COSTS}
     _PROCESS_COSTS.clear()
     return Message(pack(uplink, runtime), reply_to=message)
@@ -83,10 +82,11 @@ def build_client_app(train_mods: Sequence[Mod] = ()) -> ClientApp:
 app = build_client_app()
 
 
-def kept_store(context: Context, config: RunConfig) -> FileKeptStore | ContextKeptStore:
+def kept_copy(context: Context, config: RunConfig) -> KeptCopy:
+    """On the node's disk with `state-dir` (a file survives a SuperNode restart), else in its state."""
     if "state-dir" in context.node_config:
-        return FileKeptStore(Path(str(context.node_config["state-dir"])) / config.name)
-    return ContextKeptStore(context)
+        return KeptFile(Path(str(context.node_config["state-dir"])) / config.name / f"kept-{partition_id(context)}.safetensors")
+    return ContextKept(context)
 
 
 def partition_id(context: Context) -> int:

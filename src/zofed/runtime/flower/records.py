@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import struct
-from pathlib import Path
+from collections.abc import Sequence
+
+import torch
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from zofed.errors import ZofedError
-from zofed.runtime.client import KeptModel, kept_from_bytes, kept_to_bytes, write_kept
+from zofed.runtime.client import KeptInMemory
 
 CODEC_STYPE = "zofed.codec"
 LARGE = 1 << 20  # bytes from which a message travels as a chunked Array
@@ -69,41 +71,30 @@ def runtime_measurements(content: RecordDict) -> dict[str, float]:
     return {key: value for key, value in zip(RUNTIME_KEYS, values) if not math.isnan(value)}
 
 
-class ContextKeptStore:
-    """A client's kept model in its node's Context state (lives as long as the node)."""
+class ContextKept:
+    """A client's kept model in its node's Context state (lives as long as the node).
+
+    Node state is memory by definition, so this copy is the kept file's bytes held in memory,
+    beside the model: a SuperNode with `state-dir` keeps it on its disk instead (`KeptFile`).
+    """
 
     def __init__(self, context: Context) -> None:
         self.state = context.state
 
-    def load(self, client: int) -> KeptModel | None:
-        if KEPT not in self.state:
-            return None
-        return kept_from_bytes(self.state.array_records[KEPT]["model"].data)
+    def _held(self) -> KeptInMemory:
+        return KeptInMemory(self.state.array_records[KEPT]["model"].data if KEPT in self.state else None)
 
-    def save(self, client: int, kept: KeptModel | None) -> None:
-        if kept is None:
-            self.state.pop(KEPT, None)
-            return
-        data = kept_to_bytes(kept)
-        self.state[KEPT] = ArrayRecord({"model": Array("uint8", (len(data),), "safetensors", data)})
+    @property
+    def version(self) -> int | None:
+        return self._held().version
 
+    def load_into(self, tensors: Sequence[torch.Tensor]) -> None:
+        self._held().load_into(tensors)
 
-class FileKeptStore:
-    """A client's kept model in a node-local safetensors file, so it survives a SuperNode restart."""
+    def save_from(self, version: int, tensors: Sequence[torch.Tensor]) -> None:
+        held = KeptInMemory()
+        held.save_from(version, tensors)
+        self.state[KEPT] = ArrayRecord({"model": Array("uint8", (len(held.data),), "safetensors", held.data)})
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, client: int) -> Path:
-        return self.directory / f"kept-{client}.safetensors"
-
-    def load(self, client: int) -> KeptModel | None:
-        path = self._path(client)
-        return kept_from_bytes(path.read_bytes()) if path.is_file() else None
-
-    def save(self, client: int, kept: KeptModel | None) -> None:
-        path = self._path(client)
-        if kept is None:
-            path.unlink(missing_ok=True)
-            return
-        write_kept(path, kept)
+    def forget(self) -> None:
+        self.state.pop(KEPT, None)
