@@ -17,11 +17,14 @@ CONFORMANCE_SETTINGS: dict[str, dict] = {
     "fedkseed-pro": {"lr": 0.005, "mu": 1e-3, "num_seeds": 64},
     "decomfl": {"lr": 0.005, "mu": 1e-3},
     "gamlpp": {"lr": 0.005, "mu": 1e-3, "server_optimizer": {"name": "adam", "lr": 1e-2}},
-    "fedspzo": {"lr": 0.005, "mu": 1e-3, "p2": 2},
+    "fedspzo": {"lr": 0.0125, "mu": 1e-3, "p2": 2},
     # A given profile keeps the suite fast; tests/runtime/test_memory_profile.py measures one.
     "zorba": {"lr": 0.005, "mu": 1e-3,
               "memory_profile": {"base_mb": 600.0, "block_mb": [0.1] * 4, "block_params": [896] * 4}},
 }
+# FedSPZO spends 2·P2 + 2·P1 + 1 = 7 forwards a step (MeZO 2): 8 steps at a larger lr lower the loss as clearly
+# (measured: -1.1% of the initial eval loss over 3 rounds) for 40% of the forwards of the default 20.
+LOCAL_STEPS = {"fedspzo": 8}
 
 
 def tiny_config(tmp_path: Path, algorithm: str = "fedmezo", *overrides: str, **sections) -> RunConfig:
@@ -36,7 +39,7 @@ def tiny_config(tmp_path: Path, algorithm: str = "fedmezo", *overrides: str, **s
         "output_dir": str(tmp_path / "runs"),
         "data": {"limit": 240, "val_size": 24, "test_size": 24},
         "partition": {"method": "iid"},
-        "local": {"local_steps": 20, "batch_size": 4},
+        "local": {"local_steps": LOCAL_STEPS.get(algorithm, 20), "batch_size": 4},
         "eval": {"val_examples": 24, "test_examples": 24, "accuracy_examples": 4, "max_new_tokens": 3},
         "trainable": {"mode": "lora", "r": 4, "alpha": 8},
         algorithm: CONFORMANCE_SETTINGS[algorithm],

@@ -1,12 +1,14 @@
 """The hostile-reply matrix in the in-process runtime: every case rejected and counted, the run completes, and
-its result equals a run in which the hostile clients sent nothing (tests/runtime/flower/test_hostile.py: flower-sim)."""
+its result equals a run in which the hostile clients sent nothing.
+
+The matrix runs in tests/runtime/flower/test_hostile.py, through this runtime and flower-sim against one silent
+reference run per case set (`check_local_matrix` holds this runtime's checks)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import pytest
 import torch
 
 from zofed.runtime.driver import run_local, run_round
@@ -65,14 +67,11 @@ def test_the_matrix_has_the_issue_s_cases():
     assert len(CASES) + len(FLOWER_CASES) >= 25
 
 
-@pytest.mark.parametrize("name", SETUPS)
-def test_hostile_replies_are_rejected_and_equal_silence(tmp_path, name):
+def check_local_matrix(tmp_path, name: str, plan, reference, reference_rows) -> None:
+    """The in-process runtime's hostile run against the silent reference run of the same case set."""
     config = hostile_config(tmp_path / "hostile", name)
-    plan = schedule(CASE_SETS[name], CLIENTS)
     rows = run_with(config, plan, silent=False)
     assert_rejected_as_planned(rows, plan)
-    reference = hostile_config(tmp_path / "silent", name)
-    reference_rows = run_with(reference, plan, silent=True)
     assert all(set(row["dropped"]) == {c for (r, c) in plan if r == row["round"]} for row in reference_rows)
     assert_same_result(rows, reference_rows, config, reference)
     # the refused bytes are counted: the hostile run's uplink exceeds the silent one's
