@@ -3,6 +3,7 @@ reaching a submitting machine through the streamed log rather than a shared file
 
 import json
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -21,6 +22,15 @@ def test_pyproject_is_a_flower_app_naming_zofeds_components():
                                  "clientapp": "zofed.runtime.flower.client_app:app"}
     assert (REPO / app["config"]["config"]).is_file()
     assert "federations" not in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]  # `flwr run` would rewrite it
+
+
+def test_the_clientapp_a_node_greets_with_loads_neither_torch_nor_transformers():
+    """A deployment starts a ClientApp process per message; its hello and welcome must not pay for
+    torch and the model code (seconds each), which only a training message needs."""
+    code = ("import sys; import zofed.runtime.flower.client_app; "
+            "print([name for name in ('torch', 'transformers', 'zofed.config') if name in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_submitted_config_reads_the_bundles_yaml_with_overrides_and_config_json_wins(tmp_path):

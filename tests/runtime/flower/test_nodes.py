@@ -14,7 +14,8 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from zofed.config import parse_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
-from zofed.runtime.flower.client_app import hello, node_run_config  # noqa: E402
+from zofed.runtime.flower.client_app import hello  # noqa: E402
+from zofed.runtime.flower.client_train import node_run_config  # noqa: E402
 from zofed.runtime.flower.nodes import SERVER_ONLY_KEYS, Nodes, client_config  # noqa: E402
 from zofed.runtime.flower.records import NODE, RUN  # noqa: E402
 

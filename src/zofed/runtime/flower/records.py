@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from zofed.errors import ZofedError
-from zofed.runtime.client import KeptInMemory
+
+if TYPE_CHECKING:  # a node's hello imports this module and must not pay for torch (client_app's docstring)
+    import torch
+
+    from zofed.runtime.client import KeptInMemory
 
 CODEC_STYPE = "zofed.codec"
 LARGE = 1 << 20  # bytes from which a message travels as a chunked Array
@@ -82,6 +85,8 @@ class ContextKept:
         self.state = context.state
 
     def _held(self) -> KeptInMemory:
+        from zofed.runtime.client import KeptInMemory
+
         return KeptInMemory(self.state.array_records[KEPT]["model"].data if KEPT in self.state else None)
 
     @property
@@ -92,6 +97,8 @@ class ContextKept:
         self._held().load_into(tensors)
 
     def save_from(self, version: int, tensors: Sequence[torch.Tensor]) -> None:
+        from zofed.runtime.client import KeptInMemory
+
         held = KeptInMemory()
         held.save_from(version, tensors)
         self.state[KEPT] = ArrayRecord({"model": Array("uint8", (len(held.data),), "safetensors", held.data)})

@@ -4,7 +4,7 @@ Flower 1.41's way (its `run_simulation` function is deprecated): `flwr run` agai
 SuperLink in simulation mode, which `flwr` starts itself for a connection whose address is
 `:local-in-memory:`. The ServerApp then runs in a process of the SuperLink's and the ClientApps
 in Ray workers, each building the experiment once and reusing it across rounds
-(`client_app.cached_experiment`); the ServerApp's log, one plain line per round and the summary,
+(`client_train.cached_experiment`); the ServerApp's log, one plain line per round and the summary,
 is streamed back as for `runtime=flower`.
 
 `flower.sim_workers` workers (each with its own model copy) train clients at once, and the
