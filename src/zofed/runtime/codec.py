@@ -236,7 +236,7 @@ def tensor_views(data, offset: int, length: int) -> tuple[dict[str, torch.Tensor
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise CodecError("malformed message: tensor metadata is not a table of strings")
-    entries = [(name, *_tensor_entry(name, entry, offset + length - start)) for name, entry in header.items()]
+    entries = [(name, *tensor_entry(name, entry, offset + length - start)) for name, entry in header.items()]
     end_of_previous = 0
     for name, _, _, begin, end in sorted(entries, key=lambda item: (item[3], item[4])):
         if begin != end_of_previous:
@@ -262,7 +262,7 @@ def tensor_views(data, offset: int, length: int) -> tuple[dict[str, torch.Tensor
     return tensors, metadata
 
 
-def _tensor_entry(name: str, entry, data_length: int) -> tuple[torch.dtype, list[int], int, int]:
+def tensor_entry(name: str, entry, data_length: int) -> tuple[torch.dtype, list[int], int, int]:
     """One safetensors header entry, checked: its dtype, shape and [begin, end) in the blob's data."""
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise CodecError(f"malformed message: tensor '{name}' needs exactly dtype, shape and data_offsets")

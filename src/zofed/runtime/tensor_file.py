@@ -28,7 +28,7 @@ import torch
 
 from zofed.atomic import atomic_path
 from zofed.errors import ZofedError
-from zofed.runtime.codec import SAFETENSORS_DTYPES, CodecError, _tensor_entry, parse_json
+from zofed.runtime.codec import SAFETENSORS_DTYPES, CodecError, parse_json, tensor_entry
 
 _LENGTH = struct.Struct("<Q")
 _ALIGNMENT = 8  # safetensors pads its header so the data starts 8-byte aligned
@@ -95,7 +95,7 @@ def read_into(file: BinaryIO, tensors: Sequence[torch.Tensor], size: int, source
     spans = []
     for i, tensor in enumerate(tensors):
         try:
-            dtype, shape, begin, end = _tensor_entry(str(i), header[str(i)], size - start)
+            dtype, shape, begin, end = tensor_entry(str(i), header[str(i)], size - start)
         except CodecError as error:
             raise TensorFileError(f"{source} is corrupt ({error}); delete it: the server then sends the weights") from None
         if dtype != tensor.dtype or shape != list(tensor.shape):
