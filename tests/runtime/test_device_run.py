@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from zofed.algorithms import ALGORITHMS
 from zofed.cli import main
 from zofed.runtime.driver import run_local
 
@@ -41,3 +42,22 @@ def test_a_cuda_run_matches_the_cpu_run_and_measures_device_memory(tmp_path, alg
     # Different kernels round differently: close, not equal.
     assert cuda["final_eval_loss"] == pytest.approx(cpu["final_eval_loss"], rel=1e-3)
     assert all(tensor.device.type == "cpu" for tensor in final_weights(config).values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_keeps_its_server_on_the_gpu_and_resumes_there(tmp_path, algorithm):
+    # The server's state, aggregation and replay live on the model's device; a checkpoint loads on
+    # the host and goes back there. Gaussian directions replay on the same GPU, so they are allowed.
+    settings = ["rounds=2", "clients=2", "clients_per_round=2", "local.local_steps=3", "device=cuda"]
+    if "directions" in ALGORITHMS[algorithm].settings.model_fields:
+        settings.append(f"{algorithm}.directions=gaussian")
+    uninterrupted = tiny_config(tmp_path / "full", algorithm, *settings)
+    first = run_local(uninterrupted, show_progress=False)
+    assert math.isfinite(first["final_eval_loss"]) and first["peak_device_mb"] > 0
+    interrupted = tiny_config(tmp_path / "cut", algorithm, *settings)
+    assert run_local(interrupted, show_progress=False, stop_after_round=1) is None
+    second = run_local(interrupted, resume=True, show_progress=False)
+    assert second["final_eval_loss"] == pytest.approx(first["final_eval_loss"], rel=1e-5)
+    a, b = final_weights(uninterrupted), final_weights(interrupted)
+    assert all(torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6) for name in a)

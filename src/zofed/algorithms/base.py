@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from zofed.messages import JsonValue, Message
+from zofed.zo.directions import DirectionSampler, make_directions, require_same_stream
 from zofed.zo.seeds import mix_seed
 
 Batch = Mapping[str, torch.Tensor]
@@ -36,6 +37,38 @@ class ServerState:
     weights: Mapping[str, torch.Tensor]
     buffers: Mapping[str, torch.Tensor] = field(default_factory=dict)
     info: Mapping[str, JsonValue] = field(default_factory=dict)
+
+
+def server_device(state: ServerState) -> torch.device:
+    """Where the server's state lives, the model's device: its aggregation and replay run there."""
+    return next(iter(state.weights.values())).device if state.weights else torch.device("cpu")
+
+
+def state_on(state: ServerState, device: torch.device) -> ServerState:
+    """`state` with its tensors on `device` (a checkpoint loads on the host); the same object where they are."""
+    if all(tensor.device == device for tensor in [*state.weights.values(), *state.buffers.values()]):
+        return state
+    return replace(state, weights={name: tensor.to(device) for name, tensor in state.weights.items()},
+                   buffers={name: tensor.to(device) for name, tensor in state.buffers.items()})
+
+
+def directions_config(settings: Any, state: ServerState) -> dict[str, JsonValue]:
+    """A ZO downlink's directions: the sampler and the stream the server rebuilds z from on its own
+    device, so a client whose device would draw another z refuses the round (`client_directions`)
+    rather than train on directions the server cannot replay."""
+    config: dict[str, JsonValue] = {"directions": settings.directions, "pool_size": settings.pool_size}
+    if settings.replays_directions:  # only the client ever draws its z otherwise: any stream will do
+        config["stream"] = make_directions(settings.directions, settings.pool_size).stream_id(server_device(state))
+    return config
+
+
+def client_directions(config: Mapping[str, Any], device: torch.device) -> DirectionSampler:
+    """The downlink's direction sampler on a client whose tensors live on `device`; refuses a stream
+    other than the server's (a gaussian CUDA stream against a CPU server, another instruction set)."""
+    sampler = make_directions(str(config["directions"]), int(config["pool_size"]))
+    if "stream" in config:  # the runtime's own internal messages (memory profiling) name no stream
+        require_same_stream(str(config["stream"]), sampler.stream_id(device), f"this client on {device}")
+    return sampler
 
 
 class SplitForward(Protocol):

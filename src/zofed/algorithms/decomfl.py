@@ -29,6 +29,8 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    client_directions,
+    directions_config,
     Rejected,
     Sent,
     ServerState,
@@ -96,14 +98,14 @@ class DeComFL:
         s = self.settings
         config = {"lr": s.lr, "mu": s.mu, "perturbations": s.perturbations,
                   "base_seed": mix_seed(int(state.info["seed"]), ROUND_STREAM, round),
-                  "directions": s.directions, "pool_size": s.pool_size, "step_loss": s.step_loss}
+                  **directions_config(s, state), "step_loss": s.step_loss}
         return [model_message(state, round, client, config, s) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round, config = message.round, dict(message.config)
         lr, mu, count = float(config["lr"]), float(config["mu"]), int(config["perturbations"])
         base_seed, step_loss = int(config["base_seed"]), str(config["step_loss"])
-        directions = make_directions(str(config["directions"]), int(config["pool_size"]))
+        directions = client_directions(config, env.tensors[0].device)
         scratch = Scratch()
         grads, losses, skipped = [], [], 0
         for step, batch in enumerate(env.batches):

@@ -41,6 +41,8 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    client_directions,
+    directions_config,
     Rejected,
     Sent,
     ServerState,
@@ -113,7 +115,7 @@ class FedKSeed:
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         config = {"lr": s.lr, "mu": s.mu, "base_seed": state.info["base_seed"], "num_seeds": s.num_seeds,
-                  "directions": s.directions, "pool_size": s.pool_size, "clip": s.clip, "step_loss": s.step_loss}
+                  **directions_config(s, state), "clip": s.clip, "step_loss": s.step_loss}
         probabilities = tuple(seed_probabilities(state.info["abs_sums"], state.info["steps"])) if self.pro else ()
         return [model_message(state, round, client, config, s, scalars=probabilities) for client in clients]
 
@@ -121,7 +123,7 @@ class FedKSeed:
         round, config, probabilities = message.round, dict(message.config), message.scalars
         k = int(config["num_seeds"])
         seeds = candidate_seeds(int(config["base_seed"]), k)
-        directions = make_directions(str(config["directions"]), int(config["pool_size"]))
+        directions = client_directions(config, env.tensors[0].device)
         scratch, rng = Scratch(), np.random.default_rng(env.seed)
         # float32 on the wire: renormalise so the probabilities sum to 1 in float64
         p = np.asarray(probabilities, dtype=np.float64) / sum(probabilities) if probabilities else None

@@ -53,6 +53,8 @@ from pydantic import Field, model_validator
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    client_directions,
+    directions_config,
     Sent,
     ServerState,
     Settings,
@@ -122,14 +124,14 @@ class FedMeZO:
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         rates = personalised_lrs(s, state.info, round, clients)
-        config = {"mu": s.mu, "upload": s.upload, "directions": s.directions, "pool_size": s.pool_size,
+        config = {"mu": s.mu, "upload": s.upload, **directions_config(s, state),
                   "step_loss": s.step_loss}
         return [model_message(state, round, client, {**config, "lr": rate}, s) for client, rate in zip(clients, rates)]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         round, config = message.round, dict(message.config)
         lr, mu = float(config["lr"]), float(config["mu"])
-        directions = make_directions(str(config["directions"]), int(config["pool_size"]))
+        directions = client_directions(config, env.tensors[0].device)
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):
@@ -194,7 +196,7 @@ class FedMeZO:
         self, state: ServerState, replies: Sequence[tuple[int, Message]], shares: Sequence[float]
     ) -> dict[str, torch.Tensor]:
         """θ − mean = Σ_k Σ_t w_k·η_k·g_kt·z_kt, replayed into zero float32 tensors."""
-        pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in state.weights.items()}
+        pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for name, t in state.weights.items()}
         records = [
             (seed, share * float(reply.config["lr"]) * grad)
             for (_, reply), share in zip(replies, shares)

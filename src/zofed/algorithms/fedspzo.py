@@ -60,6 +60,8 @@ from pydantic import Field, model_validator
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    client_directions,
+    directions_config,
     Rejected,
     Sent,
     ServerState,
@@ -131,7 +133,7 @@ class FedSPZO:
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         config = {"lr": s.lr, "mu": s.mu, "split_layer": s.split_layer, "p1": s.p1, "p2": s.p2,
-                  "directions": s.directions, "pool_size": s.pool_size, "step_loss": s.step_loss}
+                  **directions_config(s, state), "step_loss": s.step_loss}
         return [Message(kind="weights", round=round, config=config, tensors=state.weights) for _ in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
@@ -143,7 +145,7 @@ class FedSPZO:
             raise ZofedError(f"split_layer {split} is outside 1..{model.num_layers} for this "
                              f"{model.num_layers}-layer model; set fedspzo.split_layer in that range")
         block1, block2 = split_blocks(model.tensor_layers, split)
-        directions = make_directions(str(config["directions"]), int(config["pool_size"]))
+        directions = client_directions(config, env.tensors[0].device)
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):

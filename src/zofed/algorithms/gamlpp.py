@@ -57,6 +57,8 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    client_directions,
+    directions_config,
     Rejected,
     Sent,
     ServerState,
@@ -122,9 +124,9 @@ def round_energies(
     scratch = Scratch()
     energies = []
     for index, (tensor, scale) in enumerate(zip(tensors, scales)):
-        accumulated = torch.zeros(tensor.shape, dtype=torch.float32)
+        accumulated = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
         for seed, grad in zip(seeds, grads):
-            base.add_(accumulated, seed, index, grad, scratch.take(tensor.shape))
+            base.add_(accumulated, seed, index, grad, scratch.take(tensor.shape, tensor.device))
         per_element = float(accumulated.double().square().sum()) / tensor.numel()
         energies.append(max(per_element - noise, 0.0) / (steps * steps * scale * scale))
     return energies
@@ -150,7 +152,7 @@ class GamLpp:
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         config = {
-            "lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size, "mix": s.mix,
+            "lr": s.lr, "mu": s.mu, **directions_config(s, state), "mix": s.mix,
             "ema_decay": s.ema_decay, "energy_exponent": s.energy_exponent, "subtract_noise": s.subtract_noise,
             "step_loss": s.step_loss,
         }
@@ -164,7 +166,7 @@ class GamLpp:
     def train(self, message: Message, env: ClientEnv) -> Message:
         config = message.config
         lr, mu = float(config["lr"]), float(config["mu"])
-        base = make_directions(str(config["directions"]), int(config["pool_size"]))
+        base = client_directions(config, env.tensors[0].device)
         previous = config["energy"]
         scales = personal_scales(previous, [t.numel() for t in env.tensors], float(config["mix"]),
                                  float(config["energy_exponent"]))
@@ -213,7 +215,7 @@ class GamLpp:
             return state
         s = self.settings
         shares = client_shares(replies, s.weighting)
-        pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in state.weights.items()}
+        pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for name, t in state.weights.items()}
         base, scratch = make_directions(s.directions, s.pool_size), Scratch()
         for (_, reply), share in zip(replies, shares):
             scales = reply.config["scales"]

@@ -75,6 +75,8 @@ from zofed.algorithms import zorba_solver
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    client_directions,
+    directions_config,
     Rejected,
     Sent,
     ServerState,
@@ -219,7 +221,7 @@ class Zorba:
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         active = current_plan(state.info)["active"]
-        config = {"lr": s.lr, "mu": s.mu, "directions": s.directions, "pool_size": s.pool_size,
+        config = {"lr": s.lr, "mu": s.mu, **directions_config(s, state),
                   "inactive_dtype": s.inactive_dtype, "step_loss": s.step_loss}
         return [model_message(state, round, client, {**config, "active": active[client]}, s,
                               weights=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
@@ -240,7 +242,7 @@ class Zorba:
                              "train every layer (LoRA on all layers, or trainable.mode=full without trainable.layers)")
         block = sorted(i for indices in by_layer.values() for i in indices)
         inactive = [layer for layer in range(model.num_layers) if layer not in by_layer]
-        directions, scratch = make_directions(str(config["directions"]), int(config["pool_size"])), Scratch()
+        directions, scratch = client_directions(config, env.tensors[0].device), Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         with model.lowered(inactive, DTYPES[str(config["inactive_dtype"])]):
             for step, batch in enumerate(env.batches):

@@ -117,9 +117,10 @@ class TrainableView:
     def numel(self) -> int:
         return sum(tensor.numel() for tensor in self.tensors)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """A host copy: server state, checkpoints and messages live on the CPU wherever the model runs."""
-        return {name: tensor.detach().to("cpu", copy=True) for name, tensor in zip(self.names, self.tensors)}
+    def state_dict(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """A copy of the trainable tensors on `device`: the host by default (exports, tests); the
+        server keeps its state on the model's device, so its aggregation and replay run there."""
+        return {name: tensor.detach().to(device, copy=True) for name, tensor in zip(self.names, self.tensors)}
 
     @torch.no_grad()
     def load_(self, weights: Mapping[str, torch.Tensor]) -> None:

@@ -25,11 +25,12 @@ from typing import Protocol
 
 import torch
 
+from zofed.algorithms.base import client_directions
 from zofed.algorithms.downlink import method_scalars, replay_segments
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.runtime import tensor_file
-from zofed.zo import Scratch, make_directions
+from zofed.zo import Scratch
 from zofed.zo.blocks import replay_blocks_
 
 
@@ -190,7 +191,7 @@ def receive_model_(message: Message, tensors: Sequence[torch.Tensor], names: Seq
                 f"starts after version {base_version}; the server must send it weights"
             )
         kept.load_into(tensors)
-        directions = make_directions(str(message.config["directions"]), int(message.config["pool_size"]))
+        directions = client_directions(message.config, tensors[0].device)
         scratch = Scratch()
         for round, records, blocks in replay_segments(message):
             if round > held:  # rounds it already holds were sent again because its reply never came

@@ -23,6 +23,7 @@ from typing import Literal
 import yaml
 
 from zofed.algorithms import Algorithm, ServerState, build_algorithm
+from zofed.algorithms.base import state_on
 from zofed.atomic import write_atomic
 from zofed.checkpoint import Checkpoint, save_checkpoint, save_weights
 from zofed.config import RunConfig
@@ -96,12 +97,13 @@ def run_local(
     start_run_dir(paths.root, config.to_dict(), checkpoint)
     kept = KeptStore(paths.clients)
     if checkpoint is not None:
-        state, first_round, extra = checkpoint.state, checkpoint.round + 1, checkpoint.extra
+        # the server's state lives on the model's device; a checkpoint loads on the host
+        state, first_round, extra = state_on(checkpoint.state, experiment.device), checkpoint.round + 1, checkpoint.extra
         for client, model in checkpoint.kept.items():  # a checkpoint from before the store held the copies
             kept.client(client, at_most=model.version).save_from(model.version, model.tensors)
         experiment.view.load_(state.weights)
     else:
-        state, first_round = algorithm.init(experiment.view.state_dict(), config.seed), 1
+        state, first_round = algorithm.init(experiment.view.state_dict(experiment.device), config.seed), 1
         extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None}
     _write_run_files(paths, config, extra["history"])
     clock = _Clock(extra["elapsed_s"], session_started)

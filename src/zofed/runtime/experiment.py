@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zofed.algorithms import ClientEnv, Settings
+from zofed.algorithms import ClientEnv
 from zofed.config import RunConfig
 from zofed.device import model_device, to_device
 from zofed.errors import ZofedError
@@ -33,8 +33,7 @@ from zofed.data import (
 from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
 from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
-from zofed.zo import DEFAULT_POOL_SIZE, make_directions, mix_seed
-from zofed.zo.directions import require_same_stream
+from zofed.zo import mix_seed
 
 # Stream tags keep the seeds of different random choices apart.
 SAMPLING_STREAM, BATCH_STREAM, CLIENT_SEED_STREAM = 1, 2, 3
@@ -186,7 +185,6 @@ def build_experiment(
 ) -> Experiment:
     data = data or prepare_data(config)
     loaded, view = model or build_model(config)
-    check_direction_streams(config.algorithm_settings, model_device(loaded.model))
     max_length = config.data.max_length or data.task.default_max_length
     tokenizer = loaded.tokenizer
 
@@ -212,13 +210,3 @@ def _parameters_of(model: torch.nn.Module, view: TrainableView) -> tuple[torch.n
     """The autograd leaves behind the view's tensors, matched by storage, for backprop baselines."""
     by_pointer = {param.data_ptr(): param for param in model.parameters()}
     return tuple(by_pointer[tensor.data_ptr()] for tensor in view.tensors)
-
-
-def check_direction_streams(settings: Settings, device: torch.device) -> None:
-    """Refuse directions that clients on `device` would draw differently from the server, which
-    rebuilds and replays them on the host: gaussian's CUDA stream is not its CPU stream (pool's is)."""
-    name = getattr(settings, "directions", None)
-    if device.type == "cpu" or name is None or not settings.replays_directions:
-        return
-    sampler = make_directions(name, getattr(settings, "pool_size", DEFAULT_POOL_SIZE))
-    require_same_stream(sampler.stream_id("cpu"), sampler.stream_id(device), f"a client on {device}")

@@ -50,7 +50,8 @@ def corrupt(reply: Message, config: FaultsConfig, weights: dict[str, torch.Tenso
         scalars = tuple(float(v) for v in attack(torch.tensor(scalars, dtype=torch.float64)))
     tensors = dict(reply.tensors)
     if tensors:
-        base = {name: weights[name].float() if reply.kind == "weights" else torch.zeros_like(weights[name], dtype=torch.float32)
-                for name in tensors}
+        # the reply is host bytes decoded; the server's weights live on its device
+        base = {name: weights[name].to(tensor.device).float() if reply.kind == "weights"
+                else torch.zeros_like(tensor, dtype=torch.float32) for name, tensor in tensors.items()}
         tensors = {name: (base[name] + attack(t.float() - base[name])).to(t.dtype) for name, t in tensors.items()}
     return replace(reply, scalars=scalars, tensors=tensors)

@@ -16,16 +16,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 
 from zofed.algorithms import Algorithm, ClientEnv, ServerState
-from zofed.algorithms.base import Sent
+from zofed.algorithms.base import Sent, server_device
 from zofed.algorithms.downlink import forget_versions
 from zofed.config import FaultsConfig, RobustConfig
 from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
+from zofed.messages import Message
 from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
 from zofed.runtime.client import KeptCopy, receive_model_
 from zofed.runtime.codec import CodecError, EncodedSizes, decode, encode, encode_with_sizes, sizes_of
@@ -99,10 +100,11 @@ def play_round(
     for client, size in exchanged.uncounted.items():
         ledger.record(client, "up", EncodedSizes(weights=0, records=0, metrics=0, control=size))
     replies = []
+    device = server_device(state)
     for client in sorted(exchanged.replies):  # client order, whatever order they arrived in
         uplink = exchanged.replies[client]
         try:
-            reply = decode(uplink)
+            reply = on_device(decode(uplink), device)
         except CodecError as error:
             ledger.record(client, "up", EncodedSizes(weights=0, records=0, metrics=0, control=len(uplink)))
             rejected[client] = f"cannot be decoded ({str(error)[:200]})"
@@ -154,6 +156,14 @@ def play_round(
         "rejected": {str(client): why for client, why in sorted(rejected.items())},
         **exchanged.row,
     }
+
+
+def on_device(reply: Message, device: torch.device) -> Message:
+    """A decoded reply's tensors where the server's state lives, so screening and aggregation never
+    mix devices; on the CPU the very same tensors."""
+    if all(tensor.device == device for tensor in reply.tensors.values()):
+        return reply
+    return replace(reply, tensors={name: tensor.to(device) for name, tensor in reply.tensors.items()})
 
 
 def client_round(
