@@ -82,25 +82,3 @@ def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink_that_refuses_a_
         assert row["dropped"] == [] and [client["client"] for client in row["per_client"]] == [0, 1]
     trained = [log.read_text().count("Receiving: train message") for log in sorted(tmp_path.glob("supernode-0*.log"))]
     assert sorted(trained) == [0, 2], trained  # one node of partition 0 trained both rounds, the other never
-
-
-@pytest.mark.slow
-def test_flower_sim_uses_no_deprecated_api_and_leaves_no_superlink(tmp_path):
-    """runtime=flower-sim goes through `flwr run` on a local simulation SuperLink, stopped afterwards."""
-    import sys
-
-    import psutil
-
-    overrides = ["runtime=flower-sim", "model=tiny-llama", "clients=3", "clients_per_round=3", "rounds=1", "data.limit=120",
-                 "data.val_size=12", "data.test_size=12", "eval.accuracy_examples=0", "local.local_steps=1",
-                 f"output_dir={tmp_path / 'runs'}"]
-    result = subprocess.run([sys.executable, "-m", "zofed.cli", "run", str(REPO / "configs" / "quickstart.yaml"), *overrides],
-                            capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                            env={**flower_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "deprecat" not in result.stderr.lower(), [line for line in result.stderr.splitlines() if "eprecat" in line]
-    assert "(3 simulated SuperNodes)" in result.stderr  # the run's size reached the simulation
-    assert json.loads(result.stdout)["rounds_run"] == 1
-    leftovers = [process for process in psutil.process_iter(["cmdline"])
-                 if any("zofed-sim-" in part for part in process.info["cmdline"] or [])]
-    assert not leftovers, [process.info["cmdline"] for process in leftovers]
