@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
-from zofed.runtime.flower.loopback import LoopbackFederation
+from zofed.runtime.flower.loopback import LoopbackFederation, family_of
 
 
 @pytest.fixture(autouse=True)
@@ -21,4 +22,13 @@ def deployment(tmp_path, quick_task_launch):
     try:
         yield started
     finally:
+        everyone = [member for process in started.processes for member in family_of(process)]
         started.stop_all()
+        assert not [member for member in everyone if running(member)], "a deployment's process outlived stop_all"
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
