@@ -33,7 +33,10 @@ def run_cli(config, path, resume: bool = False) -> subprocess.Popen:
 
 
 def test_killed_at_random_points_then_resumed_equals_an_uninterrupted_run(tmp_path):
-    common = ("rounds=5", "fedmezo.upload=seeds", "fedmezo.downlink=replay", "clients=3", "clients_per_round=2")
+    # 8 local steps, not the helpers' 20: rounds stay long enough to be killed in (mid-round kills happen), shorter
+    # rounds make the checkpoint writes a larger share of the run, and every attempt costs less.
+    common = ("rounds=5", "local.local_steps=8", "fedmezo.upload=seeds", "fedmezo.downlink=replay", "clients=3",
+              "clients_per_round=2")
     reference = tiny_config(tmp_path / "reference", "fedmezo", *common)
     started = time.perf_counter()
     assert run_cli(reference, tmp_path / "reference.yaml").wait() == 0

@@ -11,6 +11,7 @@ import pytest
 
 from zofed.errors import ZofedError
 from zofed.runtime.flower.deployment import SUMMARY_LINE, _connection_toml, _script, flower_env, summary_from_log_line
+from zofed.runtime.flower.loopback import free_port, wait_for_port
 from zofed.runtime.flower.server_app import submitted_config
 
 REPO = Path(__file__).resolve().parents[3]
@@ -51,10 +52,17 @@ def test_summary_comes_from_its_log_line_only():
 
 
 @pytest.mark.slow
-def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink(tmp_path, deployment):
+def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink_that_refuses_a_second_node_for_a_partition(
+        tmp_path, deployment):
+    """Three real SuperNodes for two partitions: one claim on partition 0 is refused, the run completes (the
+    binding's unit tests are in test_nodes.py; one deployment serves both checks)."""
     deployment.start_superlink()
     for partition in (0, 1):
         deployment.start_supernode(partition)
+    port = free_port()
+    second = deployment.zofed("supernode", "--partition-id", "0", "--superlink", deployment.superlink, "--port", str(port),
+                              log="supernode-0-second.log")
+    wait_for_port(port, second)
     home = tmp_path / "flwr-cli-home"
     home.mkdir()
     (home / "config.toml").write_text(_connection_toml(deployment.superlink, None))
@@ -69,25 +77,8 @@ def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink(tmp_path, deplo
     assert summary["rounds_run"] == 2 and summary["model"] == "tiny-llama"
     assert "quickstart round 2/2" in result.stdout  # the plain per-round lines travel with the log
     assert summary == json.loads((tmp_path / "runs" / "quickstart" / "summary.json").read_text())
-
-
-@pytest.mark.slow
-def test_flower_sim_uses_no_deprecated_api_and_leaves_no_superlink(tmp_path):
-    """runtime=flower-sim goes through `flwr run` on a local simulation SuperLink, stopped afterwards."""
-    import sys
-
-    import psutil
-
-    overrides = ["runtime=flower-sim", "model=tiny-llama", "clients=3", "clients_per_round=3", "rounds=1", "data.limit=120",
-                 "data.val_size=12", "data.test_size=12", "eval.accuracy_examples=0", "local.local_steps=1",
-                 f"output_dir={tmp_path / 'runs'}"]
-    result = subprocess.run([sys.executable, "-m", "zofed.cli", "run", str(REPO / "configs" / "quickstart.yaml"), *overrides],
-                            capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                            env={**flower_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "deprecat" not in result.stderr.lower(), [line for line in result.stderr.splitlines() if "eprecat" in line]
-    assert "(3 simulated SuperNodes)" in result.stderr  # the run's size reached the simulation
-    assert json.loads(result.stdout)["rounds_run"] == 1
-    leftovers = [process for process in psutil.process_iter(["cmdline"])
-                 if any("zofed-sim-" in part for part in process.info["cmdline"] or [])]
-    assert not leftovers, [process.info["cmdline"] for process in leftovers]
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["dropped"] == [] and [client["client"] for client in row["per_client"]] == [0, 1]
+    trained = [log.read_text().count("Receiving: train message") for log in sorted(tmp_path.glob("supernode-0*.log"))]
+    assert sorted(trained) == [0, 2], trained  # one node of partition 0 trained both rounds, the other never

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,14 +14,15 @@ import torch
 from zofed.runtime.driver import run_local
 
 from ..helpers import final_weights, tiny_config
+from zofed.runtime.flower.deployment import flower_env as flower_process_env
 from zofed.runtime.flower.loopback import self_signed_certificates
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
+REPO = Path(__file__).resolve().parents[3]
 SMALL = ("rounds=2", "local.local_steps=3", "eval.val_examples=8", "eval.test_examples=8", "eval.accuracy_examples=0")
-CASES = {
-    "weights-upload": ("fedmezo",),
+CASES = {  # and FedMeZO's weights upload: test_flower_sim_through_the_cli_matches_local_...
     "seeds-upload-replay-downlink": ("fedmezo", "fedmezo.upload=seeds", "fedmezo.downlink=replay"),
     "zorba-blocks-in-bf16": ("zorba",),  # per-client messages, lowered layers restored between clients
     "fedspzo-split-forward": ("fedspzo",),  # block-tagged seeds up, cached split forward on the client
@@ -62,6 +66,30 @@ def test_flower_simulation_matches_local(tmp_path, case):
     assert_same_run(local, simulated)
     if "replay" in case:
         assert metrics_rows(simulated)[1]["bytes_down_by_kind"]["records"] > 0  # round 2 replayed, not weights
+
+
+def test_flower_sim_through_the_cli_matches_local_uses_no_deprecated_api_and_leaves_no_superlink(tmp_path):
+    """`zofed run` with runtime=flower-sim goes through `flwr run` on a local simulation SuperLink, stopped afterwards;
+    FedMeZO's weights upload (the equivalence case this run serves)."""
+    import psutil
+    import yaml
+
+    overrides = (*SMALL, "clients=3", "clients_per_round=3")
+    local = tiny_config(tmp_path / "local", "fedmezo", *overrides)
+    run_local(local, show_progress=False)
+    simulated = tiny_config(tmp_path / "sim", "fedmezo", *overrides, "runtime=flower-sim")
+    config_file = tmp_path / "sim.yaml"
+    config_file.write_text(yaml.safe_dump(simulated.to_dict()))
+    result = subprocess.run([sys.executable, "-m", "zofed.cli", "run", str(config_file)], capture_output=True, text=True,
+                            timeout=900, cwd=tmp_path, env={**flower_process_env(), "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "deprecat" not in result.stderr.lower(), [line for line in result.stderr.splitlines() if "eprecat" in line]
+    assert "(3 simulated SuperNodes)" in result.stderr  # the run's size reached the simulation
+    assert json.loads(result.stdout)["bytes_up"] == json.loads((local.run_dir / "summary.json").read_text())["bytes_up"]
+    assert_same_run(local, simulated)
+    leftovers = [process for process in psutil.process_iter(["cmdline"])
+                 if any("zofed-sim-" in part for part in process.info["cmdline"] or [])]
+    assert not leftovers, [process.info["cmdline"] for process in leftovers]
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for self-signed certificates")

@@ -1,5 +1,6 @@
 """The server's binding of partitions to SuperNode ids, without starting Flower: a fake Grid whose
-nodes answer with zofed's real ClientApp query handler, each with its own node config and state."""
+nodes answer with zofed's real ClientApp query handler, each with its own node config and state. A real
+deployment with a second SuperNode for a taken partition runs in test_app.py (the `flwr run` test's deployment)."""
 
 from __future__ import annotations
 
@@ -162,32 +163,3 @@ def test_a_node_that_fails_to_take_the_config_is_not_bound():
     nodes, _ = nodes_on(grid)
     nodes.refresh()
     assert nodes.node_of == {} and nodes.client_of == {}
-
-
-def test_a_second_supernode_for_a_taken_partition_is_refused_in_a_deployment(tmp_path, deployment, monkeypatch):
-    """Three real SuperNodes for two partitions: one claim on partition 0 is refused, the run completes."""
-    from zofed.runtime.flower.deployment import run_flower
-
-    from ..helpers import tiny_config
-
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from zofed.runtime.flower.loopback import free_port, wait_for_port
-
-    deployment.start_superlink()
-    deployment.start_supernode(0)
-    deployment.start_supernode(1)
-    port = free_port()
-    second = deployment.zofed("supernode", "--partition-id", "0", "--superlink", deployment.superlink, "--port", str(port),
-                              log="supernode-0-second.log")
-    wait_for_port(port, second)
-    config = tiny_config(tmp_path, "fedmezo", "rounds=2", "local.local_steps=2", "eval.val_examples=4",
-                         "eval.test_examples=4", "eval.accuracy_examples=0", "fedmezo.upload=seeds", "runtime=flower",
-                         f"superlink={deployment.superlink}", "flower.connect_timeout_s=120")
-    summary = run_flower(config, show_progress=False)
-    assert summary["rounds_run"] == 2
-    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        assert row["dropped"] == [] and [client["client"] for client in row["per_client"]] == [0, 1]
-    trained = [log.read_text().count("Receiving: train message") for log in sorted(tmp_path.glob("supernode-0*.log"))]
-    assert sorted(trained) == [0, 2], trained  # one node of partition 0 trained both rounds, the other never
