@@ -44,12 +44,16 @@ def server_device(state: ServerState) -> torch.device:
     return next(iter(state.weights.values())).device if state.weights else torch.device("cpu")
 
 
+def tensors_on(tensors: Mapping[str, torch.Tensor], device: torch.device) -> Mapping[str, torch.Tensor]:
+    """`tensors` on `device`; the same mapping where they already are (on the CPU nothing is copied)."""
+    if all(tensor.device == device for tensor in tensors.values()):
+        return tensors
+    return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
 def state_on(state: ServerState, device: torch.device) -> ServerState:
-    """`state` with its tensors on `device` (a checkpoint loads on the host); the same object where they are."""
-    if all(tensor.device == device for tensor in [*state.weights.values(), *state.buffers.values()]):
-        return state
-    return replace(state, weights={name: tensor.to(device) for name, tensor in state.weights.items()},
-                   buffers={name: tensor.to(device) for name, tensor in state.buffers.items()})
+    """`state` with its tensors on `device` (a checkpoint loads on the host)."""
+    return replace(state, weights=tensors_on(state.weights, device), buffers=tensors_on(state.buffers, device))
 
 
 def directions_config(settings: Any, state: ServerState) -> dict[str, JsonValue]:

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from zofed.algorithms import Algorithm, ClientEnv, ServerState
-from zofed.algorithms.base import Sent, server_device
+from zofed.algorithms.base import Sent, server_device, tensors_on
 from zofed.algorithms.downlink import forget_versions
 from zofed.config import FaultsConfig, RobustConfig
 from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
@@ -161,9 +161,8 @@ def play_round(
 def on_device(reply: Message, device: torch.device) -> Message:
     """A decoded reply's tensors where the server's state lives, so screening and aggregation never
     mix devices; on the CPU the very same tensors."""
-    if all(tensor.device == device for tensor in reply.tensors.values()):
-        return reply
-    return replace(reply, tensors={name: tensor.to(device) for name, tensor in reply.tensors.items()})
+    tensors = tensors_on(reply.tensors, device)
+    return reply if tensors is reply.tensors else replace(reply, tensors=tensors)
 
 
 def client_round(
