@@ -19,9 +19,9 @@ from zofed.config import FaultsConfig
 from zofed.runtime.codec import decode, encode
 from zofed.runtime.experiment import CLIENT_SEED_STREAM
 from zofed.runtime.faults import corrupt
-from zofed.runtime.flower.client_app import build_client_app, partition_id
+from zofed.runtime.flower.client_app import build_client_app
 from zofed.runtime.flower.client_train import node_run_config
-from zofed.runtime.flower.records import pack, runtime_measurements, unpack
+from zofed.runtime.flower.records import pack, partition_id, runtime_measurements, unpack
 from zofed.zo.seeds import mix_seed
 
 ENV = "ZOFED_BENCH_FAULTS"  # FaultsConfig's fields as JSON

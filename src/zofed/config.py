@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
-from zofed.tracking import TrackingConfig
 
 
 class Section(BaseModel):
@@ -30,6 +29,16 @@ class TrainableConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     layers: tuple[int, ...] | None = None  # full mode: only these transformer layers
+
+
+class TrackingConfig(Section):
+    """The `tracking:` config section."""
+
+    tensorboard: bool = True  # event files in the run directory: `tensorboard --logdir runs`
+    wandb: bool = False  # needs `pip install wandb`
+    wandb_project: str = "zofed"
+    # offline needs no network or account; `wandb sync` uploads later
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
 
 
 class DataConfig(Section):

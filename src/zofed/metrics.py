@@ -1,13 +1,9 @@
-"""Per-round metrics and the byte ledger; results are JSON lines a person can read and plot."""
+"""Measurements a round reports: this process's peak memory and the peak over clients."""
 
 from __future__ import annotations
 
 import resource
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-
-from zofed.runtime.codec import EncodedSizes
 
 
 def peak_rss_mb() -> float:
@@ -38,37 +34,3 @@ def reset_peak_rss() -> None:
 def peak_of(values: Iterable[float | None]) -> float | None:
     """The largest measured value; None when nothing was measured (device memory on the CPU)."""
     return max((value for value in values if value is not None), default=None)
-
-
-@dataclass
-class ByteLedger:
-    """Bytes as encoded, per client, per direction ("up"/"down") and per kind."""
-
-    rows: list[dict] = field(default_factory=list)
-
-    def record(self, client: int, direction: str, sizes: EncodedSizes) -> None:
-        self.rows.append(
-            {
-                "client": client,
-                "direction": direction,
-                "total": sizes.total,
-                "weights": sizes.weights,
-                "records": sizes.records,
-                "metrics": sizes.metrics,
-                "control": sizes.control,
-            }
-        )
-
-    def total(self, direction: str) -> int:
-        return sum(row["total"] for row in self.rows if row["direction"] == direction)
-
-    def by_kind(self, direction: str) -> dict[str, int]:
-        kinds: dict[str, int] = defaultdict(int)
-        for row in self.rows:
-            if row["direction"] == direction:
-                for kind in ("weights", "records", "metrics", "control"):
-                    kinds[kind] += row[kind]
-        return dict(kinds)
-
-    def for_client(self, client: int, direction: str) -> int:
-        return sum(r["total"] for r in self.rows if r["client"] == client and r["direction"] == direction)

@@ -14,29 +14,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
-from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zofed.errors import ZofedError
 
 if TYPE_CHECKING:
-    from zofed.config import RunConfig
-
-
-class TrackingConfig(BaseModel):
-    """The `tracking:` config section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tensorboard: bool = True  # event files in the run directory: `tensorboard --logdir runs`
-    wandb: bool = False  # needs `pip install wandb`
-    wandb_project: str = "zofed"
-    # offline needs no network or account; `wandb sync` uploads later
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
-
+    from zofed.config import RunConfig, TrackingConfig
 
 
 def check_tracking(settings: TrackingConfig) -> None:

@@ -27,10 +27,11 @@ from zofed.algorithms.downlink import forget_versions
 from zofed.config import FaultsConfig, RobustConfig
 from zofed.device import peak_device_memory_mb, reset_peak_device_memory, synchronize
 from zofed.messages import Message
-from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
+from zofed.metrics import peak_of, peak_rss_mb, reset_peak_rss
 from zofed.runtime.client import KeptCopy, receive_model_
 from zofed.runtime.codec import CodecError, EncodedSizes, decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
+from zofed.runtime.ledger import ByteLedger
 from zofed.runtime.screening import screen
 
 

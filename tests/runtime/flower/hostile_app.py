@@ -12,8 +12,8 @@ import os
 from flwr.app import Context, Message, RecordDict
 
 from zofed.runtime.codec import decode
-from zofed.runtime.flower.client_app import build_client_app, partition_id
-from zofed.runtime.flower.records import pack, runtime_measurements, unpack
+from zofed.runtime.flower.client_app import build_client_app
+from zofed.runtime.flower.records import pack, partition_id, runtime_measurements, unpack
 
 from ..hostile import CASE_SETS, hostile_uplink, schedule
 

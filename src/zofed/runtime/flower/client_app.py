@@ -34,8 +34,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.typing import Mod  # noqa: E402
 
-from zofed.errors import ZofedError  # noqa: E402
-from zofed.runtime.flower.records import NODE, RUN  # noqa: E402
+from zofed.runtime.flower.records import NODE, RUN, partition_id  # noqa: E402
 
 # What this process paid before it could serve its first message, reported once (then emptied).
 _PROCESS_COSTS = {
@@ -71,12 +70,3 @@ def build_client_app(train_mods: Sequence[Mod] = ()) -> ClientApp:
 
 app = build_client_app()
 
-
-def partition_id(context: Context) -> int:
-    if "partition-id" not in context.node_config:
-        raise ZofedError("this SuperNode has no partition-id; start it with --node-config 'partition-id=K'")
-    value = context.node_config["partition-id"]
-    if type(value) is not int or value < 0:
-        raise ZofedError(f"partition-id {str(value)[:40]!r} is not a client number; start the SuperNode with "
-                         "--node-config 'partition-id=K' for a whole number K")
-    return value

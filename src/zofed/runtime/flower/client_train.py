@@ -21,8 +21,7 @@ from zofed.config import RunConfig, parse_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.runtime.client import KeptCopy, KeptFile  # noqa: E402
 from zofed.runtime.experiment import Experiment, build_experiment, build_model, prepare_data  # noqa: E402
-from zofed.runtime.flower.client_app import partition_id  # noqa: E402
-from zofed.runtime.flower.records import RUN, ContextKept, pack, unpack  # noqa: E402
+from zofed.runtime.flower.records import RUN, ContextKept, pack, partition_id, unpack  # noqa: E402
 from zofed.runtime.round import client_round  # noqa: E402
 
 # This module's imports, reported once with the first training message (then emptied).

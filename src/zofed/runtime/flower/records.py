@@ -1,4 +1,4 @@
-"""Our messages and kept models in Flower records.
+"""Our messages and kept models in Flower records, and the client number a node plays.
 
 A codec message rides as raw bytes, never re-encoded: a small one (seeds and scalars, a replay)
 as one bytes value of a ConfigRecord, the record type with the least framing (measured: 293
@@ -105,3 +105,14 @@ class ContextKept:
 
     def forget(self) -> None:
         self.state.pop(KEPT, None)
+
+
+def partition_id(context: Context) -> int:
+    """The client this node plays, from its node config (`--node-config 'partition-id=K'`)."""
+    if "partition-id" not in context.node_config:
+        raise ZofedError("this SuperNode has no partition-id; start it with --node-config 'partition-id=K'")
+    value = context.node_config["partition-id"]
+    if type(value) is not int or value < 0:
+        raise ZofedError(f"partition-id {str(value)[:40]!r} is not a client number; start the SuperNode with "
+                         "--node-config 'partition-id=K' for a whole number K")
+    return value
