@@ -35,7 +35,7 @@ import yaml
 
 from zofed.config import load_config
 from zofed.machine import describe_machine
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 ALGORITHMS = ("fedmezo", "fedspzo")
 
@@ -49,7 +49,7 @@ def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: 
         print(f"reusing {config.run_dir}", file=sys.stderr, flush=True)
         summary = json.loads((config.run_dir / "summary.json").read_text())
     else:
-        summary = run_local(config, overwrite=True, show_progress=False)
+        summary = run_experiment(config, overwrite=True, show_progress=False)
     history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
     totals = {"layer_forwards": 0, "forward_passes": 0, "train_s": 0.0, "wall_s": 0.0}
     curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], **totals}]

@@ -33,14 +33,14 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
     from zofed.runtime.flower.deployment import run_flower
     from zofed.runtime.flower.loopback import LoopbackFederation
     from zofed.runtime.flower.simulation import run_flower_sim
-    from zofed.runtime.driver import run_local
+    from zofed.runtime.driver import run_experiment
 
     results, weights = {}, {}
     load_before = os.getloadavg()
     for runtime in ("local", "flower-sim", "flower"):
         config = load_config(config_path, [*overrides, f"rounds={rounds}", f"output_dir={root / runtime}", f"runtime={runtime}"])
         if runtime == "local":
-            summary = run_local(config, show_progress=False)
+            summary = run_experiment(config, show_progress=False)
         elif runtime == "flower-sim":
             summary = run_flower_sim(config, show_progress=False)
         else:

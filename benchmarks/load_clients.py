@@ -90,7 +90,7 @@ def child(clients: int, rounds: int, kept_in_memory: bool) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="zofed-load-") as tmp:
         config = load_config(clients, rounds, Path(tmp))
-        driver.run_local(config, show_progress=False, play_round=measured_round)
+        driver.run_experiment(config, show_progress=False, round_fn=measured_round)
         checkpoint = config.run_dir / "checkpoints"
         newest = sorted(checkpoint.glob("ckpt-*"))[-1]
         kept_files = list((config.run_dir / "clients").glob("*/*.safetensors"))

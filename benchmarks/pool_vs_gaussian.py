@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zofed.config import load_config
 from zofed.machine import describe_machine
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
                     [*args.overrides, f"seed={seed}", f"rounds={args.rounds}", f"fedmezo.directions={directions}",
                      f"name={directions}-{seed}", f"output_dir={scratch}"],
                 )
-                summary = run_local(config, show_progress=False)
+                summary = run_experiment(config, show_progress=False)
                 runs.append({"seed": seed, "directions": directions, **summary})
                 print(f"seed {seed} {directions:8s} test loss {summary['initial_test_loss']:.4f} -> "
                       f"{summary['final_test_loss']:.4f}  accuracy {summary['test_accuracy']}", flush=True)

@@ -193,7 +193,7 @@ def main() -> None:
 
     from zofed.config import load_config
     from zofed.machine import describe_machine
-    from zofed.runtime.driver import run_local
+    from zofed.runtime.driver import run_experiment
     from zofed.runtime.memory_profile import with_memory_profile
 
     baselines = args.baselines.split(",")
@@ -241,7 +241,7 @@ def main() -> None:
                 if name == "zorba":
                     config = zorba_config.model_copy(update={"rounds": args.rounds, "output_dir": root, "name": name,
                                                              "eval": config.eval})
-                summary = run_local(config, show_progress=False)
+                summary = run_experiment(config, show_progress=False)
                 per_round = config.sampled_per_round() * summary["rounds"]
                 losses[name] = {"initial_test_loss": summary["initial_test_loss"],
                                 "final_test_loss": summary["final_test_loss"],

@@ -1,6 +1,5 @@
 """The command line: bad input ends in one line and exit code 2, and writes nothing."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

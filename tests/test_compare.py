@@ -66,8 +66,8 @@ def test_algorithms_see_identical_partitions_sampling_and_evaluation(finished):
 def test_resume_runs_only_what_is_missing(finished, config_file, monkeypatch):
     out, _ = finished
     calls = []
-    real = compare_module.run_local
-    monkeypatch.setattr(compare_module, "run_local", lambda config, **kw: calls.append(config.name) or real(config, **kw))
+    real = compare_module.run_experiment
+    monkeypatch.setattr(compare_module, "run_experiment", lambda config, **kw: calls.append(config.name) or real(config, **kw))
     (out / "runs" / "fedkseed-seed1" / "summary.json").unlink()  # as if killed before it finished
     document = run_compare(config_file, QUICK, ["fedmezo", "fedkseed"], seeds=2, out=out, show_progress=False,
                            log=lambda line: None)

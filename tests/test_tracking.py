@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from zofed.errors import ZofedError
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 from zofed.tracking import loss_text, scalars
 
 from .runtime.helpers import tiny_config
@@ -28,7 +28,7 @@ def _rows(run_dir) -> list[dict]:
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     config = tiny_config(tmp_path_factory.mktemp("tracked"), "fedmezo", "rounds=2", "local.local_steps=2")
-    run_local(config, show_progress=False)
+    run_experiment(config, show_progress=False)
     return config
 
 
@@ -47,21 +47,21 @@ def test_tensorboard_events_hold_every_round_row(tracked_run):
 
 def test_resumed_run_logs_each_round_once(tmp_path):
     config = tiny_config(tmp_path, "fedavg", "rounds=3", "local.local_steps=2")
-    assert run_local(config, show_progress=False, stop_after_round=2) is None
-    run_local(config, resume=True, show_progress=False)
+    assert run_experiment(config, show_progress=False, stop_after_round=2) is None
+    run_experiment(config, resume=True, show_progress=False)
     assert [step for step, _ in _events(config.run_dir)["loss/train"]] == [1, 2, 3]
     assert [value for _, value in _events(config.run_dir)["lr"]] == pytest.approx([5e-3] * 3)  # FedAvg: its settings' lr
 
 
 def test_tensorboard_off_writes_no_event_files(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "rounds=1", "local.local_steps=1", "tracking.tensorboard=false")
-    run_local(config, show_progress=False)
+    run_experiment(config, show_progress=False)
     assert not list(config.run_dir.glob("events.out.tfevents.*"))
 
 
 def test_piped_output_gets_one_plain_line_per_round(tmp_path, capsys):
     config = tiny_config(tmp_path, "fedmezo", "rounds=2", "local.local_steps=1", "eval.every=2")
-    run_local(config, show_progress=True)  # stderr is captured, not a terminal: lines, not a bar
+    run_experiment(config, show_progress=True)  # stderr is captured, not a terminal: lines, not a bar
     lines = [line for line in capsys.readouterr().err.splitlines() if " round " in line]
     assert len(lines) == 2
     assert lines[0].startswith("test-fedmezo round 1/2  train loss ") and "val loss" not in lines[0]
@@ -103,7 +103,7 @@ def test_wandb_sink_logs_every_round_offline(tmp_path, monkeypatch):
     fake = _FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     config = tiny_config(tmp_path, "fedmezo", "rounds=2", "local.local_steps=1", "tracking.wandb=true")
-    run_local(config, show_progress=False)
+    run_experiment(config, show_progress=False)
     init, *logs, finish = fake.calls
     assert init[0] == "init" and init[1]["mode"] == "offline" and init[1]["name"] == "test-fedmezo"
     assert init[1]["config"]["tracking"]["wandb"] is True
@@ -116,7 +116,7 @@ def test_wandb_without_the_package_refuses_the_run_before_it_writes(tmp_path, mo
     monkeypatch.setitem(sys.modules, "wandb", None)  # import machinery: "not installed"
     config = tiny_config(tmp_path, "fedmezo", "tracking.wandb=true")  # a SuperNode or `zofed eval` may read it
     with pytest.raises(ZofedError, match=r"pip install wandb.*tracking.wandb=false"):
-        run_local(config, show_progress=False)
+        run_experiment(config, show_progress=False)
     assert not config.run_dir.exists()
 
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from zofed.compare import run_compare  # noqa: E402
 from zofed.config import load_config  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
-from zofed.runtime.driver import run_local  # noqa: E402
+from zofed.runtime.driver import run_experiment  # noqa: E402
 
 STRATEGIES = ("frozen", "random", "round-wise", "five-round", "model-diff")
 RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
@@ -88,7 +88,7 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
                                            f"output_dir={RUNS / 'fedmezo-lr'}"])
         if not (config.run_dir / "summary.json").is_file():
             print(f"running lr_strategy={strategy} in {config.run_dir}", file=sys.stderr, flush=True)
-            run_local(config, resume=config.run_dir.exists(), overwrite=config.run_dir.exists(), show_progress=False)
+            run_experiment(config, resume=config.run_dir.exists(), overwrite=config.run_dir.exists(), show_progress=False)
         summary = json.loads((config.run_dir / "summary.json").read_text())
         history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
         curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], "wall_s": 0.0}]

@@ -199,9 +199,9 @@ def _run(args: argparse.Namespace) -> int:
 
         summary = run_flower(config, **options)
     else:
-        from zofed.runtime.driver import run_local
+        from zofed.runtime.driver import run_experiment
 
-        summary = run_local(config, **options)
+        summary = run_experiment(config, **options)
     print(json.dumps(summary, indent=2))
     where = " on the SuperLink's machine" if config.runtime == "flower" else ""
     print(f"results in {config.run_dir}/{where} (summary.json, metrics.jsonl, report.png, TensorBoard events)", file=sys.stderr)
@@ -306,7 +306,7 @@ def _data(args: argparse.Namespace) -> int:
     splits = data.splits
     print(f"task {config.task}: train {len(splits.train)}, validation {len(splits.val)}, test {len(splits.test)}")
     print(f"partition {config.partition.method} across {config.clients} clients:")
-    for row in partition_table(data.client_labels(), data.client_indices):
+    for row in partition_table(data.train_categories(), data.client_indices):
         labels = ", ".join(f"{label}={count}" for label, count in sorted(row["labels"].items(), key=str))
         print(f"  client {row['client']:3d}  size {row['size']:6d}  {labels}")
     return 0

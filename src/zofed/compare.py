@@ -36,7 +36,7 @@ from zofed.config import RunConfig, load_config  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.experiment import json_digest  # noqa: E402
-from zofed.runtime.driver import Budget, run_local  # noqa: E402
+from zofed.runtime.driver import Budget, run_experiment  # noqa: E402
 
 BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
 # Summary fields averaged over seeds per algorithm, in the order the table shows them.
@@ -121,7 +121,7 @@ def run_compare(
             resume = run.config.run_dir.exists()
             log(f"{label}: {'resuming' if resume else 'running'} in {run.config.run_dir}")
             # a run killed before its first checkpoint has nothing to resume: it starts over in its own directory
-            run_local(run.config, resume=resume, overwrite=resume, show_progress=show_progress, budget=budget)
+            run_experiment(run.config, resume=resume, overwrite=resume, show_progress=show_progress, budget=budget)
         results.append(collect(run))
     document = build_results(name, config_path, overrides, budget, results)
     out.mkdir(parents=True, exist_ok=True)

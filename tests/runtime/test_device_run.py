@@ -8,7 +8,7 @@ import torch
 
 from zofed.algorithms import ALGORITHMS
 from zofed.cli import main
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 from .helpers import final_weights, tiny_config
 
@@ -19,7 +19,7 @@ def test_a_run_on_device_auto_here_reports_no_device_memory(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("auto picks the GPU here")
     config = tiny_config(tmp_path, "fedmezo", "device=auto", *COMMON)
-    summary = run_local(config, show_progress=False)
+    summary = run_experiment(config, show_progress=False)
     assert summary["peak_device_mb"] is None and summary["peak_rss_mb"] > 0
     assert math.isfinite(summary["final_eval_loss"])
     rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -34,10 +34,10 @@ def test_a_run_on_device_auto_here_reports_no_device_memory(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("algorithm", ["fedmezo", "fedavg"])
 def test_a_cuda_run_matches_the_cpu_run_and_measures_device_memory(tmp_path, algorithm):
-    cpu = run_local(tiny_config(tmp_path / "cpu", algorithm, "device=cpu", "fedmezo.directions=pool", *COMMON),
+    cpu = run_experiment(tiny_config(tmp_path / "cpu", algorithm, "device=cpu", "fedmezo.directions=pool", *COMMON),
                     show_progress=False)
     config = tiny_config(tmp_path / "cuda", algorithm, "device=cuda", "fedmezo.directions=pool", *COMMON)
-    cuda = run_local(config, show_progress=False)
+    cuda = run_experiment(config, show_progress=False)
     assert cuda["peak_device_mb"] > 0
     # Different kernels round differently: close, not equal.
     assert cuda["final_eval_loss"] == pytest.approx(cpu["final_eval_loss"], rel=1e-3)
@@ -53,11 +53,11 @@ def test_every_algorithm_keeps_its_server_on_the_gpu_and_resumes_there(tmp_path,
     if "directions" in ALGORITHMS[algorithm].settings.model_fields:
         settings.append(f"{algorithm}.directions=gaussian")
     uninterrupted = tiny_config(tmp_path / "full", algorithm, *settings)
-    first = run_local(uninterrupted, show_progress=False)
+    first = run_experiment(uninterrupted, show_progress=False)
     assert math.isfinite(first["final_eval_loss"]) and first["peak_device_mb"] > 0
     interrupted = tiny_config(tmp_path / "cut", algorithm, *settings)
-    assert run_local(interrupted, show_progress=False, stop_after_round=1) is None
-    second = run_local(interrupted, resume=True, show_progress=False)
+    assert run_experiment(interrupted, show_progress=False, stop_after_round=1) is None
+    second = run_experiment(interrupted, resume=True, show_progress=False)
     assert second["final_eval_loss"] == pytest.approx(first["final_eval_loss"], rel=1e-5)
     a, b = final_weights(uninterrupted), final_weights(interrupted)
     assert all(torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6) for name in a)

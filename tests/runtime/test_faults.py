@@ -9,7 +9,7 @@ import zofed.runtime.driver as driver
 import zofed.runtime.round as round_body
 from zofed.errors import ZofedError
 from zofed.runtime.client import receive_model_
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 from .helpers import tiny_config
 
@@ -21,7 +21,7 @@ def rows(config):
 def test_thirty_percent_lost_replies_finish_and_are_recorded_with_replay_catch_up(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "rounds=4", "clients=6", "clients_per_round=4", "local.local_steps=4",
                          "fedmezo.upload=seeds", "fedmezo.downlink=replay", "faults.drop_rate=0.3")
-    summary = run_local(config, show_progress=False)
+    summary = run_experiment(config, show_progress=False)
     history = rows(config)
     dropped = [client for row in history for client in row["dropped"]]
     assert 2 <= len(dropped) <= 10  # about 30% of 16 contacts
@@ -32,7 +32,7 @@ def test_thirty_percent_lost_replies_finish_and_are_recorded_with_replay_catch_u
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
     again = tiny_config(tmp_path / "again", "fedmezo", "rounds=4", "clients=6", "clients_per_round=4",
                         "local.local_steps=4", "fedmezo.upload=seeds", "fedmezo.downlink=replay", "faults.drop_rate=0.3")
-    assert run_local(again, show_progress=False)["final_eval_loss"] == summary["final_eval_loss"]  # reproducible
+    assert run_experiment(again, show_progress=False)["final_eval_loss"] == summary["final_eval_loss"]  # reproducible
 
 
 def test_replay_clients_that_missed_rounds_catch_up_bit_exactly_or_get_weights_past_the_bound(tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_replay_clients_that_missed_rounds_catch_up_bit_exactly_or_get_weights_p
         return message
 
     monkeypatch.setattr(round_body, "receive_model_", checked_receive)
-    summary = run_local(config, show_progress=False, play_round=play)
+    summary = run_experiment(config, show_progress=False, round_fn=play)
 
     assert summary["rounds_run"] == 10 and all(exact for *_, exact in received)
     replays = [(held, needed) for kind, held, needed, _ in received if kind == "replay"]
@@ -70,17 +70,17 @@ def test_replay_clients_that_missed_rounds_catch_up_bit_exactly_or_get_weights_p
 def test_nan_replies_are_rejected_and_counted_never_applied(tmp_path):
     config = tiny_config(tmp_path, "fedkseed", "rounds=2", "clients=3", "faults.hostile_clients=[1]",
                          "faults.hostile_mode=nan")
-    summary = run_local(config, show_progress=False)
+    summary = run_experiment(config, show_progress=False)
     assert all(row["rejected"] == {"1": "a scalar is NaN, inf or not a number"} for row in rows(config))
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
 
 
 def test_one_hostile_client_in_four_is_contained_by_the_median(tmp_path):
     algorithm, common = "fedkseed", ("rounds=3", "clients=4")
-    clean = run_local(tiny_config(tmp_path / "clean", algorithm, *common), show_progress=False)
+    clean = run_experiment(tiny_config(tmp_path / "clean", algorithm, *common), show_progress=False)
     attack = (*common, "faults.hostile_clients=[2]", "faults.hostile_mode=scale", "faults.hostile_scale=1000")
-    attacked = run_local(tiny_config(tmp_path / "attacked", algorithm, *attack), show_progress=False)
-    defended = run_local(tiny_config(tmp_path / "defended", algorithm, *attack, "robust.aggregator=median"),
+    attacked = run_experiment(tiny_config(tmp_path / "attacked", algorithm, *attack), show_progress=False)
+    defended = run_experiment(tiny_config(tmp_path / "defended", algorithm, *attack, "robust.aggregator=median"),
                          show_progress=False)
     def progress(summary) -> float:  # tiny-llama starts near log(vocab): compare what training gained
         return summary["initial_eval_loss"] - summary["final_eval_loss"]

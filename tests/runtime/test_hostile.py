@@ -11,11 +11,11 @@ import math
 
 import torch
 
-from zofed.runtime.driver import run_local, run_round
+from zofed.runtime.driver import run_experiment, run_round
 from zofed.runtime.round import InProcessTransport
 
 from .helpers import final_weights, tiny_config
-from .hostile import CASE_SETS, CASES, FLOWER_CASES, HostileTransport, schedule
+from .hostile import CASE_SETS, CASES, FLOWER_CASES, HostileTransport
 
 CLIENTS = 10
 SETUPS = {  # case set -> algorithm and settings
@@ -38,7 +38,7 @@ def run_with(config, plan, silent: bool) -> list[dict]:
         inner = InProcessTransport(experiment, algorithm, kept, config.faults, config.seed)
         return run_round(experiment, algorithm, state, round, kept, transport=HostileTransport(inner, plan, silent))
 
-    run_local(config, show_progress=False, play_round=play)
+    run_experiment(config, show_progress=False, round_fn=play)
     return rows_of(config)
 
 

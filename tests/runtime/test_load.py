@@ -58,7 +58,7 @@ def test_a_round_touches_only_its_sampled_clients(tmp_path, monkeypatch, clients
     for name in ("client_round", "encode_with_sizes"):
         count_calls(monkeypatch, round_body, name, counts)
     count_calls(monkeypatch, KeptStore, "client", counts)
-    driver.run_local(config, show_progress=False)
+    driver.run_experiment(config, show_progress=False)
 
     contacts = rounds * sampled
     assert counts == {"client_round": contacts, "encode_with_sizes": contacts, "client": contacts}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from zofed.config import load_config
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 from zofed.runtime.memory_profile import CHILD_ENV, with_memory_profile
 
 from .helpers import tiny_config
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_profile_is_measured_once_kept_with_the_run_and_reused_on_resume(tmp_path):
     config = tiny_config(tmp_path, "zorba", "rounds=2", "local.local_steps=3", "zorba.memory_profile=null")
-    assert run_local(config, show_progress=False, stop_after_round=1) is None
+    assert run_experiment(config, show_progress=False, stop_after_round=1) is None
     saved = yaml.safe_load((config.run_dir / "config.yaml").read_text())["zorba"]["memory_profile"]
     assert saved["source"].startswith("measured") and len(saved["block_mb"]) == 4
     assert [point["active_blocks"] for point in saved["points"]] == [1.0, 2.0, 4.0]
@@ -32,7 +32,7 @@ def test_profile_is_measured_once_kept_with_the_run_and_reused_on_resume(tmp_pat
     assert all(value > 0 for value in saved["block_mb"]) and saved["block_params"] == [896] * 4
     resumed = with_memory_profile(config, resume=True)
     assert resumed.algorithm_settings.memory_profile.model_dump() == saved
-    run_local(config, resume=True, show_progress=False)
+    run_experiment(config, resume=True, show_progress=False)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zofed.config import load_config
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -42,7 +42,7 @@ def test_two_clients_two_rounds_pinned_losses(algorithm, tmp_path):
             "fedavg.lr=1e-3",
         ],
     )
-    summary = run_local(config, show_progress=False)
+    summary = run_experiment(config, show_progress=False)
     print({key: summary[key] for key in PINNED[algorithm]})
     for key, expected in PINNED[algorithm].items():
         assert summary[key] == pytest.approx(expected, rel=1e-3), key

@@ -70,7 +70,7 @@ class Budget:
         return float(sum(row[key] for row in history))
 
 
-def run_local(
+def run_experiment(
     config: RunConfig,
     *,
     resume: bool = False,
@@ -78,14 +78,14 @@ def run_local(
     show_progress: bool = True,
     stop_after_round: int | None = None,
     budget: Budget | None = None,
-    play_round: RoundFn | None = None,
+    round_fn: RoundFn | None = None,
 ) -> dict | None:
     """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`.
 
-    `play_round` carries a round's messages to the clients and back: `run_round` in this process
+    `round_fn` carries a round's messages to the clients and back: `run_round` in this process
     by default, or another runtime's transport (Flower) around the same steps.
     """
-    play_round = play_round or run_round
+    round_fn = round_fn or run_round
     session_started = time.perf_counter()
     paths = RunPaths(config)
     check_tracking(config.tracking)  # before the run directory is touched: a missing W&B leaves nothing behind
@@ -112,7 +112,7 @@ def run_local(
         for round in range(first_round, config.rounds + 1):
             if budget is not None and budget.spent(extra["history"]) >= budget.value:
                 break
-            state, row = play_round(experiment, algorithm, state, round, kept)
+            state, row = round_fn(experiment, algorithm, state, round, kept)
             extra = _record_round(paths, state, row, extra, clock.elapsed())
             tracking.round(row)
             if stop_after_round is not None and round >= stop_after_round:

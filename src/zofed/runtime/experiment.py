@@ -45,7 +45,8 @@ class FederatedData:
     splits: Splits
     client_indices: list[list[int]]  # per client, indices into splits.train
 
-    def client_labels(self) -> list[str | None]:
+    def train_categories(self) -> list[str | None]:
+        """Each training example's category (None where the task has none), in splits.train order."""
         return [example.category for example in self.splits.train]
 
 

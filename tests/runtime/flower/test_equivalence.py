@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 from ..helpers import final_weights, tiny_config
 from zofed.runtime.flower.deployment import flower_env as flower_process_env
@@ -59,7 +59,7 @@ def test_flower_simulation_matches_local(tmp_path, case):
 
     algorithm, *overrides = CASES[case]
     local = tiny_config(tmp_path / "local", algorithm, *SMALL, *overrides)
-    run_local(local, show_progress=False)
+    run_experiment(local, show_progress=False)
     simulated = tiny_config(tmp_path / "sim", algorithm, *SMALL, *overrides, "runtime=flower-sim")
     summary = run_flower_sim(simulated, show_progress=False)
     assert summary["bytes_up"] == json.loads((local.run_dir / "summary.json").read_text())["bytes_up"]
@@ -76,7 +76,7 @@ def test_flower_sim_through_the_cli_matches_local_uses_no_deprecated_api_and_lea
 
     overrides = (*SMALL, "clients=3", "clients_per_round=3")
     local = tiny_config(tmp_path / "local", "fedmezo", *overrides)
-    run_local(local, show_progress=False)
+    run_experiment(local, show_progress=False)
     simulated = tiny_config(tmp_path / "sim", "fedmezo", *overrides, "runtime=flower-sim")
     config_file = tmp_path / "sim.yaml"
     config_file.write_text(yaml.safe_dump(simulated.to_dict()))
@@ -101,7 +101,7 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
 
     _, *case = CASES["seeds-upload-replay-downlink"]
     local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, *case)
-    run_local(local, show_progress=False)
+    run_experiment(local, show_progress=False)
     certificates = self_signed_certificates(tmp_path / "certificates")
     ca = str(certificates["ca.crt"])
     deployment.start_superlink("--ssl-certfile", str(certificates["server.crt"]),

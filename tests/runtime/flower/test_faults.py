@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from zofed.runtime.flower.deployment import run_flower
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 from ..helpers import final_weights, tiny_config
 
@@ -106,7 +106,7 @@ def test_serverapp_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path,
     common = ("rounds=3", "local.local_steps=3", "eval.val_examples=8", "eval.test_examples=8", "eval.accuracy_examples=0",
               "fedmezo.upload=seeds", "fedmezo.downlink=replay")
     reference = tiny_config(tmp_path / "reference", "fedmezo", *common)
-    run_local(reference, show_progress=False)  # Flower's runs equal local ones bit for bit (test_equivalence)
+    run_experiment(reference, show_progress=False)  # Flower's runs equal local ones bit for bit (test_equivalence)
 
     deployment.start_superlink()
     for client in range(2):

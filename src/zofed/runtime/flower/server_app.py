@@ -31,7 +31,7 @@ from zofed.runtime.flower.deployment import SUMMARY_LINE
 from zofed.runtime.flower.nodes import Nodes
 from zofed.runtime.flower.records import pack, runtime_measurements, unpack
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
-from zofed.runtime.driver import RoundFn, run_local, run_round
+from zofed.runtime.driver import RoundFn, run_experiment, run_round
 from zofed.runtime.round import Exchanged
 
 PULL_S = 0.1  # between looks for replies (Flower's deployment Grid.send_and_receive waits 3 s between looks)
@@ -42,18 +42,6 @@ class ServeOptions:
     config: RunConfig
     resume: bool = False
     overwrite: bool = False
-    show_progress: bool = False
-
-
-def make_server_app(options: ServeOptions) -> ServerApp:
-    """A ServerApp bound to one run, for the simulation engine (which takes the app object)."""
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        serve(grid, options)
-
-    return server_app
 
 
 # The deployment's ServerApp, loaded by `flwr run` from the app bundle; the run comes in the
@@ -93,17 +81,15 @@ def app_dir(grid: Grid) -> Path:
 
 def serve(grid: Grid, options: ServeOptions) -> dict | None:
     config = options.config
-    nodes = Nodes(grid, config, exchange)
+    nodes = Nodes(grid, config, send_and_receive)
     nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
     meter = superlink_meter()  # under flower-sim the nodes are virtual: it sees Flower's own traffic only
-    play_round = partial(run_round, transport=GridTransport(grid, nodes, config.flower, meter))
+    round_fn = partial(run_round, transport=GridTransport(grid, nodes, config.flower, meter))
     if options.resume:
-        play_round = _resync_first(play_round, range(config.clients))
+        round_fn = _resync_first(round_fn, range(config.clients))
     try:
-        summary = run_local(
-            config, resume=options.resume, overwrite=options.overwrite, show_progress=options.show_progress,
-            play_round=play_round,
-        )
+        # no progress bar: the ServerApp runs in the SuperLink's process tree and its log is streamed
+        summary = run_experiment(config, resume=options.resume, overwrite=options.overwrite, show_progress=False, round_fn=round_fn)
     finally:
         if meter is not None:
             meter.stop()
@@ -134,7 +120,7 @@ def flower_size(message: Message) -> int:
     return sum(len(part.deflate()) for part in get_all_nested_objects(message).values())
 
 
-def exchange(grid: Grid, messages: list[Message], timeout_s: float | None) -> list[Message]:
+def send_and_receive(grid: Grid, messages: list[Message], timeout_s: float | None) -> list[Message]:
     """`Grid.send_and_receive`, looking for replies every PULL_S: the round ends when the last reply
     is in, not up to 3 s later (measured in benchmarks/flower_overhead.py)."""
     waiting = set(grid.push_messages(messages))
@@ -150,7 +136,7 @@ def exchange(grid: Grid, messages: list[Message], timeout_s: float | None) -> li
     return replies
 
 
-def _resync_first(play_round, clients) -> RoundFn:
+def _resync_first(round_fn: RoundFn, clients) -> RoundFn:
     """A resumed session's first round sends every client the weights: nodes of the earlier session
     may have lost the models they kept (a node's Context state lives only as long as its run)."""
     first = True
@@ -159,7 +145,7 @@ def _resync_first(play_round, clients) -> RoundFn:
         nonlocal first
         if first:
             state, first = forget_versions(state, clients), False
-        return play_round(experiment, algorithm, state, round, kept)
+        return round_fn(experiment, algorithm, state, round, kept)
 
     return play
 
@@ -190,7 +176,7 @@ class GridTransport:
         flower_down = sum(flower_size(message) for message in outgoing)
         flower_up = 0
         exchange_started = time.perf_counter()
-        answers = exchange(self.grid, outgoing, self.settings.timeout_s)
+        answers = send_and_receive(self.grid, outgoing, self.settings.timeout_s)
         exchange_s = time.perf_counter() - exchange_started  # the clients' work plus Flower's transport, polling, processes
         # Replies are matched to the message they answer: the SuperLink itself answers for a node that
         # went offline (its heartbeats stopped), from its own node id.

@@ -1,4 +1,4 @@
-"""The local runtime's outputs on tiny-llama: files, schema, ledger, eval, partial participation."""
+"""`run_experiment` (runtime/driver.py) on tiny-llama: its files, schema, ledger, eval, partial participation, replay downlink."""
 
 import json
 
@@ -7,7 +7,7 @@ import torch
 
 from zofed.cli import main
 from zofed.errors import ZofedError
-from zofed.runtime.driver import run_local
+from zofed.runtime.driver import run_experiment
 
 from .helpers import final_weights, tiny_config
 
@@ -20,7 +20,7 @@ SUMMARY_KEYS = {
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     config = tiny_config(tmp_path_factory.mktemp("run"), "fedmezo", "rounds=2", "clients=3", "clients_per_round=2")
-    summary = run_local(config, show_progress=False)
+    summary = run_experiment(config, show_progress=False)
     return config, summary
 
 
@@ -59,12 +59,12 @@ def test_eval_command_scores_a_finished_run(finished_run, capsys, tmp_path):
 def test_existing_run_directory_needs_resume_or_overwrite(finished_run):
     config, _ = finished_run
     with pytest.raises(ZofedError, match="--resume"):
-        run_local(config, show_progress=False)
+        run_experiment(config, show_progress=False)
 
 
 def test_byte_ledger_matches_the_codec_for_seed_uploads(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "rounds=1", "fedmezo.upload=seeds")
-    run_local(config, show_progress=False)
+    run_experiment(config, show_progress=False)
     [row] = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
     for client in row["per_client"]:
         # 20 local steps: 20 int64 seeds + 20 float32 scalars, plus a small JSON header and metrics.
@@ -75,16 +75,16 @@ def test_byte_ledger_matches_the_codec_for_seed_uploads(tmp_path):
 
 def test_pool_directions_with_seed_upload_learn(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "fedmezo.directions=pool", "fedmezo.upload=seeds", "fedmezo.pool_size=65536")
-    summary = run_local(config, show_progress=False)
+    summary = run_experiment(config, show_progress=False)
     assert summary["final_eval_loss"] < 0.995 * summary["initial_eval_loss"]
 
 
 def test_replay_downlink_matches_weights_downlink_and_resumes_bit_identically(tmp_path):
     common = ("rounds=4", "clients=3", "clients_per_round=2", "fedmezo.upload=seeds", "local.local_steps=6")
     by_weights = tiny_config(tmp_path / "w", "fedmezo", *common)
-    run_local(by_weights, show_progress=False)
+    run_experiment(by_weights, show_progress=False)
     by_replay = tiny_config(tmp_path / "r", "fedmezo", *common, "fedmezo.downlink=replay")
-    run_local(by_replay, show_progress=False)
+    run_experiment(by_replay, show_progress=False)
     a, b = final_weights(by_weights), final_weights(by_replay)
     assert all(torch.equal(a[name], b[name]) for name in a)
 
@@ -95,8 +95,8 @@ def test_replay_downlink_matches_weights_downlink_and_resumes_bit_identically(tm
     assert replayed and all(row["bytes_down"] < weight_row["bytes_down"] for row, weight_row in zip(rows[1:], weight_rows[1:]))
 
     cut = tiny_config(tmp_path / "cut", "fedmezo", *common, "fedmezo.downlink=replay")
-    assert run_local(cut, show_progress=False, stop_after_round=2) is None
-    run_local(cut, resume=True, show_progress=False)
+    assert run_experiment(cut, show_progress=False, stop_after_round=2) is None
+    run_experiment(cut, resume=True, show_progress=False)
     c = final_weights(cut)
     assert all(torch.equal(b[name], c[name]) for name in b)
     resumed_rows = [json.loads(line) for line in (cut.run_dir / "metrics.jsonl").read_text().splitlines()]
