@@ -34,6 +34,8 @@ from zofed.compare import parse_budget, run_compare
 from zofed.machine import describe_machine
 from zofed.runtime.driver import Budget
 
+from repo_paths import from_repo_root
+
 BASELINES = ("gamlpp", "fedmezo", "fedkseed", "decomfl")
 ABLATIONS = {
     "no-personalisation": ["gamlpp.mix=0.0"],
@@ -103,7 +105,8 @@ def main() -> None:
     for key in DEFAULTS:
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
-    out = Path(args.out)
+    # the config and the run directories as results.json and summary.json store them: from the repository root
+    config, out, *reuse = from_repo_root(args.config, args.out, *([args.reuse] if args.reuse else []))
     common = [f"rounds={args.rounds}", "partition.method=dirichlet", f"partition.alpha={args.alpha}",
               *method_overrides(float(args.lr), float(args.mu), float(args.server_lr)), *preset_overrides,
               *(SMOKE if args.smoke else []), *args.overrides]
@@ -119,8 +122,8 @@ def main() -> None:
     summary = {}
     for part, (algorithms, extra) in parts.items():
         if args.reuse:
-            reuse_runs(Path(args.reuse) / part, out / part, algorithms, budget)
-        document = run_compare(args.config, [*common, f"name=gamlpp-{part}", *extra], algorithms, seeds=args.seeds,
+            reuse_runs(reuse[0] / part, out / part, algorithms, budget)
+        document = run_compare(config, [*common, f"name=gamlpp-{part}", *extra], algorithms, seeds=args.seeds,
                                budget=budget, out=out / part, show_progress=False)
         summary[part] = {algorithm: {field: document["aggregate"][algorithm][field]
                                      for field in ("final_test_loss", "test_accuracy", "bytes_up_per_client_round")}
@@ -129,7 +132,7 @@ def main() -> None:
     if args.parts:  # a partial invocation adds its parts to an earlier summary
         earlier = out / "summary.json"
         summary = (json.loads(earlier.read_text())["parts"] if earlier.is_file() else {}) | summary
-    (out / "summary.json").write_text(json.dumps({"config": args.config, "overrides": common, "budget": args.budget,
+    (out / "summary.json").write_text(json.dumps({"config": str(config), "overrides": common, "budget": args.budget,
                                                   "seeds": args.seeds, "machine": describe_machine(),
                                                   "parts": summary}, indent=2, default=str) + "\n")
 

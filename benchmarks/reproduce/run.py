@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from zofed.compare import run_compare  # noqa: E402
 from zofed.config import load_config  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.driver import run_experiment  # noqa: E402
+
+from repo_paths import from_repo_root  # noqa: E402
 
 STRATEGIES = ("frozen", "random", "round-wise", "five-round", "model-diff")
 RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
@@ -129,8 +130,8 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
 
 def fedkseed_bytes(args: argparse.Namespace, out: Path) -> dict:
     # Relative paths, so the committed results.json/results.md do not name this checkout.
-    document = run_compare(os.path.relpath(HERE / "fedkseed_bytes.yaml"), args.set, ["fedkseed", "fedmezo", "decomfl"],
-                           out=Path(os.path.relpath(RUNS / "fedkseed-bytes")), show_progress=False)
+    config, runs_dir = from_repo_root(HERE / "fedkseed_bytes.yaml", RUNS / "fedkseed-bytes")
+    document = run_compare(config, args.set, ["fedkseed", "fedmezo", "decomfl"], out=runs_dir, show_progress=False)
     for name in ("results.md", "loss_vs_bytes.png"):
         shutil.copy(RUNS / "fedkseed-bytes" / name, out / name)
     # Per client per round from the ledger, round by round: the first contact downloads weights,
@@ -161,7 +162,8 @@ def fedspzo(config_name: str):
     def run(args: argparse.Namespace, out: Path) -> dict:
         import fedspzo_vs_fedmezo
 
-        argv = ["--config", os.path.relpath(HERE / f"fedspzo_{config_name}.yaml"), "--out", str(out / "results.json"),
+        (config,) = from_repo_root(HERE / f"fedspzo_{config_name}.yaml")
+        argv = ["--config", str(config), "--out", str(out / "results.json"),
                 "--workdir", str(RUNS / f"fedspzo-{config_name}"), "--reuse"]
         argv += [f"--set={s}" for s in args.set] + [f"--fedspzo={s}" for s in args.fedspzo]
         if args.fedspzo_rounds:

@@ -1,12 +1,13 @@
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from zofed.data import partition, split_examples
 from zofed.data.builtin import generate
 from zofed.errors import ZofedError
+
+from ..shared_data import shared_data
 
 LABELS = [f"c{i % 5}" for i in range(1000)]
 
@@ -83,16 +84,12 @@ def test_splits_are_disjoint_and_seeded():
         split_examples(examples[:10], seed=0, val_size=5, test_size=5)
 
 
-GSM8K = "/work/shared/data/gsm8k/train.jsonl"
-
-
-@pytest.mark.parametrize("task, path", [("builtin", None), ("gsm8k", GSM8K)])
-def test_dirichlet_alpha_0_1_skews_each_real_task_by_its_labels(task, path):
+@pytest.mark.parametrize("task", ["builtin", "gsm8k"])
+def test_dirichlet_alpha_0_1_skews_each_real_task_by_its_labels(task):
     # The GAM-LPP benchmark's split: Dirichlet(0.1) over the built-in categories and GSM8K's step buckets.
     from zofed.data import load_examples
 
-    if path is not None and not Path(path).is_file():
-        pytest.skip(f"{path} not present")
+    path = None if task == "builtin" else str(shared_data("gsm8k", "train.jsonl"))
     labels = [example.category for example in load_examples(task, path, limit=400, seed=0)]
     assert len(set(labels)) >= 4
     for seed in range(3):

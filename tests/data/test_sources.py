@@ -14,7 +14,8 @@ from zofed.errors import ZofedError
 from zofed.llm import load_tokenizer
 from zofed.runtime.experiment import json_digest, prepare_data
 
-SHARED = Path("/work/shared/data")
+from ..shared_data import shared_data
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -161,10 +162,10 @@ def test_required_field_types_are_checked(tmp_path):
 
 
 def test_shared_directories_read_like_their_files():
-    by_dir = load_examples("gsm8k", str(SHARED / "gsm8k"), limit=100, seed=3)
-    assert by_dir == load_examples("gsm8k", str(SHARED / "gsm8k" / "train.jsonl"), limit=100, seed=3)
-    alpaca = load_examples("alpaca", str(SHARED / "alpaca"))
-    assert len(alpaca) == 5000 and alpaca == load_examples("alpaca", str(SHARED / "alpaca" / "alpaca_5000.json"))
+    by_dir = load_examples("gsm8k", str(shared_data("gsm8k")), limit=100, seed=3)
+    assert by_dir == load_examples("gsm8k", str(shared_data("gsm8k", "train.jsonl")), limit=100, seed=3)
+    alpaca = load_examples("alpaca", str(shared_data("alpaca")))
+    assert len(alpaca) == 5000 and alpaca == load_examples("alpaca", str(shared_data("alpaca", "alpaca_5000.json")))
 
 
 # Digests of the splits and partitions the shipped configs produced with zofed's hand-written JSON
@@ -178,11 +179,13 @@ BEFORE_DATASETS = {
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE_DATASETS))
-def test_shipped_configs_read_the_same_examples_as_before(name, monkeypatch):
+def test_shipped_configs_read_the_same_examples_as_before(name):
     from zofed.config import load_config
 
-    monkeypatch.chdir(REPO)  # the configs' data paths are relative to the repository root
-    data = prepare_data(load_config(REPO / "configs" / f"{name}.yaml"))
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    if config.data.path is not None:  # ../shared/data/<set>/<file> from the repository root: the shared data wherever it is
+        config = load_config(REPO / "configs" / f"{name}.yaml", [f"data.path={shared_data(*Path(config.data.path).parts[3:])}"])
+    data = prepare_data(config)
     digests = {split: json_digest([[e.prompt, e.response, e.category, e.answer] for e in getattr(data.splits, split)])
                for split in ("train", "val", "test")}
     assert digests | {"partition": json_digest(data.client_indices)} == BEFORE_DATASETS[name]

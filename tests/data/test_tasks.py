@@ -7,7 +7,7 @@ from zofed.data.builtin import CATEGORIES, generate
 from zofed.data.loaders import extract_gsm8k
 from zofed.errors import ZofedError
 
-GSM8K = "/work/shared/data/gsm8k/train.jsonl"
+from ..shared_data import shared_data
 
 
 def test_builtin_is_deterministic_balanced_and_seeded():
@@ -39,7 +39,7 @@ def test_unknown_task_lists_the_known_ones():
 
 
 def test_gsm8k_real_file_and_answer_extraction():
-    examples = load_examples("gsm8k", GSM8K, limit=50, seed=0)
+    examples = load_examples("gsm8k", str(shared_data("gsm8k", "train.jsonl")), limit=50, seed=0)
     assert len(examples) == 50
     assert all("<<" not in e.response and e.answer and e.category.startswith("steps-") for e in examples)
     assert extract_gsm8k("so 3+4 = 7\n#### 1,234") == "1,234"
