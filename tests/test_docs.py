@@ -44,3 +44,41 @@ def test_readme_is_short_and_keeps_the_commands_ci_and_newcomers_use():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     for heading in ("## Quickstart", "## Usage", "## Methods"):
         assert heading in readme
+
+
+SRC = REPO / "src" / "zofed"
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+# a module (`runtime/round.py`) or a package (`runtime/flower/`), as the Modules section names them
+MODULE_NAME = re.compile(r"`((?:[a-z_]+/)*(?:[a-z_]+\.py|[a-z_]+/))`")
+
+
+def modules_under(src: Path) -> set[str]:
+    """Every module under src as `path/module.py` and every package as `path/`."""
+    names = {path.relative_to(src).as_posix() for path in src.rglob("*.py") if path.name != "__init__.py"}
+    return names | {path.parent.relative_to(src).as_posix() + "/" for path in src.rglob("__init__.py") if path.parent != src}
+
+
+def named_modules(document: Path) -> set[str]:
+    section = re.search(r"^## Modules\n(.*?)(?=^## |\Z)", document.read_text(), flags=re.MULTILINE | re.DOTALL)
+    assert section, f"{document.name} has no ## Modules section"
+    outside = ("src/", "tests/", "benchmarks/", "docs/")  # the section may point at tests too
+    return {name for name in MODULE_NAME.findall(section.group(1)) if not name.startswith(outside)}
+
+
+def test_architecture_names_every_module_and_only_modules_that_exist():
+    present, named = modules_under(SRC), named_modules(ARCHITECTURE)
+    assert not present - named, f"modules docs/architecture.md does not name: {sorted(present - named)}"
+    packages = {path.relative_to(SRC).as_posix() for path in SRC.rglob("__init__.py")}  # may be named, need not be
+    assert not named - present - packages, f"docs/architecture.md names modules that do not exist: {sorted(named - present - packages)}"
+    source_paths = set(re.findall(r"src/zofed/([a-z_/]+\.py)", ARCHITECTURE.read_text()))
+    assert not source_paths - present, f"docs/architecture.md names src/zofed files that do not exist: {sorted(source_paths - present)}"
+
+
+def test_the_module_check_sees_missing_and_stale_names(tmp_path):
+    (tmp_path / "runtime").mkdir()
+    for name in ("__init__.py", "cli.py", "runtime/__init__.py", "runtime/round.py"):
+        (tmp_path / name).write_text("")
+    assert modules_under(tmp_path) == {"cli.py", "runtime/", "runtime/round.py"}
+    document = tmp_path / "architecture.md"
+    document.write_text("## Modules\n- `cli.py` and `runtime/local.py` in `runtime/` (`tests/test_x.py`)\n## Next\n`runtime/round.py`\n")
+    assert named_modules(document) == {"cli.py", "runtime/local.py", "runtime/"}
