@@ -159,3 +159,24 @@ def test_the_walk_finds_upward_local_and_circular_imports(tmp_path):
     layers = [["runtime"], ["metrics"]]
     assert upward_imports(graph, layers) == ["zofed.metrics -> zofed.runtime.codec"]
     assert import_cycles(graph) == [["zofed.runtime.codec", "zofed.runtime.ledger"]]
+
+
+# Third-party libraries that belong to one package each (docs/architecture.md, Principles).
+OWNERS = {"flwr": "zofed.runtime.flower", "transformers": "zofed.llm", "peft": "zofed.llm"}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_flower_and_transformers_are_imported_only_by_their_packages():
+    outside = sorted(f"{name} imports {library}" for name, path in module_files(SRC).items()
+                     for library in third_party_imports(path) & set(OWNERS)
+                     if name != OWNERS[library] and not name.startswith(OWNERS[library] + "."))
+    assert not outside, outside
