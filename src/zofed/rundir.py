@@ -145,14 +145,18 @@ def start_run_dir(root: Path, config: dict[str, Any], checkpoint: Checkpoint | N
     root = Path(root)
     if not root.exists():
         return _create(root)
+    # Checked before the lock file is made (a refusal writes nothing), and, for a deletion, again under it.
+    if checkpoint is not None:
+        refuse_changed_settings(root, config)
+        refuse_changed_data(checkpoint, data_hashes)
+    else:
+        check_removable(root)
     lock = RunLock(root)
     try:
         if checkpoint is not None:
-            refuse_changed_settings(root, config)
-            refuse_changed_data(checkpoint, data_hashes)
             write_atomic(root / MARKER, MARKER_TEXT)  # a run from before the marker existed
             return lock
-        check_removable(root)  # again, under the lock: the directory may have changed since open_run_dir
+        check_removable(root)  # the directory may have changed since the check above
         # The marker stays: a kill midway leaves a marked directory that --overwrite clears again.
         for path in root.iterdir():
             if path.name in (MARKER, LOCK):
