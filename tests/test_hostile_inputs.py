@@ -110,7 +110,7 @@ ROW = b'{"instruction": "Say hi", "output": "hi"}\n'
     ("deep.json", b"[" * 100_000 + b"]" * 100_000, ("deep.json", "nested")),
     ("deep.jsonl", ROW + b"[" * 100_000 + b"]" * 100_000 + b"\n", ("deep.jsonl", "line 2", "nested")),
     ("deep-row.jsonl", ROW + b'{"instruction": "a", "output": "b", "x": ' + b"[" * 200 + b"]" * 200 + b"}\n",
-     ("deep-row.jsonl", "row 2", "nested")),
+     ("deep-row.jsonl", "line 2", "nested")),
     ("big.jsonl", ROW + b'{"instruction": "' + b"x" * 5_000_000 + b'", "output": "b"}\n', ("big.jsonl", "line 2", "characters")),
 ])
 def test_hostile_data_files_are_one_line_naming_file_and_row(name, content, fragments, tmp_path, capsys):

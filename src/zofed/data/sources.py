@@ -227,6 +227,9 @@ def _check_json(path: Path) -> None:
             rows += 1
             if not isinstance(row, dict):
                 raise ZofedError(f"data file {path} line {number}: expected a JSON object, got {type(row).__name__}")
+            if _text_size(row, MAX_NESTING) is None:
+                raise ZofedError(f"data file {path} line {number}: nested more than {MAX_NESTING} levels deep; "
+                                 "a row is flat text fields")
         if not rows:
             raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
         return
@@ -241,6 +244,9 @@ def _check_json(path: Path) -> None:
     for number, row in enumerate(document, start=1):
         if not isinstance(row, dict):
             raise ZofedError(f"data file {path} row {number}: expected a JSON object, got {type(row).__name__}")
+        if _text_size(row, MAX_NESTING) is None:
+            raise ZofedError(f"data file {path} row {number}: nested more than {MAX_NESTING} levels deep; "
+                             "a row is flat text fields")
     if not document:
         raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
 
