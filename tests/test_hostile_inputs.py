@@ -47,24 +47,32 @@ def test_inf_in_the_yaml_file_is_one_line(tmp_path, capsys):
     one_line(main(["config", "show", str(tmp_path / "c.yaml")]), capsys.readouterr().err, "gamlpp.server_optimizer.lr")
 
 
-def alias_bomb() -> str:
-    """The billion laughs in YAML: nine levels of nine aliases each, a few hundred bytes."""
-    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for previous, name in zip("abcdefgh", "bcdefghi"):
-        lines.append(f"{name}: &{name} [{','.join(['*' + previous] * 9)}]")
+def alias_bomb(levels: int = 9) -> str:
+    """The billion laughs in YAML, as the value of a known key: `levels` levels of nine aliases each,
+    a few hundred bytes (9 levels: 9^9 strings once expanded; the error used to echo them all)."""
+    lines = ["name:", '  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghijklmnop"[:levels]
+    for previous, name in zip(names, names[1:]):
+        lines.append(f"  - &{name} [{','.join(['*' + previous] * 9)}]")
     return "\n".join(lines) + "\n"
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
     bomb = alias_bomb()
-    assert len(bomb) < 500
+    assert len(bomb) < 400
     (tmp_path / "bomb.yaml").write_text(bomb)
     started = time.perf_counter()
     code = main(["run", str(tmp_path / "bomb.yaml"), "--no-progress"])
-    line = one_line(code, capsys.readouterr().err, "alias", "line 2")
+    line = one_line(code, capsys.readouterr().err, "alias", "line 3")
     assert time.perf_counter() - started < 5 and len(line) < 300
     (tmp_path / "merge.yaml").write_text("base: &base {rounds: 2}\nother:\n  <<: *base\n")
     one_line(main(["config", "show", str(tmp_path / "merge.yaml")]), capsys.readouterr().err, "alias")
+
+
+def test_a_small_alias_bomb_fails_in_one_short_line(tmp_path, capsys):
+    """Three levels (729 strings) show the cost class fast: the old error echoed every one of them."""
+    (tmp_path / "bomb.yaml").write_text(alias_bomb(3))
+    assert len(one_line(main(["config", "show", str(tmp_path / "bomb.yaml")]), capsys.readouterr().err)) < 300
 
 
 def test_an_error_echoes_only_a_short_excerpt_of_a_long_value(capsys):
@@ -112,7 +120,7 @@ ROW = b'{"instruction": "Say hi", "output": "hi"}\n'
     ("deep-row.jsonl", ROW + b'{"instruction": "a", "output": "b", "x": ' + b"[" * 200 + b"]" * 200 + b"}\n",
      ("deep-row.jsonl", "line 2", "nested")),
     ("big.jsonl", ROW + b'{"instruction": "' + b"x" * 5_000_000 + b'", "output": "b"}\n', ("big.jsonl", "line 2", "characters")),
-])
+], ids=lambda value: value if isinstance(value, str) else "x")
 def test_hostile_data_files_are_one_line_naming_file_and_row(name, content, fragments, tmp_path, capsys):
     (tmp_path / name).write_bytes(content)
     config = tmp_path / "c.yaml"

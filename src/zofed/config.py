@@ -271,20 +271,24 @@ def parse_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         section = data.pop(name, None) or {}
         if not isinstance(section, dict):
             raise ZofedError(f"config section '{name}' must be a mapping of settings")
+        _refuse_non_string_keys(section, f"section '{name}'")
         try:
             methods[name] = ALGORITHMS[name].settings(**section)
         except ValidationError as error:
             raise ZofedError(_describe(error, typed, prefix=name)) from None
-        except TypeError:  # keys that are not strings (YAML allows `1: x`) cannot be keyword arguments
-            raise ZofedError(f"config section '{name}' has a key that is not a name; fix it in the YAML") from None
+    _refuse_non_string_keys(data, "the top level")
     try:
         config = RunConfig(**data, methods=methods)
     except ValidationError as error:
         raise ZofedError(_describe(error, typed)) from None
-    except TypeError:
-        raise ZofedError("the config has a top-level key that is not a name; fix it in the YAML") from None
     _refuse_non_finite(config.to_dict())
     return config
+
+
+def _refuse_non_string_keys(section: dict, where: str) -> None:
+    # YAML allows `1: x` or `null: x`; keyword arguments (and config keys) are names
+    if not all(isinstance(key, str) for key in section):
+        raise ZofedError(f"the config has a key that is not a name in {where}; fix it in the YAML")
 
 
 def _refuse_non_finite(document: Any, location: str = "") -> None:
