@@ -121,7 +121,8 @@ def _load(source: DataSource) -> list[Row]:
             raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
         if source.split != "train":
             raise ZofedError(f"data file '{source.path}' has one split, train; drop split '{source.split}' or use a directory")
-        _check_utf8(path)
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            _check_utf8(path)
         if builder == "json":
             # datasets would turn a list of strings into a "text" column and report a bad line vaguely.
             _check_json(path)
