@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from zofed.checkpoint import Checkpoint, save_checkpoint
 from zofed.cli import main
 from zofed.config import parse_config
 from zofed.errors import ZofedError
-from zofed.rundir import MARKER, open_run_dir, refuse_changed_settings, start_run_dir
+from zofed.rundir import LOCK, MARKER, open_run_dir, refuse_changed_settings, start_run_dir
 
 from .runtime.helpers import tiny_config
 
@@ -161,19 +163,89 @@ def test_resume_with_a_verifiable_checkpoint_continues_and_marks_an_old_run(tmp_
     (run_dir / MARKER).unlink()  # a run from before the marker
     checkpoint = open_run_dir(run_dir, resume=True, overwrite=False)
     assert checkpoint is not None and checkpoint.round == 1
-    start_run_dir(run_dir, saved, checkpoint)
+    start_run_dir(run_dir, saved, checkpoint).release()
     assert (run_dir / MARKER).is_file() and (run_dir / "thesis.tex").is_file()  # resuming deletes nothing
 
 
-def test_overwrite_replaces_a_marked_run_directory(tmp_path):
+def zofed_files(directory: Path) -> None:
+    """What a finished (or killed) run leaves in its directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (MARKER, "config.yaml", "metrics.jsonl", "summary.json", "report.png", "final.safetensors",
+                 "best.safetensors", "events.out.tfevents.1700000000.host.1.0", ".summary.123.tmp.json"):
+        (directory / name).write_text("zofed's\n")
+    save_checkpoint(directory / "checkpoints", Checkpoint(1, ServerState(weights={"w": torch.ones(2)}), {"history": []}))
+    (directory / "clients" / "3").mkdir(parents=True)
+    (directory / "clients" / "3" / "model.safetensors").write_text("kept\n")
+
+
+def test_overwrite_clears_a_run_directory_of_zofeds_files(tmp_path):
     run_dir = tmp_path / "runs" / "old"
-    user_files(run_dir, marked=True)
+    zofed_files(run_dir)
     assert open_run_dir(run_dir, resume=False, overwrite=True) is None
-    start_run_dir(run_dir, {}, None)
-    assert [path.name for path in run_dir.iterdir()] == [MARKER]
+    with start_run_dir(run_dir, {}, None):
+        assert sorted(path.name for path in run_dir.iterdir()) == [LOCK, MARKER]
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["old"]  # no staging left behind
     with pytest.raises(ZofedError, match="already exists"):
         open_run_dir(run_dir, resume=False, overwrite=False)
+
+
+@pytest.mark.parametrize("user_file", ["thesis.tex", "notes", "data/rows.jsonl", "checkpoints-link"])
+def test_overwrite_refuses_a_marked_run_directory_holding_a_users_file_naming_it(user_file, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "mine"
+    zofed_files(run_dir)
+    path = run_dir / user_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if user_file.endswith("link"):
+        path.symlink_to(tmp_path)  # a link is never zofed's, whatever it points at
+    else:
+        path.write_text("years of work\n")
+    config = write_config(tmp_path / "config.yaml", name="mine", output_dir=str(tmp_path / "runs"))
+    before = snapshot(tmp_path)
+    assert_one_line(*run(["run", str(config), "--overwrite", "--no-progress"], capsys),
+                    f"holds files zofed did not write ({user_file.split('/')[0]})")
+    assert snapshot(tmp_path) == before
+    with pytest.raises(ZofedError, match=user_file.split("/")[0]):
+        start_run_dir(run_dir, {}, None)  # checked again under the lock
+    assert snapshot(tmp_path) == before
+
+
+HOLDER = """
+import sys, time
+from zofed.rundir import start_run_dir
+lock = start_run_dir(sys.argv[1], {}, None)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--resume"], ["--resume", "--overwrite"]])
+def test_a_second_process_on_the_same_run_directory_refuses_in_one_line(flags, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "busy"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        zofed_files(run_dir)  # what the running run has written so far
+        config = write_config(tmp_path / "config.yaml", name="busy", output_dir=str(tmp_path / "runs"))
+        before = snapshot(tmp_path)
+        assert_one_line(*run(["run", str(config), *flags, "--no-progress"], capsys), "in use by another zofed run")
+        assert snapshot(tmp_path) == before
+        with pytest.raises(ZofedError, match="in use by another zofed run"):
+            start_run_dir(run_dir, {}, None)  # the lock itself, past the early check
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the OS released the killed holder's lock: the directory is free again
+    start_run_dir(run_dir, {}, None).release()
+
+
+def test_a_run_releases_its_lock_when_it_ends_or_fails(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    with pytest.raises(RuntimeError):
+        with start_run_dir(run_dir, {}, None):
+            raise RuntimeError("the run failed")
+    start_run_dir(run_dir, {}, None).release()  # not held any more
 
 
 @pytest.mark.parametrize("text, fragment", [("", "is empty"), ("# only a comment\n", "is empty"),
@@ -209,3 +281,17 @@ def test_disk_full_ends_in_one_line_and_leaves_no_partial_file(failing_write, tm
     assert not [name for name in after if ".tmp" in name or "starting" in name], after
     if failing_write > 1:  # what was written before the disk filled is whole
         assert yaml.safe_load((tmp_path / "runs" / "full" / "config.yaml").read_text())["name"] == "full"
+
+
+def test_resume_refuses_changed_data_at_the_same_path_in_one_line(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"instruction": "Say {i}", "output": "{i}"}}\n' for i in range(24)))
+    config = write_config(tmp_path / "config.yaml", name="data", output_dir=str(tmp_path / "runs"), task="alpaca",
+                          data={"path": str(rows), "val_size": 2, "test_size": 2})
+    assert main(["run", str(config), "--no-progress"]) == 0
+    capsys.readouterr()
+    rows.write_text(rows.read_text().replace('"output": "5"', '"output": "five"'))
+    before = snapshot(tmp_path / "runs")
+    code, err = run(["run", str(config), "rounds=2", "--resume", "--no-progress"], capsys)
+    assert_one_line(code, err, "changed data (")
+    assert snapshot(tmp_path / "runs") == before

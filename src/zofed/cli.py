@@ -46,8 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+MAX_ERROR_CHARS = 1000  # a message quoting too much of some input is cut, never printed whole
+
+
 def _one_line(message: str) -> str:
     """User values echoed in a message may hold newlines or control characters: show them escaped."""
+    message = message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 

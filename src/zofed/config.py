@@ -8,6 +8,8 @@ own defaults instead of inheriting keys that mean something else.
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +20,14 @@ from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
 
 
+# A config is a few kilobytes; a bound keeps a wrong path (a log, a dataset) from being read whole.
+MAX_CONFIG_BYTES = 1 << 20
+EXCERPT_CHARS = 40  # the most of a user's value an error message shows
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN make no setting meaningful: `lr: .inf` would train nothing and exit 0
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainableConfig(Section):
@@ -204,16 +212,54 @@ class RunConfig(Section):
         return data
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ZofedError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: a few hundred bytes of nested `*alias` would expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, mark) -> None:
+        super().__init__("aliases are not allowed")
+        self.problem_mark = mark
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """YAML text of a config (or an override's value) as plain data; one line naming `source` if it is not."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except _AliasRefused as error:
+        raise ZofedError(f"{source} uses a YAML alias (*name) at line {error.problem_mark.line + 1}; zofed configs "
+                         "do not expand aliases: write the value out") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ZofedError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from None
+        # The parser's own message quotes the offending text: never shown (the file may be anyone's).
+        raise ZofedError(f"{source} is not valid YAML{where}; fix the syntax") from None
+
+
+def read_config_file(path: str | Path) -> Any:
+    """A config file's YAML, read with bounds: its size, UTF-8 and no aliases."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZofedError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ZofedError(f"config file '{path}' is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a few "
+                         "kilobytes of YAML: check the path")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ZofedError(f"config file '{path}' is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    return load_yaml(text, f"config file '{path}'")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    raw = read_config_file(path)
     if raw is None:
         raise ZofedError(f"config file '{path}' is empty; write the run's settings in it (see configs/quickstart.yaml)")
     if not isinstance(raw, dict):
@@ -223,6 +269,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def parse_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     data = _apply_overrides(dict(raw), overrides)
+    # the keys the user typed on the command line: only their values are echoed in an error
+    typed = {override.partition("=")[0] for override in overrides}
     algorithm = data.get("algorithm", RunConfig.model_fields["algorithm"].default)
     if not isinstance(algorithm, str):
         raise ZofedError("config key 'algorithm' must be an algorithm name such as fedmezo")
@@ -232,24 +280,44 @@ def parse_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         section = data.pop(name, None) or {}
         if not isinstance(section, dict):
             raise ZofedError(f"config section '{name}' must be a mapping of settings")
+        _refuse_non_string_keys(section, f"section '{name}'")
         try:
             methods[name] = ALGORITHMS[name].settings(**section)
         except ValidationError as error:
-            raise ZofedError(_describe(error, prefix=name)) from None
+            raise ZofedError(_describe(error, typed, prefix=name)) from None
+    _refuse_non_string_keys(data, "the top level")
     try:
-        return RunConfig(**data, methods=methods)
+        config = RunConfig(**data, methods=methods)
     except ValidationError as error:
-        raise ZofedError(_describe(error)) from None
+        raise ZofedError(_describe(error, typed)) from None
+    _refuse_non_finite(config.to_dict())
+    return config
+
+
+def _refuse_non_string_keys(section: dict, where: str) -> None:
+    # YAML allows `1: x` or `null: x`; keyword arguments (and config keys) are names
+    if not all(isinstance(key, str) for key in section):
+        raise ZofedError(f"the config has a key that is not a name in {where}; fix it in the YAML")
+
+
+def _refuse_non_finite(document: Any, location: str = "") -> None:
+    """No number of the resolved config is inf or NaN (nested settings included, whatever their own model allows)."""
+    if isinstance(document, float) and not math.isfinite(document):
+        raise ZofedError(f"config key '{location}': {document} is not a finite number; fix it in the YAML or "
+                         f"override it with {location}=...")
+    items = document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    for key, value in items:
+        _refuse_non_finite(value, f"{location}.{key}" if location else str(key))
 
 
 def _apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key:
-            raise ZofedError(f"override '{override}' is not of the form key=value (e.g. rounds=2)")
+            raise ZofedError(f"override '{excerpt(override)}' is not of the form key=value (e.g. rounds=2)")
         try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
+            value = yaml.load(text, Loader=_NoAliasLoader) if text else ""
+        except yaml.YAMLError:  # aliases included: the text is taken as it is, never expanded
             value = text
         parts = key.split(".")
         node = data
@@ -258,21 +326,60 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ZofedError(f"override '{override}': '{part}' is not a section")
+                raise ZofedError(f"override '{excerpt(key)}': '{excerpt(part)}' is not a section")
             node[part] = child = dict(child)
             node = child
         node[parts[-1]] = value
     return data
 
 
-def _describe(error: ValidationError, prefix: str = "") -> str:
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """At most `limit` characters of `value`, control characters escaped: what an error may echo of user input."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _describe(error: ValidationError, typed: set[str], prefix: str = "") -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    parts = [str(part) for part in (prefix, *first["loc"]) if part != ""]
+    location = excerpt(".".join(parts), 80)
     if first["type"] == "extra_forbidden":
-        return f"unknown config key '{location}'; check the spelling (see configs/quickstart.yaml for the known keys)"
-    message = first["msg"].removeprefix("Value error, ")
+        return _unknown_key(parts, location in typed)
+    message = excerpt(first["msg"].removeprefix("Value error, "), 300)
     if not location:
         return f"invalid config: {message}"
     shown = first.get("input")
-    got = f" (got {shown!r})" if shown is not None and not isinstance(shown, dict) else ""
+    # A value is echoed only where the user typed it (an override) or where it is a plain number:
+    # the config file may be a link to someone's secret, and its text is not repeated.
+    echo = shown is not None and not isinstance(shown, (dict, list)) and (
+        location in typed or (isinstance(shown, (int, float)) and not isinstance(shown, bool)))
+    got = f" (got {excerpt(repr(shown))})" if echo else ""
     return f"config key '{location}': {message}{got}; fix it in the YAML or override it with {location}=..."
+
+
+def _unknown_key(parts: list[str], typed: bool) -> str:
+    """Names the unknown key only when the user typed it or it is a near-miss of a known one (a typo)."""
+    known = _known_keys(parts[:-1])
+    section = f"section '{excerpt('.'.join(parts[:-1]))}'" if len(parts) > 1 else "the top level"
+    close = difflib.get_close_matches(parts[-1], known, n=1, cutoff=0.75)
+    if typed or close:
+        hint = f"; did you mean '{close[0]}'?" if close else "; check the spelling"
+        return f"unknown config key '{excerpt('.'.join(parts), 80)}'{hint} (see configs/quickstart.yaml for the known keys)"
+    listing = f": known keys are {', '.join(sorted(known))}" if known else ""
+    return f"the config has a key zofed does not know in {section} (not shown){listing}; remove or rename it"
+
+
+def _known_keys(parts: list[str]) -> list[str]:
+    """The keys the section at `parts` accepts (empty where it is not a settings model)."""
+    model: type[BaseModel] = RunConfig
+    if parts and parts[0] in ALGORITHMS:
+        model, parts = ALGORITHMS[parts[0]].settings, parts[1:]
+    for part in parts:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    keys = [key for key in model.model_fields if key != "methods"]
+    return keys + sorted(ALGORITHMS) if model is RunConfig else keys

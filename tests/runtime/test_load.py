@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 import zofed.runtime.driver as driver
 import zofed.runtime.round as round_body
@@ -66,7 +67,9 @@ def test_a_round_touches_only_its_sampled_clients(tmp_path, monkeypatch, clients
             for client in json.loads(line)["clients"]}
     assert {int(path.name) for path in (config.run_dir / "clients").iterdir()} == seen
     checkpoint = load_latest_checkpoint(config.run_dir / "checkpoints")
-    assert not checkpoint.kept  # the copies live with the clients, not in every checkpoint
+    # the copies live with the clients, not in every checkpoint
+    tensors = load_file(str(config.run_dir / "checkpoints" / f"ckpt-{rounds:05d}" / "state.safetensors"))
+    assert all(name.startswith(("weights/", "buffers/")) for name in tensors)
     # the server remembers only clients that can still replay: repliers of the last max_lag + 1 rounds
     assert len(checkpoint.state.info["client_versions"]) <= (max_lag + 1) * sampled
     assert checkpoint.state.info["history"] == {}  # frozen learning rates keep nothing per client

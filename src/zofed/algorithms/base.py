@@ -137,7 +137,7 @@ class Rejected(Exception):
 class Settings(BaseModel):
     """Base for each method's settings: strict, so a misspelt key is an error, not a default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # What a method declares to the runtime, instead of the runtime looking for fields by name:
     @property

@@ -8,6 +8,7 @@ stops the load with one line naming the source, the row number and the field.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
@@ -20,7 +21,12 @@ from zofed.errors import ZofedError
 
 Row = dict
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
 KINDS = {str: "text", list: "a list"}
+# A row is a prompt and a response, a conversation at most: far below this. A row above it is a
+# wrong file or a hostile one (tokenisation cuts text to max_length anyway, tokenize.py).
+MAX_ROW_CHARS = 1 << 22
+MAX_NESTING = 32  # a row's lists and objects inside each other (a chat row is 3 deep)
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,33 @@ def read_rows(
             if not isinstance(value, kind):
                 raise ZofedError(f"{where} row {number}: field {shown} must be {KINDS[kind]}, got {type(value).__name__}")
             row[name] = value
+        size = _text_size(raw, MAX_NESTING)
+        if size is None:
+            raise ZofedError(f"{where} row {number}: nested more than {MAX_NESTING} levels deep; a row is flat text fields")
+        if size > MAX_ROW_CHARS:
+            raise ZofedError(f"{where} row {number}: {size:,} characters, more than a row may hold ({MAX_ROW_CHARS:,}); "
+                             "remove or shorten the row")
         checked.append((where, number, row))
     if not checked:
         raise ZofedError(f"{where} has no rows; give a source with at least one example")
     return checked
+
+
+def _text_size(value, depth: int) -> int | None:
+    """Characters of text in a row's value, or None when it is nested deeper than `depth`."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple, dict)):
+        if depth == 0:
+            return None
+        total = 0
+        for item in (value.values() if isinstance(value, dict) else value):
+            size = _text_size(item, depth - 1)
+            if size is None:
+                return None
+            total += size
+        return total + (sum(len(str(key)) for key in value) if isinstance(value, dict) else 0)
+    return 0
 
 
 def _load(source: DataSource) -> list[Row]:
@@ -92,6 +121,8 @@ def _load(source: DataSource) -> list[Row]:
             raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
         if source.split != "train":
             raise ZofedError(f"data file '{source.path}' has one split, train; drop split '{source.split}' or use a directory")
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            _check_utf8(path)
         if builder == "json":
             # datasets would turn a list of strings into a "text" column and report a bad line vaguely.
             _check_json(path)
@@ -104,6 +135,9 @@ def _load(source: DataSource) -> list[Row]:
         # datasets would also read .txt or image files as rows; a task's rows come in these formats only.
         if not any(file.suffix.lower() in BUILDERS for file in path.rglob("*") if file.is_file()):
             raise ZofedError(f"data directory '{source.path}' has no .json, .jsonl, .csv or .parquet file; point data.path at your data")
+        for file in sorted(path.rglob("*")):  # checked as a single file is: UTF-8, JSON depth, row size
+            if file.is_file() and file.suffix.lower() in TEXT_SUFFIXES:
+                _check_json(file) if file.suffix.lower() in (".json", ".jsonl") else _check_utf8(file)
         return _local(source, path, str(path), {})
     if _looks_like_path(source.path):
         raise ZofedError(f"data file '{source.path}' not found; check data.path")
@@ -152,20 +186,51 @@ def _unreadable(source: DataSource, path: Path, error: Exception) -> ZofedError:
     return ZofedError(f"{source.describe()} could not be read ({type(cause).__name__}: {_first_line(cause)}); fix the file")
 
 
+def _check_utf8(path: Path) -> None:
+    """One line naming the file and line when a text file is not UTF-8 (read a block at a time)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                line += block.count(b"\n", 0, max(error.start, 0))
+                raise ZofedError(f"data file {path} line {line}: not UTF-8 text; save the file as UTF-8") from None
+            line += block.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ZofedError(f"data file {path} line {line}: not UTF-8 text (it ends mid-character); "
+                             "save the file as UTF-8") from None
+
+
 def _check_json(path: Path) -> None:
-    text = path.read_text(encoding="utf-8", errors="strict")
-    if path.suffix == ".jsonl":
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        _check_utf8(path)  # names the line
+        raise
+    if path.suffix.lower() == ".jsonl":
         rows = 0
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if len(line) > MAX_ROW_CHARS:
+                raise ZofedError(f"data file {path} line {number}: {len(line):,} characters, more than a row may hold "
+                                 f"({MAX_ROW_CHARS:,}); remove or shorten the row")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ZofedError(f"data file {path} line {number}: invalid JSON ({error.msg}); fix or remove the line") from None
+            except RecursionError:
+                raise ZofedError(f"data file {path} line {number}: JSON nested too deeply; a row is flat text fields") from None
             rows += 1
             if not isinstance(row, dict):
                 raise ZofedError(f"data file {path} line {number}: expected a JSON object, got {type(row).__name__}")
+            if _text_size(row, MAX_NESTING) is None:
+                raise ZofedError(f"data file {path} line {number}: nested more than {MAX_NESTING} levels deep; "
+                                 "a row is flat text fields")
         if not rows:
             raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
         return
@@ -173,11 +238,16 @@ def _check_json(path: Path) -> None:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise ZofedError(f"data file {path}: invalid JSON at line {error.lineno} ({error.msg}); fix the file") from None
+    except RecursionError:
+        raise ZofedError(f"data file {path}: JSON nested too deeply; a data file is a list of flat rows") from None
     if not isinstance(document, list):
         raise ZofedError(f"data file {path}: expected a JSON list of objects; use a list or a .jsonl file")
     for number, row in enumerate(document, start=1):
         if not isinstance(row, dict):
             raise ZofedError(f"data file {path} row {number}: expected a JSON object, got {type(row).__name__}")
+        if _text_size(row, MAX_NESTING) is None:
+            raise ZofedError(f"data file {path} row {number}: nested more than {MAX_NESTING} levels deep; "
+                             "a row is flat text fields")
     if not document:
         raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
 
@@ -197,5 +267,8 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.lower().endswith(tuple(BUILDERS)) or source.count("/") > 1
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _first_line(error: BaseException, limit: int = 120) -> str:
+    """The start of a library's message, escaped: it may quote the file's content."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    line = line if len(line) <= limit else line[:limit] + "..."
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in line)

@@ -9,6 +9,10 @@ import torch
 from zofed.data.examples import Example
 
 IGNORE = -100
+# No tokenizer averages anywhere near this many characters a token, so text beyond
+# max_length × CHARS_PER_TOKEN characters cannot survive truncation: it is cut before tokenising,
+# and one huge row costs what a max_length row costs (a 200 MB row would make the tokenizer ask for GBs).
+CHARS_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,20 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"])
 
 
-def _turns(example: Example) -> list[dict[str, str]]:
+def _turns(example: Example, max_length: int) -> list[dict[str, str]]:
     history = [{"role": role, "content": content} for role, content in example.history]
-    return history + [{"role": "user", "content": example.prompt}]
+    return _tails(history + [{"role": "user", "content": example.prompt}], max_length)
+
+
+def _tails(turns: list[dict[str, str]], max_length: int) -> list[dict[str, str]]:
+    """Each turn's text cut to its last max_length × CHARS_PER_TOKEN characters: the prompt keeps its end."""
+    limit = max_length * CHARS_PER_TOKEN
+    return [turn | {"content": turn["content"][-limit:]} if len(turn["content"]) > limit else turn for turn in turns]
+
+
+def _head(text: str, max_length: int) -> str:
+    """The response keeps its start."""
+    return text[: max_length * CHARS_PER_TOKEN]
 
 
 def _with_system(turns: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
@@ -40,26 +55,27 @@ def _plain_ids(tokenizer, turns: list[dict[str, str]]) -> list[int]:
     return tokenizer("".join(turn["content"] + "\n" for turn in turns), add_special_tokens=True)["input_ids"]
 
 
-def _split_ids(tokenizer, example: Example, system_prompt: str | None) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids) for one example."""
+def _split_ids(tokenizer, example: Example, system_prompt: str | None, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) for one example, its texts cut to what max_length tokens can keep."""
+    response = _head(example.response, max_length)
     if getattr(tokenizer, "chat_template", None):
-        messages = _with_system(_turns(example), system_prompt)
+        messages = _with_system(_turns(example, max_length), system_prompt)
         prompt_ids = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
         full_ids = _ids(
-            tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": example.response}], tokenize=True)
+            tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=True)
         )
         if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
             return prompt_ids, full_ids[len(prompt_ids) :]
     else:
-        prompt_ids = _plain_ids(tokenizer, _turns(example))
+        prompt_ids = _plain_ids(tokenizer, _turns(example, max_length))
     # No template, or one whose prompt is not a prefix of the conversation: plain concatenation.
-    response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, response_ids
 
 
 def tokenize_example(tokenizer, example: Example, max_length: int, system_prompt: str | None = None) -> TokenizedExample:
     """Truncate the prompt from the left first, so the response (what is learnt) survives."""
-    prompt_ids, response_ids = _split_ids(tokenizer, example, system_prompt)
+    prompt_ids, response_ids = _split_ids(tokenizer, example, system_prompt, max_length)
     response_ids = response_ids[:max_length]
     keep_prompt = max_length - len(response_ids)
     prompt_ids = prompt_ids[max(0, len(prompt_ids) - keep_prompt) :] if keep_prompt > 0 else []
@@ -75,10 +91,11 @@ def encode_conversation(
     tokenizer, turns: list[dict[str, str]], max_length: int, system_prompt: str | None = None
 ) -> list[int]:
     """Ids a model continues from to answer the last user turn of `turns` ({role, content} dicts)."""
+    turns = _tails(list(turns), max_length)
     if getattr(tokenizer, "chat_template", None):
-        ids = _ids(tokenizer.apply_chat_template(_with_system(list(turns), system_prompt), add_generation_prompt=True, tokenize=True))
+        ids = _ids(tokenizer.apply_chat_template(_with_system(turns, system_prompt), add_generation_prompt=True, tokenize=True))
     else:
-        ids = _plain_ids(tokenizer, list(turns))
+        ids = _plain_ids(tokenizer, turns)
     return ids[-max_length:]
 
 

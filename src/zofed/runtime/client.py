@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,14 +32,6 @@ from zofed.messages import Message
 from zofed.runtime import tensor_file
 from zofed.zo import Scratch
 from zofed.zo.blocks import replay_blocks_
-
-
-@dataclass(frozen=True)
-class KeptModel:
-    """A kept model as older checkpoints carried it (read only to move it into a `KeptStore`)."""
-
-    version: int
-    tensors: tuple[torch.Tensor, ...]
 
 
 class KeptCopy(Protocol):

@@ -94,41 +94,42 @@ def run_experiment(
     data = prepare_data(config)
     experiment = build_experiment(config, data)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
-    start_run_dir(paths.root, config.to_dict(), checkpoint)
-    kept = KeptStore(paths.clients)
-    if checkpoint is not None:
-        # the server's state lives on the model's device; a checkpoint loads on the host
-        state, first_round, extra = state_on(checkpoint.state, experiment.device), checkpoint.round + 1, checkpoint.extra
-        for client, model in checkpoint.kept.items():  # a checkpoint from before the store held the copies
-            kept.client(client, at_most=model.version).save_from(model.version, model.tensors)
-        experiment.view.load_(state.weights)
-    else:
-        state, first_round = algorithm.init(experiment.view.state_dict(experiment.device), config.seed), 1
-        extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None}
-    _write_run_files(paths, config, extra["history"])
-    clock = _Clock(extra["elapsed_s"], session_started)
+    data_hashes = data_fingerprint(experiment)
+    # held until the run ends, however it ends: a second process on the same directory refuses
+    with start_run_dir(paths.root, config.to_dict(), checkpoint, data_hashes):
+        kept = KeptStore(paths.clients)
+        if checkpoint is not None:
+            # the server's state lives on the model's device; a checkpoint loads on the host
+            state, first_round, extra = state_on(checkpoint.state, experiment.device), checkpoint.round + 1, checkpoint.extra
+            experiment.view.load_(state.weights)
+        else:
+            state, first_round = algorithm.init(experiment.view.state_dict(experiment.device), config.seed), 1
+            extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None,
+                     "data_hashes": data_hashes}  # compared on --resume
+        _write_run_files(paths, config, extra["history"])
+        clock = _Clock(extra["elapsed_s"], session_started)
 
-    with open_tracking(config, paths.root, first_round, show_progress) as tracking:
-        for round in range(first_round, config.rounds + 1):
-            if budget is not None and budget.spent(extra["history"]) >= budget.value:
-                break
-            state, row = round_fn(experiment, algorithm, state, round, kept)
-            extra = _record_round(paths, state, row, extra, clock.elapsed())
-            tracking.round(row)
-            if stop_after_round is not None and round >= stop_after_round:
-                return None
+        with open_tracking(config, paths.root, first_round, show_progress) as tracking:
+            for round in range(first_round, config.rounds + 1):
+                if budget is not None and budget.spent(extra["history"]) >= budget.value:
+                    break
+                state, row = round_fn(experiment, algorithm, state, round, kept)
+                extra = _record_round(paths, state, row, extra, clock.elapsed())
+                tracking.round(row)
+                if stop_after_round is not None and round >= stop_after_round:
+                    return None
 
-    final = evaluate_all(experiment)
-    save_weights(paths.root / "final.safetensors", dict(state.weights))
-    summary = _summary(config, extra, final, clock.elapsed()) | {
-        "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
-        "data_hashes": data_fingerprint(experiment),
-    }
-    from zofed.report import plot_run  # matplotlib: not for a ClientApp process, which imports this module per message
+        final = evaluate_all(experiment)
+        save_weights(paths.root / "final.safetensors", dict(state.weights))
+        summary = _summary(config, extra, final, clock.elapsed()) | {
+            "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
+            "data_hashes": extra["data_hashes"],
+        }
+        from zofed.report import plot_run  # matplotlib: not for a ClientApp process, which imports this module per message
 
-    plot_run(extra["history"], extra["initial"]["eval_loss"], paths.root / "report.png", f"{config.name}: {config.algorithm}")
-    _write_json(paths.summary, summary)
-    return summary
+        plot_run(extra["history"], extra["initial"]["eval_loss"], paths.root / "report.png", f"{config.name}: {config.algorithm}")
+        _write_json(paths.summary, summary)
+        return summary
 
 
 def run_round(
