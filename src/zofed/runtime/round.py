@@ -31,7 +31,7 @@ from zofed.metrics import ByteLedger, peak_of, peak_rss_mb, reset_peak_rss
 from zofed.runtime.client import KeptCopy, receive_model_
 from zofed.runtime.codec import CodecError, EncodedSizes, decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
-from zofed.runtime.screening import REFERENCE_KEY, screen
+from zofed.runtime.screening import REFERENCE_KEY, Screened, screen, short
 
 
 class Population(Protocol):
@@ -136,7 +136,7 @@ def play_round(
         if client in accepted:  # screened: finite floats (train_loss may be NaN), no name of the row's own
             row |= accepted[client].metrics
         else:
-            row["rejected"] = rejected[client]
+            row["rejected"] = short(rejected[client])
         row |= screened.measured.get(client, {})
         row |= {"bytes_up": ledger.for_client(client, "up"), "bytes_down": ledger.for_client(client, "down")}
         per_client.append(row)
@@ -157,15 +157,16 @@ def play_round(
         "seconds": time.perf_counter() - started,
         "per_client": per_client,
         "dropped": dropped,
-        "dropped_reasons": {str(client): exchanged.failures[client] for client in dropped},
-        "rejected": {str(client): why for client, why in sorted(rejected.items())},
+        # reasons may quote what a client sent (a Flower error's text too): cut like every rejection
+        "dropped_reasons": {str(client): short(exchanged.failures[client]) for client in dropped},
+        "rejected": {str(client): short(why) for client, why in sorted(rejected.items())},
         # per-client fields (and the round's peaks taken from them) that are a client's word, unverifiable
         "client_reported": client_reported(exchanged, screened),
         **exchanged.row,
     }
 
 
-def client_reported(exchanged: Exchanged, screened) -> list[str]:
+def client_reported(exchanged: Exchanged, screened: Screened) -> list[str]:
     """The per-client row fields the server took on a client's word: its own measurements where it made them."""
     if not exchanged.measured_by_client:
         return []
