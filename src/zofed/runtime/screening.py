@@ -1,23 +1,29 @@
-"""What the server does with replies before aggregating them: reject the malformed, blunt the hostile.
+"""What the server does with replies before aggregating them: reject the malformed, bound the hostile.
 
 The one round body (runtime/round.py) calls `screen` between decoding a round's replies and
-`aggregate`, in every runtime.
+`aggregate`, in every runtime. docs/reliability.md's trust model is the user's view of this module.
 
 Rejected (counted, never applied), generic: a reply of a kind a client does not send (`replay`,
 `control`); tensors whose names, shapes or dtypes differ from the global model's, or that hold
-NaN/inf; non-finite scalars; seeds out of [0, 2^63) or not one per scalar in a `seeds` reply;
-metrics that are not a small mapping of names to numbers with a positive `num_examples`; a
-config that is not a mapping of plain JSON under MAX_CONFIG_BYTES. Then the method's `accept`
-checks what only it knows against what the server itself sent (see algorithms/base.py `Sent`).
+NaN, inf or values beyond TENSOR_BOUND; scalars that are not finite numbers within SCALAR_BOUND;
+seeds out of [0, 2^63) or not one per scalar in a `seeds` reply; metrics that are not a small
+mapping of names to finite numbers within METRIC_BOUND, with counts within what the server
+assigned and no name of the round row's own fields; a client's own measurements (seconds, peak
+memory) out of range; a config that is not a mapping of plain JSON under MAX_CONFIG_BYTES. Then
+the method's `accept` checks what only it knows against what the server itself sent (see
+algorithms/base.py `Sent`). Whatever a reply holds, `screen` returns: every error it can cause
+is a rejection, with a reason cut to MAX_REASON characters.
 
-Robust aggregation (`robust:` in the config), applied to the accepted replies:
-  clip_scalar     each uploaded scalar clipped to [−c, c] (a ZO g is a directional derivative:
-                  a huge one is an attack or a blown-up loss, never information)
-  norm_bound      a reply whose update norm exceeds the bound is scaled down to it: ‖g‖₂ of its
-                  scalars, or ‖w − w_global‖ of its weights
-  aggregator      mean (the method's own aggregation), median or trimmed-mean: coordinate-wise
-                  over the clients' weights, or over their scalar vectors when every client
-                  uploads scalars on shared coordinates (fedkseed's K seeds, DeComFL's server
+Bounded, applied to the accepted replies:
+  clip_scalar     (robust:) each uploaded scalar clipped to [−c, c] (a ZO g is a directional
+                  derivative: a huge one is an attack or a blown-up loss, never information)
+  norm_bound      (robust:) a reply whose update norm exceeds the bound is scaled down to it:
+                  ‖g‖₂ of its scalars, or ‖w − w_global‖ of its weights
+  default_bound   on unless `robust.default_bound: off`: a reply's scalar RMS or update norm at
+                  most that factor (10) times the round's median (`default_bound`)
+  aggregator      (robust:) mean (the method's own aggregation), median or trimmed-mean:
+                  coordinate-wise over the clients' weights, or over their scalar vectors when every
+                  client uploads scalars on shared coordinates (fedkseed's K seeds, DeComFL's server
                   seeds). The method still aggregates: every reply is replaced by the robust
                   centre, so its sample-weighted mean is that centre. FedMeZO's `upload: seeds`
                   has no shared coordinates (each client its own seeds) and supports clipping
@@ -106,8 +112,10 @@ def reply_problem(reply: Message, weights: Mapping[str, torch.Tensor], sent: Sen
     problem = metrics_problem(reply.metrics, sent) or config_problem(reply.config)
     if problem is not None:
         return problem
-    if not all(_number(s) and abs(s) <= SCALAR_BOUND for s in reply.scalars):  # NaN fails the comparison too
-        return f"a scalar is NaN, inf, beyond ±{SCALAR_BOUND:g} or not a number"
+    if not all(_number(s) and (isinstance(s, int) or math.isfinite(s)) for s in reply.scalars):
+        return "a scalar is NaN, inf or not a number"
+    if not all(abs(s) <= SCALAR_BOUND for s in reply.scalars):
+        return f"a scalar beyond ±{SCALAR_BOUND:g}"
     if not all(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT for seed in reply.seeds):
         return "a seed is outside [0, 2^63)"
     if reply.kind == "seeds" and reply.seeds and len(reply.seeds) != len(reply.scalars):
