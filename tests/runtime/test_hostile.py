@@ -93,7 +93,7 @@ def test_the_hostile_benchmark_runs_its_small_configuration(tmp_path, monkeypatc
     output = tmp_path / "hostile.json"
     monkeypatch.setattr(sys, "argv", [
         "hostile_clients.py", "--config", str(root / "configs/quickstart.yaml"), "--model", "tiny-llama",
-        "--upload", "seeds", "--rounds", "1", "--local-steps", "2", "--limit", "64", "--eval-examples", "4",
+        "--upload", "seeds", "--rounds", "1", "--local-steps", "2", "--limit", "240", "--eval-examples", "4",
         "--modes", "", "--output", str(output)])
     hostile_clients.main()
     document = json.loads(output.read_text())["by_runtime"]["local"]["seeds"]
