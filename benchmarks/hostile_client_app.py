@@ -1,8 +1,9 @@
 """A benchmark-only ClientApp: zofed's own, with a mod that makes the hostile clients corrupt every reply.
 
-The corruption is the in-process runtime's (`runtime/faults.py`, `faults.hostile_*`), made here on
-the client side of Flower's transport, as a hostile node would: so `benchmarks/hostile_clients.py
---runtime flower-sim` can be compared case by case with the local runtime. Which clients and how
+The corruption is the in-process runtime's (`runtime/faults.py`, `faults.hostile_*`, or an
+issue-22 attack of `benchmarks/hostile_clients.py`), made here on the client side of Flower's
+transport, as a hostile node would: so `benchmarks/hostile_clients.py --runtime flower-sim` can be
+compared case by case with the local runtime. Which clients and how
 come from the benchmark's environment (inherited by the simulation's workers), never from the run
 config a node receives (the server strips `faults` from it).
 """
@@ -25,12 +26,19 @@ from zofed.runtime.flower.records import pack, partition_id, runtime_measurement
 from zofed.zo.seeds import mix_seed
 
 ENV = "ZOFED_BENCH_FAULTS"  # FaultsConfig's fields as JSON
+ATTACK_ENV = "ZOFED_BENCH_ATTACK"  # an issue-22 attack of benchmarks/hostile_clients.py (`attack_reply`), or empty
+HOSTILE_CLIENT = 3  # benchmarks/hostile_clients.py's
 
 
 def corrupt_reply(message: Message, context: Context, call_next) -> Message:
     reply = call_next(message, context)
     faults = FaultsConfig(**json.loads(os.environ.get(ENV, "{}")))
-    client = partition_id(context)
+    client, attack = partition_id(context), os.environ.get(ATTACK_ENV, "")
+    if attack and client == HOSTILE_CLIENT:
+        from benchmarks.hostile_clients import attack_reply
+
+        hostile = attack_reply(attack, decode(unpack(reply.content)))
+        return Message(pack(encode(hostile), runtime_measurements(reply.content)), reply_to=message)
     if client not in faults.hostile_clients:
         return reply
     received, honest = decode(unpack(message.content)), decode(unpack(reply.content))

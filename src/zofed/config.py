@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
 from zofed.errors import ZofedError
@@ -120,6 +120,15 @@ class RobustConfig(Section):
     # runtime=flower: nodes own their data, so the server cannot count a client's examples
     node_examples: Literal["equal", "capped"] = Field("equal", description="weight clients equally, or by their capped claim")
     max_node_examples: int = Field(10_000, ge=1, description="node_examples=capped: the largest claim taken")
+    # On unless turned off: each reply's scalar RMS / weight-update norm at most this many times the round's
+    # median (runtime/screening.py default_bound). `off` (YAML reads an unquoted off as false) turns it off.
+    default_bound: float | None = Field(10.0, gt=1, allow_inf_nan=False,
+                                        description="scale down replies above this many times the round's median size; off: no bound")
+
+    @field_validator("default_bound", mode="before")
+    @classmethod
+    def _off(cls, value):
+        return None if value is False or value is None or (isinstance(value, str) and value.lower() == "off") else value
 
 
 class FaultsConfig(Section):

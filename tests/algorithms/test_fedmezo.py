@@ -56,6 +56,32 @@ def test_round_wise_raises_lr_of_higher_loss_clients():
     assert personalised_lrs(settings, info, 2, [0, 1, 2]) == [0.5, 1.5, 1.0]
 
 
+@pytest.mark.parametrize("strategy, history", [
+    ("round-wise", lambda loss: {"losses": [loss], "model_diff": None}),
+    ("five-round", lambda loss: {"losses": [loss] * 5, "model_diff": None}),
+])
+def test_one_absurd_loss_claim_moves_only_its_own_lr(strategy, history):
+    settings = FedMeZOSettings(lr=1.0, lr_strategy=strategy, lr_alpha=0.5)
+    honest = {0: history(1.0), 1: history(2.0), 2: history(3.0)}
+    for absurd in (1e12, 1e300, -1e12, 0.0):
+        claimed = personalised_lrs(settings, info_with({**honest, 3: history(absurd)}), 9, [0, 1, 2, 3])
+        # the median of the four claims is 2.5 (1.5 for a low claim): an absurd claim counts as the end of
+        # [m/5, 5m] it lies beyond, a claim an honest client could make
+        plausible = personalised_lrs(settings, info_with({**honest, 3: history(12.5 if absurd > 3 else 0.3)}),
+                                     9, [0, 1, 2, 3])
+        assert claimed == plausible and all(0.5 <= lr <= 1.5 for lr in claimed)
+    # without the clip one claim of 1e12 would set every other rate to about η0·(1 − α/3)
+    assert len({round(lr, 3) for lr in claimed[:3]}) == 3
+
+
+def test_in_range_signals_follow_the_published_rule():
+    settings = FedMeZOSettings(lr=1.0, lr_strategy="round-wise", lr_alpha=0.5)
+    history = {c: {"losses": [loss], "model_diff": None} for c, loss in enumerate([1.0, 2.0, 4.0, 3.0])}
+    mean, spread = 2.5, 1.5
+    expected = [1.0 + 0.5 * (s - mean) / spread for s in (1.0, 2.0, 4.0, 3.0)]
+    assert personalised_lrs(settings, info_with(history), 2, [0, 1, 2, 3]) == pytest.approx(expected)
+
+
 def test_five_round_waits_for_five_rounds_of_history():
     settings = FedMeZOSettings(lr=1.0, lr_strategy="five-round")
     info = info_with({0: {"losses": [1.0] * 4, "model_diff": None}, 1: {"losses": [3.0] * 5, "model_diff": None}})

@@ -93,6 +93,15 @@ SEEDS_CASES = {
     "wrong-kind": _with(lambda m: replace(m, kind="replay")),
     "weights-instead-of-seeds": _with(lambda m: replace(m, kind="weights", seeds=(), scalars=(),
                                                           tensors={"w": torch.zeros(2)})),
+    # issue 22: one number in the metrics, a metric named like the row's own fields, a 250 KB lr, a 1e30 scalar
+    "int-1e400-metric": _metric("foo", 10**400),
+    "int-1e400-examples": _metric("num_examples", 10**400),
+    "int-1e400-forward-passes": _metric("forward_passes", 10**400),
+    "nan-layer-forwards": _metric("layer_forwards", math.nan),
+    "client-field-metric": _metric("client", 0.0),
+    "seconds-field-metric": _metric("seconds", 0.0),
+    "long-string-lr": _config(lr="x" * 250_000),
+    "huge-scalar": _scalar(0, 1e30),
 }
 
 ZORBA_CASES = {

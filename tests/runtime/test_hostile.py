@@ -76,3 +76,28 @@ def check_local_matrix(tmp_path, name: str, plan, reference, reference_rows) -> 
     assert_same_result(rows, reference_rows, config, reference)
     # the refused bytes are counted: the hostile run's uplink exceeds the silent one's
     assert sum(r["bytes_up"] for r in rows) > sum(r["bytes_up"] for r in reference_rows)
+
+
+def test_the_hostile_benchmark_runs_its_small_configuration(tmp_path, monkeypatch):
+    """benchmarks/hostile_clients.py on tiny-llama, one round: the issue-22 attacks with the default settings.
+
+    The metric attacks are rejected and counted; the record-count attack (the last step's record, g ×100)
+    is applied at most at the default bound: every run ends within the benchmark's 5% of the clean one."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks import hostile_clients
+
+    output = tmp_path / "hostile.json"
+    monkeypatch.setattr(sys, "argv", [
+        "hostile_clients.py", "--config", str(root / "configs/quickstart.yaml"), "--model", "tiny-llama",
+        "--upload", "seeds", "--rounds", "1", "--local-steps", "2", "--limit", "240", "--eval-examples", "4",
+        "--modes", "", "--output", str(output)])
+    hostile_clients.main()
+    document = json.loads(output.read_text())["by_runtime"]["local"]["seeds"]
+    attacks = {case["attack"]: case["default"] for case in document["attacks"]}
+    assert set(attacks) == set(hostile_clients.ATTACKS)
+    assert all(attacks[name]["rejected_replies"] == 1 for name in ("metric-huge", "metric-nan", "metric-collide"))
+    assert document["goal_met"] and len(document["load_average"]["before"]) == 3

@@ -22,6 +22,10 @@ Personalised learning rate (paper §3.4/§5.4): η_i = η_0·(1 + α·Φ_i) with
   model-diff  Σ over tensors of ‖Δ_i − Δ̄‖_F in its last round, Δ̄ the unweighted mean of the
               round's client deltas (as the official client.py; not the aggregated step, which
               a weighting or a server optimiser would move)
+Ours, for the trust model (docs/reliability.md): a loss signal is the client's own claim, so before Φ
+the round's signals are clipped to [m/5, 5m] around their median m (`winsorised`): in range, the
+published rule is unchanged; one absurd claim moves only its own rate, within [η_0(1−α), η_0(1+α)],
+and the others' rates are what they would be had it claimed 5m.
 With `upload: seeds` the server may also send `downlink: replay` (see algorithms/downlink.py):
 the round's records instead of the weights to clients that keep their model.
 
@@ -75,6 +79,7 @@ from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_
 
 LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
 HISTORY_LENGTH = 5
+SIGNAL_RANGE = 5.0  # round-wise/five-round/model-diff: signals count within this factor of the round's median
 
 
 class FedMeZOSettings(DownlinkSettings):
@@ -228,7 +233,20 @@ def personalised_lrs(
             for client in clients
         ]
     signals = [client_signal(settings.lr_strategy, info["history"].get(str(client))) for client in clients]
-    return [base * (1 + alpha * phi) for phi in heterogeneity_index(signals)]
+    return [base * (1 + alpha * phi) for phi in heterogeneity_index(winsorised(signals))]
+
+
+def winsorised(signals: Sequence[float | None]) -> list[float | None]:
+    """The signals clipped to [m/SIGNAL_RANGE, m·SIGNAL_RANGE] around their median m (a loss and a model
+    difference are positive): a loss is the client's own claim, and in Φ's mean and largest deviation
+    one absurd claim would set every other client's rate. Signals in that range are left as they are,
+    so the published rule holds for them; a median ≤ 0 (no honest loss is) leaves every rate at η_0."""
+    known = sorted(s for s in signals if s is not None and math.isfinite(s))
+    if not known:
+        return list(signals)
+    median = known[len(known) // 2] if len(known) % 2 else 0.5 * (known[len(known) // 2 - 1] + known[len(known) // 2])
+    low, high = (median / SIGNAL_RANGE, median * SIGNAL_RANGE) if median > 0 else (0.0, 0.0)
+    return [s if s is None or not math.isfinite(s) else min(max(s, low), high) for s in signals]
 
 
 def client_signal(strategy: str, record: Mapping | None) -> float | None:

@@ -155,6 +155,7 @@ def with_evaluation(experiment: Experiment, row: dict) -> dict:
         **row,
         "eval_loss": _validation_loss(experiment) if evaluate else None,
         # methods that run part of the model report layer_forwards; a full forward is num_layers of them
+        # (screened counts: finite, bounded by the local steps the server assigned, so int() cannot fail)
         "layer_forwards": sum(int(client.get("layer_forwards", client.get("forward_passes", 0) * layers))
                               for client in row["per_client"] if "rejected" not in client),
     }
@@ -229,6 +230,8 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
         "skipped_steps": sum(row["skipped_steps"] for row in history),
         "peak_rss_mb": max((row["peak_rss_mb"] for row in history), default=None),
         "peak_device_mb": peak_of(row.get("peak_device_mb") for row in history),
+        # the fields above (and in metrics.jsonl's per-client rows) that are the clients' own word
+        "client_reported": sorted({key for row in history for key in row.get("client_reported", ())}),
         "wall_s": wall_s,
     }
 

@@ -32,7 +32,7 @@ from zofed.runtime.client import KeptCopy, receive_model_
 from zofed.runtime.codec import CodecError, EncodedSizes, decode, encode, encode_with_sizes, sizes_of
 from zofed.runtime.faults import corrupt, reply_lost
 from zofed.runtime.ledger import ByteLedger
-from zofed.runtime.screening import screen
+from zofed.runtime.screening import REFERENCE_KEY, Screened, screen, short
 
 
 class Population(Protocol):
@@ -68,6 +68,9 @@ class Exchanged:
     unreadable: dict[int, str] = field(default_factory=dict)  # arrived, but held no codec message
     failures: dict[int, str] = field(default_factory=dict)  # why nothing came
     measured: dict[int, dict[str, float]] = field(default_factory=dict)  # the client side's seconds, peak RSS, ...
+    # True where `measured` is the clients' own word (Flower: measured on the node, unverifiable), False where
+    # the server measured the client's work itself (in-process); the row labels the former client-reported
+    measured_by_client: bool = False
     forget: list[int] = field(default_factory=list)  # clients that may have lost the model they kept
     row: dict = field(default_factory=dict)  # the transport's own additions to the round row
     uncounted: dict[int, int] = field(default_factory=dict)  # bytes of unreadable replies
@@ -117,9 +120,11 @@ def play_round(
                      examples=population.examples(client), steps=population.local_steps)
         for client, message in zip(clients, messages)
     }
-    screened = screen(replies, sent, state, algorithm, robust)
+    screened = screen(replies, sent, state, algorithm, robust, exchanged.measured)
     rejected.update(screened.rejected)
     state = algorithm.aggregate(state, round, screened.replies)
+    if screened.reference:  # the default bound's reference sizes, for the next rounds with few replies
+        state = replace(state, info={**state.info, REFERENCE_KEY: screened.reference})
     dropped = [client for client in clients if client in exchanged.failures]
     state = forget_versions(state, [client for client in exchanged.forget if client in dropped])
 
@@ -129,11 +134,11 @@ def play_round(
         if client in dropped:
             continue
         row = {"client": client}
-        if client in accepted:
-            row |= {key: float(value) for key, value in accepted[client].metrics.items()}
+        if client in accepted:  # screened: finite floats (train_loss may be NaN), no name of the row's own
+            row |= accepted[client].metrics
         else:
-            row["rejected"] = rejected[client]
-        row |= exchanged.measured.get(client, {})
+            row["rejected"] = short(rejected[client])
+        row |= screened.measured.get(client, {})
         row |= {"bytes_up": ledger.for_client(client, "up"), "bytes_down": ledger.for_client(client, "down")}
         per_client.append(row)
     applied = [row for row in per_client if row["client"] in accepted]
@@ -153,10 +158,20 @@ def play_round(
         "seconds": time.perf_counter() - started,
         "per_client": per_client,
         "dropped": dropped,
-        "dropped_reasons": {str(client): exchanged.failures[client] for client in dropped},
-        "rejected": {str(client): why for client, why in sorted(rejected.items())},
+        # reasons may quote what a client sent (a Flower error's text too): cut like every rejection
+        "dropped_reasons": {str(client): short(exchanged.failures[client]) for client in dropped},
+        "rejected": {str(client): short(why) for client, why in sorted(rejected.items())},
+        # per-client fields (and the round's peaks taken from them) that are a client's word, unverifiable
+        "client_reported": client_reported(exchanged, screened),
         **exchanged.row,
     }
+
+
+def client_reported(exchanged: Exchanged, screened: Screened) -> list[str]:
+    """The per-client row fields the server took on a client's word: its own measurements where it made them."""
+    if not exchanged.measured_by_client:
+        return []
+    return sorted({key for values in screened.measured.values() for key in values})
 
 
 def on_device(reply: Message, device: torch.device) -> Message:

@@ -164,7 +164,7 @@ class GridTransport:
             self.meter.sample()
             wire_before = self.meter.totals()
         self.nodes.refresh()
-        exchanged = Exchanged()
+        exchanged = Exchanged(measured_by_client=True)  # a node measures its own work
         outgoing, receivers = [], []
         for client, downlink in downlinks:
             if client not in self.nodes.node_of:
