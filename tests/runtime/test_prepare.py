@@ -13,7 +13,7 @@ import yaml
 
 from zofed.config import load_config
 from zofed.runtime.driver import run_local
-from zofed.runtime.memory_profile import CHILD_ENV, with_memory_profile
+from zofed.runtime.prepare import CHILD_ENV, prepared
 
 from .helpers import tiny_config
 
@@ -30,7 +30,7 @@ def test_profile_is_measured_once_kept_with_the_run_and_reused_on_resume(tmp_pat
         cumulative = sum(saved["block_mb"][: int(point["active_blocks"])])
         assert saved["base_mb"] + cumulative >= point["peak_mb"] - 1e-6  # never under-predicts a measured point
     assert all(value > 0 for value in saved["block_mb"]) and saved["block_params"] == [896] * 4
-    resumed = with_memory_profile(config, resume=True)
+    resumed = prepared(config, resume=True)
     assert resumed.algorithm_settings.memory_profile.model_dump() == saved
     run_local(config, resume=True, show_progress=False)
 
@@ -40,7 +40,7 @@ def test_a_smollm2_zorba_client_stays_within_its_budget(tmp_path):
     """The smallest device of the 'mixed' profile: real client rounds in processes of their own (the
     server's downlinks encoded in another, as they would arrive): first contact, and the steady state
     of the default block-record downlink, with the client's kept copy on its disk."""
-    config = with_memory_profile(load_config(ROOT / "configs" / "quickstart.yaml", [
+    config = prepared(load_config(ROOT / "configs" / "quickstart.yaml", [
         "algorithm=zorba", "trainable.mode=full", "clients=3", "clients_per_round=3", "zorba.device_profile=mixed",
         "local.local_steps=2", "local.batch_size=2", f"output_dir={tmp_path}"]))
     config_path = tmp_path / "config.json"
