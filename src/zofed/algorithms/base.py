@@ -189,8 +189,13 @@ class Algorithm(Protocol):
 
 @dataclass(frozen=True)
 class PrepareEnv:
-    """What a preparation sees of the run: the initial trainable weights (view order, the model's
-    own tensors), the model's split (its layers, which tensor sits in which) and the local batch."""
+    """What a preparation sees of the run: the initial trainable weights (view order), the model's
+    split (its layers, which tensor sits in which) and the local batch size.
+
+    `weights` are the model's own tensors, not a copy (a copy would sit in every measured peak), so
+    a probe's training moves them: probes that must each start from the initial values (an lr
+    probe) copy those values before the first probe runs.
+    """
 
     weights: Mapping[str, torch.Tensor]
     split: SplitForward | None
