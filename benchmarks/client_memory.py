@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
+from zofed.runtime.prepare import CHILD_ENV as PROFILE_ENV
 
 # glibc raises its mmap threshold after large frees and then keeps freed memory resident; a fixed
 # threshold returns it, so the set-up's transient copies do not count in the client's window.

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
+from zofed.runtime.prepare import CHILD_ENV as PROFILE_ENV
 
 SAMPLED = 10
 # glibc keeps freed memory resident unless its mmap threshold is fixed: without this, the

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 from zofed.llm.shapes import SHAPES
-from zofed.runtime.memory_profile import CHILD_ENV as PROFILE_ENV
+from zofed.runtime.prepare import CHILD_ENV as PROFILE_ENV
 
 CHILD_ENV = {**os.environ, **PROFILE_ENV}
 FULL = ["trainable.mode=full", "clients=3", "clients_per_round=3", "zorba.device_profile=mixed"]
@@ -108,7 +108,7 @@ def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> di
     from zofed.config import parse_config
     from zofed.runtime.client import KeptFile
     from zofed.runtime.experiment import build_experiment
-    from zofed.runtime.memory_profile import client_round_peak
+    from zofed.runtime.prepare import client_round_peak
 
     config = parse_config(json.loads(config_json))
     experiment = build_experiment(config)
@@ -117,7 +117,7 @@ def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> di
     dtype = DTYPES[config.algorithm_settings.inactive_dtype] if lower is not None else None
     outbox = [downlink.read_bytes()]
     gc.collect()
-    peak = client_round_peak(experiment, method, outbox, client, lower, dtype, KeptFile(kept_path(downlink)))
+    _, peak = client_round_peak(experiment, method, outbox, client, lower, dtype, KeptFile(kept_path(downlink)))
     return {"algorithm": config.algorithm, "client": client, **peak, "trainable_params": experiment.view.numel(),
             **plan}
 
@@ -194,7 +194,7 @@ def main() -> None:
     from zofed.config import load_config
     from zofed.machine import describe_machine
     from zofed.runtime.driver import run_experiment
-    from zofed.runtime.memory_profile import with_memory_profile
+    from zofed.runtime.prepare import prepared
 
     baselines = args.baselines.split(",")
     if "fedmezo" not in baselines or not set(baselines) <= set(BASELINES):
@@ -207,7 +207,7 @@ def main() -> None:
         args.skip_loss = True  # random weights: the loss says nothing
     out = Path(args.out or f"benchmarks/results/zorba_memory{'_' + args.shape if args.shape else ''}.json")
     common = [*FULL, *ZO_LR, f"local.local_steps={args.steps}", *args.overrides]
-    zorba_config = with_memory_profile(load_config(args.config, [*common, "algorithm=zorba"]))
+    zorba_config = prepared(load_config(args.config, [*common, "algorithm=zorba"]))
     profile = zorba_config.algorithm_settings.memory_profile
     print(f"profile: base {profile.base_mb:.0f} MB, block {profile.block_mb[0]:.1f} MB x {len(profile.block_mb)}",
           flush=True)

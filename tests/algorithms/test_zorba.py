@@ -189,3 +189,84 @@ def test_weights_travel_with_inactive_layers_low_on_every_downlink(downlink):
     dtypes = {name: tensor.dtype for name, tensor in message.tensors.items()}
     assert dtypes == {"model.layers.0.w": torch.bfloat16, "model.layers.1.w": torch.float32,
                       "model.norm.w": torch.float32}
+
+
+class FourLayerSplit:
+    """What a preparation sees of a 4-layer model: one trainable tensor per layer, named as transformers names it."""
+
+    num_layers = 4
+    tensor_layers = (0, 1, 2, 3)
+
+    def __init__(self, trainable_layers=(0, 1, 2, 3)) -> None:
+        self.layer_modules = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(4))
+        self.weights = {f"model.layers.{layer}.lora_A.weight": torch.ones(4 if layer in trainable_layers else 0, 8)
+                        for layer in range(4)}
+
+    def lowered(self, layers, dtype, keep_master=True):
+        raise AssertionError("a preparation's probes are run by the runtime, not by the method")
+
+
+def prepare_env(split=None):
+    from zofed.algorithms.base import PrepareEnv
+
+    split = split or FourLayerSplit()
+    return PrepareEnv(weights=split.weights, split=split, batch_size=2)
+
+
+def test_the_memory_profile_is_declared_on_the_registry_entry():
+    from zofed.algorithms import ALGORITHMS, get_algorithm
+
+    [step] = get_algorithm("zorba").prepare
+    assert step.fills == "memory_profile"
+    assert step.needed(build_algorithm("zorba", {"num_clients": 3}).settings)
+    assert not step.needed(build_algorithm("zorba", SETTINGS).settings)
+    assert all(not entry.prepare for name, entry in ALGORITHMS.items() if name != "zorba")
+
+
+def test_profile_probes_are_the_downlinks_configure_sends():
+    """Built by ZorBA's own configure: a round-1 downlink of an ordinary run whose plan gives client 0
+    the first k layers is the same message, config keys and low-precision tensors included."""
+    from zofed.algorithms.zorba import profile_probes
+
+    model = prepare_env()
+    settings = build_algorithm("zorba", {**SETTINGS, "memory_profile": None, "lr": 0.03}).settings
+    probes = list(profile_probes(settings, model))
+    assert [probe.message.config["active"] for probe in probes] == [[0], [0, 1], [0, 1, 2, 3]]
+    ordinary = build_algorithm("zorba", {**SETTINGS, "lr": 0.03, "num_clients": 1, "budgets_mb": [200]})
+    for probe in probes:
+        active = probe.message.config["active"]
+        assert probe.lowered == tuple(range(len(active), 4)) and probe.dtype == torch.bfloat16
+        state = ordinary.init(model.weights, seed=0)
+        state = dataclasses.replace(state, info={**state.info, "plans": [{**current_plan(state.info), "active": [active]}]})
+        [expected] = ordinary.configure(state, 1, [0])
+        assert probe.message.kind == expected.kind == "weights" and probe.message.config == expected.config
+        assert {name: t.dtype for name, t in probe.message.tensors.items()} == {
+            name: t.dtype for name, t in expected.tensors.items()}
+        assert {name for name, t in probe.message.tensors.items() if t.dtype == torch.bfloat16} == {
+            f"model.layers.{layer}.lora_A.weight" for layer in range(len(active), 4)}
+
+
+def test_the_fitted_profile_never_under_predicts_a_measured_point():
+    from zofed.algorithms.base import ProbeResult
+    from zofed.algorithms.zorba import fit_profile
+
+    model = prepare_env()
+    settings = build_algorithm("zorba", {**SETTINGS, "memory_profile": None}).settings
+    peaks = {1: 500.0, 2: 520.0, 4: 560.0}
+    results = [ProbeResult({"active": list(range(k))}, Message(kind="seeds", round=1), {"peak_rss_mb": peak})
+               for k, peak in peaks.items()]
+    profile = fit_profile(settings, model, results)
+    assert profile.block_params == [32] * 4 and profile.source == "measured (bf16 inactive layers, batch 2)"
+    assert [point["active_blocks"] for point in profile.points] == [1.0, 2.0, 4.0]
+    for k, peak in peaks.items():
+        assert profile.base_mb + sum(profile.block_mb[:k]) >= peak
+    # on a line of 20 MB a layer over layers of equal bytes: each layer 20 MB, base what is left
+    assert profile.block_mb == pytest.approx([20.0] * 4, abs=1e-3) and 480.0 <= profile.base_mb <= 480.1
+
+
+def test_a_layer_without_trainable_tensors_cannot_be_profiled():
+    from zofed.algorithms.zorba import profile_probes
+
+    settings = build_algorithm("zorba", {**SETTINGS, "memory_profile": None}).settings
+    with pytest.raises(ZofedError, match="every layer needs trainable tensors"):
+        next(profile_probes(settings, prepare_env(FourLayerSplit(trainable_layers=(0, 1)))))

@@ -162,7 +162,7 @@ def test_lowered_layers_run_in_low_precision_and_come_back_exactly(family):
     with torch.inference_mode():
         full = model(**batch, use_cache=False).loss
     with split.lowered([0, 2], torch.bfloat16):
-        layers = split._layers[2]
+        layers = split.layer_modules
         assert {p.dtype for p in layers[0].parameters()} == {torch.bfloat16}
         assert {p.dtype for p in layers[1].parameters()} == {torch.float32}
         lowered_views = [t for t, at in zip(trainable, split.tensor_layers) if at in (0, 2)]
@@ -180,7 +180,7 @@ def test_lowered_without_masters_frees_full_precision_and_casts_back_up():
     model = build("llama")
     trainable = tuple(p.data for p in model.parameters())
     split = ModelSplit(model, trainable)
-    layer = split._layers[2][1]
+    layer = split.layer_modules[1]
     with split.lowered([1], torch.bfloat16, keep_master=False):
         assert all(p.dtype == torch.bfloat16 for p in layer.parameters())
     assert all(p.dtype == torch.float32 for p in layer.parameters())

@@ -18,7 +18,7 @@ CONFORMANCE_SETTINGS: dict[str, dict] = {
     "decomfl": {"lr": 0.005, "mu": 1e-3},
     "gamlpp": {"lr": 0.005, "mu": 1e-3, "server_optimizer": {"name": "adam", "lr": 1e-2}},
     "fedspzo": {"lr": 0.0125, "mu": 1e-3, "p2": 2},
-    # A given profile keeps the suite fast; tests/runtime/test_memory_profile.py measures one.
+    # A given profile keeps the suite fast; tests/runtime/test_prepare.py measures one.
     "zorba": {"lr": 0.005, "mu": 1e-3,
               "memory_profile": {"base_mb": 600.0, "block_mb": [0.1] * 4, "block_params": [896] * 4}},
 }

@@ -70,7 +70,7 @@ def client_directions(config: Mapping[str, Any], device: torch.device) -> Direct
     """The downlink's direction sampler on a client whose tensors live on `device`; refuses a stream
     other than the server's (a gaussian CUDA stream against a CPU server, another instruction set)."""
     sampler = make_directions(str(config["directions"]), int(config["pool_size"]))
-    if "stream" in config:  # the runtime's own internal messages (memory profiling) name no stream
+    if "stream" in config:  # absent where only the client ever draws its z (directions_config)
         require_same_stream(str(config["stream"]), sampler.stream_id(device), f"this client on {device}")
     return sampler
 
@@ -89,6 +89,11 @@ class SplitForward(Protocol):
 
     @property
     def tensor_layers(self) -> tuple[int, ...]: ...
+
+    @property
+    def layer_modules(self) -> Sequence[torch.nn.Module]:
+        """The model's transformer layers in forward order."""
+        ...
 
     def prefix(self, batch: Batch, split: int) -> Any: ...
 
@@ -146,11 +151,6 @@ class Settings(BaseModel):
         return True
 
     @property
-    def needs_memory_profile(self) -> bool:
-        """Whether the run must measure the client memory model (runtime/memory_profile.py) before it starts."""
-        return False
-
-    @property
     def replays_directions(self) -> bool:
         """Whether a party other than the client rebuilds its directions from seeds (the server's
         rebuild or replay, another client's catch-up): then every party must draw the same z."""
@@ -188,12 +188,70 @@ class Algorithm(Protocol):
 
 
 @dataclass(frozen=True)
+class PrepareEnv:
+    """What a preparation sees of the run: the initial trainable weights (view order), the model's
+    split (its layers, which tensor sits in which) and the local batch size.
+
+    `weights` are the model's own tensors, not a copy (a copy would sit in every measured peak), so
+    a probe's training moves them: probes that must each start from the initial values (an lr
+    probe) copy those values before the first probe runs.
+    """
+
+    weights: Mapping[str, torch.Tensor]
+    split: SplitForward | None
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One client round a preparation runs before round 1.
+
+    `message` is the downlink, built by the method's own `configure`. `lowered`: layers the client
+    already holds in `dtype` when the round starts, as a client process of its own would load
+    them; the measurement leaves their full-precision load out.
+    """
+
+    message: Message
+    lowered: tuple[int, ...] = ()
+    dtype: torch.dtype | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe round: the config its downlink carried (the probe's tensors are gone by then), the
+    client's reply and what the client's process measured (`peak_rss_mb`, `resident_before_mb`)."""
+
+    sent: Mapping[str, JsonValue]
+    reply: Message
+    measured: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """A measurement a method needs before round 1, declared on its registry entry.
+
+    The runtime (runtime/prepare.py) runs it when `needed(settings)`: `probes` yields the client
+    rounds to run, one at a time (the runtime encodes and runs each before it asks for the next,
+    so one probe's downlink is held at a time), in a client process of their own (so what a probe
+    measures is that process's, as on a node); `fit` turns their results, in probe order, into
+    the value of settings field `fills`. The run's config.yaml records that value, `--resume`
+    reuses it, and a config that gives it skips the measurement.
+    """
+
+    fills: str
+    needed: Callable[[Settings], bool]
+    probes: Callable[[Any, PrepareEnv], Iterator[Probe]]
+    fit: Callable[[Any, PrepareEnv, Sequence[ProbeResult]], Any]
+
+
+@dataclass(frozen=True)
 class AlgorithmEntry:
     name: str
     description: str
     settings: type[Settings]
     build: Callable[[Any], Algorithm]
     basis: str = ""  # what follows the paper / official code and what is our design (shown by `zofed list`)
+    prepare: tuple[Preparation, ...] = ()  # measured before round 1, in this order
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {}

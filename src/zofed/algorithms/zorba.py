@@ -32,11 +32,12 @@ The kept copy stays out of the client's memory (runtime/client.py): saved to its
 model's own tensors before training, loaded straight back into them next round, one tensor at a
 time. Held in memory it made a full-parameter SmolLM2 client of the `mixed` profile's smallest
 device peak at 1,405 MB against its 1,107 MB budget; streamed, it peaks at 1,068 MB on first
-contact and 786 MB in its steady state (tests/runtime/test_memory_profile.py).
+contact and 786 MB in its steady state (tests/runtime/test_prepare.py).
 
 Memory model V_n(a_n) = base + Σ_l a_nl·m_l, with base and m_l *measured* in a client process of
-their own at start-up (runtime/memory_profile.py: peak RSS of a client round with 1, L/4, L/2
-and L active layers, fitted by least squares) unless `memory_profile` is given. Budgets come from
+their own at start-up unless `memory_profile` is given: the registry entry's preparation
+(`PROFILE`, run by runtime/prepare.py) measures the peak RSS of client 0's round with the first
+1, L/4, L/2 and L layers active, each downlink built by `configure` itself, and fits it. Budgets come from
 `budgets_mb` (one per client) or a named device profile: client n can hold a fraction f of the
 layers (f cycling through the profile's fractions, `DEVICE_PROFILES`), so its budget is
 base·(1 + headroom) + max(1, round(f·L))·max_l m_l. The plan counts base·(1 + headroom) (2% by
@@ -62,7 +63,7 @@ Our choices where the paper's abstract is silent (all configurable):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Literal
@@ -75,6 +76,10 @@ from zofed.algorithms import zorba_solver
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
+    Preparation,
+    PrepareEnv,
+    Probe,
+    ProbeResult,
     client_directions,
     directions_config,
     Rejected,
@@ -142,10 +147,6 @@ class ZorbaSettings(DownlinkSettings):
     exact_limit: int = Field(2**16, ge=1, description="enumerate exactly while 2^(clients·blocks) <= this")
     memory_profile: MemoryProfile | None = Field(None, description="measured at start-up when not given")
     num_clients: int | None = Field(None, ge=1, description="filled from the run's clients")
-
-    @property
-    def needs_memory_profile(self) -> bool:
-        return self.memory_profile is None
 
     def for_population(self, clients: int) -> "ZorbaSettings":
         return self if self.num_clients == clients else type(self)(**{**self.model_dump(), "num_clients": clients})
@@ -352,6 +353,76 @@ def reply_layers(reply: Message, count: int, assigned: Sequence[int]) -> dict[in
     return parsed  # type: ignore[return-value]
 
 
+def profile_points(num_layers: int) -> list[int]:
+    """The active-layer counts the profile measures: 1, a quarter, half and all of the layers."""
+    return sorted({1, max(1, num_layers // 4), max(1, num_layers // 2), num_layers})
+
+
+def profile_probes(settings: ZorbaSettings, model: PrepareEnv) -> Iterator[Probe]:
+    """Client 0's round with the first k layers active for each profile point, as `configure` sends
+    it (weights, inactive layers in `inactive_dtype`); the client holds those layers low already."""
+    layers = _profiled_layers(model)
+    for active in profile_points(layers):
+        # a state whose plan gives client 0 the first `active` layers: what round 1 would send it.
+        # The message is yielded unnamed, so its low-precision copies go once the runtime encoded it.
+        state = ServerState(weights=model.weights, info={"plans": [{"round": 1, "active": [list(range(active))]}]})
+        yield Probe(Zorba(settings).configure(state, 1, [0])[0], lowered=tuple(range(active, layers)),
+                    dtype=DTYPES[settings.inactive_dtype])
+
+
+def fit_profile(settings: ZorbaSettings, model: PrepareEnv, results: Sequence[ProbeResult]) -> MemoryProfile:
+    """The memory model from the probes' peaks: base + m·k fitted by least squares; each layer's
+    m_l is m scaled by its share of the layers' bytes, never below what moving its bytes to full
+    precision costs (the floor matters on tiny models, where the peaks are interpreter noise);
+    base is the upper envelope max_k(peak_k − Σ_{l<k} m_l), so the model never under-predicts a
+    measured point."""
+    _profiled_layers(model)
+    low = DTYPES[settings.inactive_dtype]
+    block_params = _block_params(model)
+    saved_bytes = [float(sum(tensor.numel() * (tensor.element_size() - low.itemsize)
+                             for tensor in [*layer.parameters(), *layer.buffers()] if tensor.is_floating_point()))
+                   for layer in model.split.layer_modules]
+    points = [{"active_blocks": float(len(result.sent["active"])),
+               "peak_mb": float(result.measured["peak_rss_mb"])} for result in results]
+    ks = np.array([p["active_blocks"] for p in points])
+    peaks = np.array([p["peak_mb"] for p in points])
+    slope = float(np.polyfit(ks, peaks, 1)[0]) if len(points) > 1 else 0.0
+    share = np.array(saved_bytes) / max(float(np.mean(saved_bytes)), 1.0)
+    floor = np.array(saved_bytes) / 2**20
+    block_mb = np.maximum(slope * share, floor)
+    cumulative = np.concatenate([[0.0], np.cumsum(block_mb)])
+    base = float(max(peak - cumulative[int(k)] for k, peak in zip(ks, peaks)))
+    return MemoryProfile(
+        # rounded up, so the rounding cannot make the model under-predict a measured point
+        base_mb=math.ceil(base * 10) / 10,
+        block_mb=[math.ceil(float(value) * 1000) / 1000 for value in block_mb],
+        block_params=block_params,
+        points=points,
+        source=f"measured ({settings.inactive_dtype} inactive layers, batch {model.batch_size})",
+    )
+
+
+def _profiled_layers(model: PrepareEnv) -> int:
+    if model.split is None or not hasattr(model.split, "lowered"):
+        raise ZofedError("zorba needs a transformers model with a layer list to profile its memory; "
+                         "use a decoder-only causal LM, or another algorithm")
+    if min(_block_params(model)) == 0:
+        raise ZofedError("every layer needs trainable tensors for a block profile; train all layers")
+    return model.split.num_layers
+
+
+def _block_params(model: PrepareEnv) -> list[int]:
+    counts = [0] * model.split.num_layers
+    for tensor, layer in zip(model.weights.values(), model.split.tensor_layers):
+        if 0 <= layer < len(counts):
+            counts[layer] += tensor.numel()
+    return counts
+
+
+# Before round 1, unless the config gives one: the client memory model the plan is solved on.
+PROFILE = Preparation(fills="memory_profile", needed=lambda settings: settings.memory_profile is None,
+                      probes=profile_probes, fit=fit_profile)
+
 register(AlgorithmEntry(
     name="zorba",
     description="ZorBA: each client trains the blocks its memory budget allows, the rest frozen in bf16 (Meng et al., 2026)",
@@ -359,4 +430,5 @@ register(AlgorithmEntry(
     build=Zorba,
     basis="abstract only: blocks under memory budgets, seed upload; ours: memory model, proxy, solver, "
     "block-record downlink",
+    prepare=(PROFILE,),
 ))

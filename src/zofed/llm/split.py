@@ -124,8 +124,13 @@ class ModelSplit:
         return found[0]
 
     @property
+    def layer_modules(self) -> nn.ModuleList:
+        """The model's transformer layers in forward order (its own list: `model.layers`, GPT-2's `h`)."""
+        return self._layers[2]
+
+    @property
     def num_layers(self) -> int:
-        return len(self._layers[2])
+        return len(self.layer_modules)
 
     @cached_property
     def tensor_layers(self) -> tuple[int, ...]:
@@ -160,7 +165,7 @@ class ModelSplit:
         The trainable view's tensors follow their parameters, so a lowered layer's full-precision
         storage is referenced by nothing and freed.
         """
-        module_list = self._layers[2]
+        module_list = self.layer_modules
         chosen = sorted(set(layers))
         bad = [layer for layer in chosen if not 0 <= layer < len(module_list)]
         if bad:
@@ -221,7 +226,7 @@ class ModelSplit:
             captured.append(output)
             raise _StopForward
 
-        handle = self._layers[2][split - 1].register_forward_hook(stop)
+        handle = self.layer_modules[split - 1].register_forward_hook(stop)
         try:
             self.model(**batch, use_cache=False)
         except _StopForward:
@@ -235,7 +240,7 @@ class ModelSplit:
     @torch.inference_mode()
     def suffix_output(self, cache: SplitCache) -> Any:
         """The model's output (loss, logits) with layers [0, split) replaced by the cache."""
-        layers = self._layers[2]
+        layers = self.layer_modules
         originals = [layers[i] for i in range(cache.split)]
         try:
             for i, original in enumerate(originals):

@@ -30,7 +30,7 @@ from zofed.config import RunConfig
 from zofed.eval import evaluate_loss, exact_match_accuracy
 from zofed.metrics import peak_of
 from zofed.runtime.client import KeptStore
-from zofed.runtime.memory_profile import with_memory_profile
+from zofed.runtime.prepare import prepared
 from zofed.runtime.round import InProcessTransport, Transport, play_round
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 from zofed.rundir import open_run_dir, start_run_dir
@@ -90,7 +90,7 @@ def run_experiment(
     paths = RunPaths(config)
     check_tracking(config.tracking)  # before the run directory is touched: a missing W&B leaves nothing behind
     checkpoint = open_run_dir(paths.root, resume=resume, overwrite=overwrite)
-    config = with_memory_profile(config, checkpoint is not None)
+    config = prepared(config, resume=checkpoint is not None)
     data = prepare_data(config)
     experiment = build_experiment(config, data)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)

@@ -1,4 +1,5 @@
-"""ZorBA's memory model measured at start-up, kept with the run, and honoured by a real client process."""
+"""Preparation before round 1 (ZorBA's memory model): measured at start-up, kept with the run, given
+in the config, and honoured by a real client process."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import yaml
 
 from zofed.config import load_config
+from zofed.errors import ZofedError
+from zofed.runtime import prepare
 from zofed.runtime.driver import run_experiment
-from zofed.runtime.memory_profile import CHILD_ENV, with_memory_profile
+from zofed.runtime.prepare import CHILD_ENV, prepared
 
 from .helpers import tiny_config
 
@@ -30,9 +33,31 @@ def test_profile_is_measured_once_kept_with_the_run_and_reused_on_resume(tmp_pat
         cumulative = sum(saved["block_mb"][: int(point["active_blocks"])])
         assert saved["base_mb"] + cumulative >= point["peak_mb"] - 1e-6  # never under-predicts a measured point
     assert all(value > 0 for value in saved["block_mb"]) and saved["block_params"] == [896] * 4
-    resumed = with_memory_profile(config, resume=True)
+    resumed = prepared(config, resume=True)
     assert resumed.algorithm_settings.memory_profile.model_dump() == saved
     run_experiment(config, resume=True, show_progress=False)
+
+
+def test_a_given_profile_is_kept_and_nothing_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "measure", lambda *args: pytest.fail("measured a profile the config gives"))
+    config = tiny_config(tmp_path, "zorba")
+    assert prepared(config) is config and prepared(config, resume=True) is config
+    fedmezo = tiny_config(tmp_path, "fedmezo")  # a method that declares no preparation
+    assert prepared(fedmezo) is fedmezo
+
+
+def test_resume_reuses_the_saved_profile_and_refuses_a_corrupt_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "measure", lambda *args: pytest.fail("measured again on resume"))
+    config = tiny_config(tmp_path, "zorba", "zorba.memory_profile=null")
+    saved = {"base_mb": 700.0, "block_mb": [0.5] * 4, "block_params": [896] * 4, "points": [], "source": "measured"}
+    config.run_dir.mkdir(parents=True)
+    (config.run_dir / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "zorba": {"memory_profile": saved}}))
+    resumed = prepared(config, resume=True)
+    assert resumed.algorithm_settings.memory_profile.model_dump() == saved
+    assert resumed.algorithm_settings.model_copy(update={"memory_profile": None}) == config.algorithm_settings
+    (config.run_dir / "config.yaml").write_text(yaml.safe_dump({"zorba": {"memory_profile": {**saved, "base_mb": -1}}}))
+    with pytest.raises(ZofedError, match="saved config.yaml holds an invalid memory_profile .*base_mb"):
+        prepared(config, resume=True)
 
 
 @pytest.mark.slow
@@ -40,7 +65,7 @@ def test_a_smollm2_zorba_client_stays_within_its_budget(tmp_path):
     """The smallest device of the 'mixed' profile: real client rounds in processes of their own (the
     server's downlinks encoded in another, as they would arrive): first contact, and the steady state
     of the default block-record downlink, with the client's kept copy on its disk."""
-    config = with_memory_profile(load_config(ROOT / "configs" / "quickstart.yaml", [
+    config = prepared(load_config(ROOT / "configs" / "quickstart.yaml", [
         "algorithm=zorba", "trainable.mode=full", "clients=3", "clients_per_round=3", "zorba.device_profile=mixed",
         "local.local_steps=2", "local.batch_size=2", f"output_dir={tmp_path}"]))
     config_path = tmp_path / "config.json"
