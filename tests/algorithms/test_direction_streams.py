@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from zofed.algorithms import ALGORITHMS, build_algorithm
-from zofed.algorithms.base import client_directions, directions_config, state_on
+from zofed.algorithms.base import client_directions, state_on
 from zofed.errors import ZofedError
 from zofed.zo import make_directions
 
@@ -53,7 +53,7 @@ def test_a_server_on_the_accelerator_names_the_accelerators_stream():
     algorithm = build_algorithm("fedkseed", {"directions": "gaussian"})
     state = state_on(algorithm.init(ToyProblem().initial(), seed=0), ACCELERATOR)
     assert {tensor.device for tensor in [*state.weights.values(), *state.buffers.values()]} == {ACCELERATOR}
-    config = directions_config(algorithm.settings, state)
+    config = algorithm.settings.client_config(state)
     assert config["stream"] == make_directions("gaussian").stream_id(ACCELERATOR) != GAUSSIAN_CPU
     client_directions(config, ACCELERATOR)
     with pytest.raises(ZofedError, match="this client on cpu"):

@@ -9,12 +9,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from zofed.algorithms import ClientEnv, build_algorithm
-from zofed.algorithms.fedspzo import layer_forwards_per_step, perturb_block_, split_blocks
+from zofed.algorithms.fedspzo import layer_forwards_per_step, split_blocks
 from zofed.config import parse_config
 from zofed.errors import ZofedError
 from zofed.llm.split import ModelSplit
 from zofed.runtime.codec import decode, encode
-from zofed.zo import Scratch, make_directions
+from zofed.zo import Scratch, make_directions, perturb_
 
 from ..runtime.helpers import tiny_config
 
@@ -163,7 +163,7 @@ def test_a_block_perturbation_touches_only_its_block_with_full_view_indices():
     block1, block2 = split_blocks(ModelSplit(tiny.model, tiny.tensors).tensor_layers, 2)
     before = tiny.weights()
     directions = make_directions("gaussian")
-    perturb_block_(tiny.tensors, block2, 77, 0.5, directions, Scratch())
+    perturb_(tiny.tensors, 77, 0.5, directions, Scratch(), block=block2)
     for index, (name, tensor) in enumerate(zip(tiny.names, tiny.tensors)):
         if index in block1:
             assert torch.equal(tensor, before[name])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from zofed.zo import PoolDirections, Scratch, zo_estimate
+from zofed.zo import PoolDirections, Scratch, two_point
 
 K = 4.5
 SEEDS = 2000
@@ -109,7 +109,7 @@ def test_estimator_mean_on_a_quadratic_is_its_gradient(view):
     ∇f = α·u_ones + β·u_cos, large along all-ones, the direction the old sampler was biased
     along. The mean over seeds of u·((z·∇f) z) must match u·∇f for u = u_ones, u_cos and ∇f/‖∇f‖,
     within K standard errors measured from the same seeds.
-    (`test_two_point_estimate_is_the_directional_derivative` ties zo_estimate to z·∇f.)
+    (`test_two_point_estimate_is_the_directional_derivative` ties two_point to z·∇f.)
     """
     alpha, beta = 3.0, -2.0
     ones, wave = view["ones"], view["wave"]
@@ -125,7 +125,7 @@ def test_estimator_mean_on_a_quadratic_is_its_gradient(view):
 
 
 def test_two_point_estimate_is_the_directional_derivative():
-    """zo_estimate on f(θ) = ∇f·θ + ½‖θ‖² at θ = 0 returns z·∇f, z being the plan's direction."""
+    """two_point on f(θ) = ∇f·θ + ½‖θ‖² at θ = 0 returns z·∇f, z being the plan's direction."""
     shapes = lora_shapes()
     numel = sum(math.prod(shape) for shape in shapes)
     positions = torch.arange(numel, dtype=torch.float64)
@@ -139,7 +139,7 @@ def test_two_point_estimate_is_the_directional_derivative():
 
     pool, scratch, tensors = PoolDirections(), Scratch(), views_of(theta, shapes)
     ones, wave, _ = PlanProjector(pool, shapes).project(range(20))
-    estimates = [zo_estimate(tensors, loss, seed, 1e-3, pool, scratch)[0] for seed in range(20)]
+    estimates = [two_point(tensors, loss, seed, 1e-3, pool, scratch)[0] for seed in range(20)]
     assert np.allclose(estimates, alpha * ones + beta * wave, rtol=1e-4, atol=1e-4)
 
 

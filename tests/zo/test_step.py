@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from zofed.zo import GaussianDirections, Scratch, perturb_, replay_, zo_step
+from zofed.zo import GaussianDirections, Scratch, perturb_, replay_, two_point, zo_step
 
 
 def make_tensors():
@@ -69,9 +69,6 @@ def test_bf16_tensors_are_perturbed_in_place():
 
 
 def test_reported_loss_is_l_plus_by_default_as_mezo_or_the_mean_when_asked():
-    from zofed.zo.blocks import block_estimate
-    from zofed.zo.step import zo_estimate
-
     sampler, mu = GaussianDirections(), 0.1
     start = make_tensors()
     z = [sampler.fill_(torch.empty(t.shape), 5, i) for i, t in enumerate(start)]
@@ -84,8 +81,8 @@ def test_reported_loss_is_l_plus_by_default_as_mezo_or_the_mean_when_asked():
         result = zo_step(tensors, quadratic_loss(tensors), 5, mu, 1e-3, sampler, Scratch(), **kwargs)
         assert math.isclose(result.loss, expected, rel_tol=1e-5)
         tensors = make_tensors()
-        assert math.isclose(zo_estimate(tensors, quadratic_loss(tensors), 5, mu, sampler, Scratch(), **kwargs)[1],
+        assert math.isclose(two_point(tensors, quadratic_loss(tensors), 5, mu, sampler, Scratch(), **kwargs)[1],
                             expected, rel_tol=1e-5)
         tensors = make_tensors()
-        _, loss = block_estimate(tensors, [0, 1], quadratic_loss(tensors), 5, mu, sampler, Scratch(), **kwargs)
+        _, loss = two_point(tensors, quadratic_loss(tensors), 5, mu, sampler, Scratch(), block=[0, 1], **kwargs)
         assert math.isclose(loss, expected, rel_tol=1e-5)

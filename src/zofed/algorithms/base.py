@@ -13,13 +13,14 @@ import re
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from zofed.messages import JsonValue, Message
 from zofed.zo.directions import DirectionSampler, make_directions, require_same_stream
+from zofed.zo.step import Estimator, forward_passes
 from zofed.zo.seeds import mix_seed
 
 Batch = Mapping[str, torch.Tensor]
@@ -54,16 +55,6 @@ def tensors_on(tensors: Mapping[str, torch.Tensor], device: torch.device) -> Map
 def state_on(state: ServerState, device: torch.device) -> ServerState:
     """`state` with its tensors on `device` (a checkpoint loads on the host)."""
     return replace(state, weights=tensors_on(state.weights, device), buffers=tensors_on(state.buffers, device))
-
-
-def directions_config(settings: Any, state: ServerState) -> dict[str, JsonValue]:
-    """A ZO downlink's directions: the sampler and the stream the server rebuilds z from on its own
-    device, so a client whose device would draw another z refuses the round (`client_directions`)
-    rather than train on directions the server cannot replay."""
-    config: dict[str, JsonValue] = {"directions": settings.directions, "pool_size": settings.pool_size}
-    if settings.replays_directions:  # only the client ever draws its z otherwise: any stream will do
-        config["stream"] = make_directions(settings.directions, settings.pool_size).stream_id(server_device(state))
-    return config
 
 
 def client_directions(config: Mapping[str, Any], device: torch.device) -> DirectionSampler:
@@ -153,8 +144,9 @@ class Settings(BaseModel):
     @property
     def replays_directions(self) -> bool:
         """Whether a party other than the client rebuilds its directions from seeds (the server's
-        rebuild or replay, another client's catch-up): then every party must draw the same z."""
-        return hasattr(self, "directions")
+        rebuild or replay, another client's catch-up): then every party must draw the same z.
+        A method that draws no directions (FedAvg) keeps False; every ZO method declares its own."""
+        return False
 
     def for_population(self, clients: int) -> "Settings":
         """These settings for a run of `clients` clients (a method that plans per client learns the count)."""
@@ -296,18 +288,31 @@ def sample_weighted_mean(
     return {name: mean[name].to(tensor_sets[0][name].dtype) for name in names}
 
 
+def cloned(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached copies, so the caller's tensors (the live model) never alias the server's state or a reply."""
+    return {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+
+def initial_state(weights: Mapping[str, torch.Tensor], info: Mapping[str, JsonValue] | None = None,
+                  keep_initial: bool = False) -> ServerState:
+    """The server state before round 1: a copy of the initial weights, the method's bookkeeping `info`,
+    and with `keep_initial` a second copy of the weights in the buffers (FedKSeed rebuilds from them)."""
+    return ServerState(weights=cloned(weights), buffers=cloned(weights) if keep_initial else {}, info=dict(info or {}))
+
+
 def current_weights(env: ClientEnv) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in zip(env.names, env.tensors)}
+    return cloned(dict(zip(env.names, env.tensors)))
 
 
-def zo_metrics(env: ClientEnv, losses: Sequence[float], skipped: int, directions_per_step: int = 1) -> dict[str, float]:
-    """A ZO client's round: every local step (skipped ones too) costs two forwards per direction."""
+def zo_metrics(env: ClientEnv, losses: Sequence[float], skipped: int, directions_per_step: int = 1,
+               estimator: Estimator = "central") -> dict[str, float]:
+    """A ZO client's round: every local step, a skipped one too, costs the estimator's forwards."""
     steps = len(losses) + skipped
     return {
         "train_loss": sum(losses) / len(losses) if losses else math.nan,
         "steps": float(steps),
         "skipped_steps": float(skipped),
-        "forward_passes": float(2 * directions_per_step * steps),
+        "forward_passes": float(forward_passes(estimator, directions_per_step) * steps),
         "num_examples": float(env.num_examples),
     }
 
@@ -338,35 +343,35 @@ def assigned_lr(sent: Sent, reply: Message) -> Message:
     return replace(reply, config={**reply.config, "lr": lr})
 
 
-def steps_to_check(sent: Sent, records: int, width: int = 1) -> int:
-    """The local steps whose seeds a reply may hold: the steps asked for, or (unknown) as many as it claims."""
-    return sent.steps if sent.steps is not None else records // width
-
-
-def mezo_step_seeds(sent: Sent, seeds: Sequence[int]) -> None:
+def mezo_step_seeds(sent: Sent, seeds: Sequence[int], scalars: Sequence[float]) -> None:
     """Raise unless `seeds` are MeZO-style records: one per local step t, seed mix_seed(client seed, t)."""
-    step_records(seeds, [(mix_seed(sent.seed, step),) for step in range(steps_to_check(sent, len(seeds)))], sent)
+    steps = sent.steps if sent.steps is not None else len(seeds)
+    step_records(seeds, scalars, [(mix_seed(sent.seed, step),) for step in range(steps)], sent)
 
 
-def step_records(seeds: Sequence[int], expected: Sequence[Sequence[int]], sent: Sent) -> None:
-    """Raise unless `seeds` are the records of distinct local steps in order: step t's records are
-    `expected[t]` (all of them, since a skipped step uploads none), t strictly increasing.
+def step_records(seeds: Sequence[int], scalars: Sequence[float], expected: Sequence[Sequence[int]], sent: Sent) -> None:
+    """Raise unless `seeds` are the records of every local step in order: step t's are `expected[t]`.
 
-    Rejects duplicated, foreign, replayed (another round's) and surplus records."""
+    A client uploads a record for every step it ran, a skipped one (non-finite loss) with g = 0.0,
+    so the count is the server's: `sent.steps` × records per step. Where the server does not know
+    its steps (`sent.steps` None) `expected` covers as many steps as the reply claims, and the
+    records must still be those steps' in order. Rejects missing, duplicated, foreign, replayed
+    (another round's), reordered and surplus records.
+    """
     width = len(expected[0]) if expected else 1
+    if len(seeds) != len(scalars):
+        raise Rejected(f"{len(seeds)} seeds for {len(scalars)} scalars")
     if len(seeds) % width:
         raise Rejected(f"{len(seeds)} records do not make whole steps of {width}")
-    if sent.steps is not None and len(seeds) > sent.steps * width:
+    if sent.steps is not None and len(seeds) != sent.steps * width:
         raise Rejected(f"{len(seeds)} records for {sent.steps} local steps of {width}")
     step_of = {tuple(records): step for step, records in enumerate(expected)}
-    last = -1
-    for start in range(0, len(seeds), width):
-        step = step_of.get(tuple(seeds[start : start + width]))
-        if step is None:
+    for step, start in enumerate(range(0, len(seeds), width)):
+        found = step_of.get(tuple(seeds[start : start + width]))
+        if found is None:
             raise Rejected("a seed the server did not derive for this client and round (foreign or replayed)")
-        if step <= last:
+        if found != step:
             raise Rejected("a local step's seeds appear twice or out of order")
-        last = step
 
 
 def name_layer(name: str) -> int | None:

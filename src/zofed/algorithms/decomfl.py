@@ -11,16 +11,15 @@ Lagging clients catch up by replay, as in the paper and the official code, which
 a client those since its version; a client never seen or further behind gets the weights once
 (our bound on the server's log; see algorithms/downlink.py). `downlink: weights` is an option.
 Our choice where the paper leaves room: with P > 1 the P estimates of a step are all taken at the
-same θ and applied together.
+same θ and applied together. `estimator: forward` is the official code's `rge-forward`: L(θ)
+once per step, shared by its P directions (P + 1 forwards a step instead of 2P).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,33 +28,31 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
-    client_directions,
-    directions_config,
     Rejected,
     Sent,
     ServerState,
     accept_common,
-    register,
+    initial_state,
     zo_metrics,
 )
 from zofed.algorithms.downlink import Downlink, DownlinkSettings, apply_round, model_message, skip_round, wire_records
+from zofed.algorithms.settings import ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
-from zofed.zo import (DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed, perturb_,
-                      zo_estimate, zo_step)
+from zofed.zo import Scratch, mix_seed, perturb_, two_point, zo_step
 
 ROUND_STREAM = 0xDEC0
 
 
 class DeComFLSettings(DownlinkSettings):
-    lr: float = Field(1e-3, gt=0)
-    mu: float = Field(1e-2, gt=0)
     perturbations: int = Field(1, ge=1, le=64, description="P directions per local step")
-    directions: Literal["gaussian", "pool"] = "gaussian"
-    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
     downlink: Downlink = Field("replay", description="records since the client's version (official), or the weights")
     weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
-    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
+
+    @property
+    def replays_directions(self) -> bool:
+        """The server and every lagging client replay the round's shared seeds."""
+        return True
 
 
 def step_seed(base_seed: int, step: int, perturbation: int) -> int:
@@ -70,63 +67,46 @@ def round_records(base_seed: int, coefficients: Sequence[float], perturbations: 
     ]
 
 
-def same_length(replies: Sequence[tuple[int, Message]]) -> list[tuple[int, Message]]:
-    """The replies of the round's common length; one of another length is dropped, not the round.
-
-    Clients of one round run the same steps over the same seeds, so `accept` already refuses a
-    length other than the one asked for; this holds where the server could not say how many steps
-    it asked. The most common length wins, a tie the shorter one (padding a reply cannot outvote).
-    """
-    counts = Counter(len(reply.scalars) for _, reply in replies if reply.scalars)
-    if not counts:
-        return []
-    length = min(counts, key=lambda n: (-counts[n], n))
-    return [(client, reply) for client, reply in replies if len(reply.scalars) == length]
-
-
 class DeComFL:
     def __init__(self, settings: DeComFLSettings) -> None:
         self.settings = settings
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
-        return ServerState(
-            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-            info={"seed": seed},
-        )
+        return initial_state(weights, {"seed": seed})
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
-        config = {"lr": s.lr, "mu": s.mu, "perturbations": s.perturbations,
-                  "base_seed": mix_seed(int(state.info["seed"]), ROUND_STREAM, round),
-                  **directions_config(s, state), "step_loss": s.step_loss}
+        config = {**s.client_config(state), "perturbations": s.perturbations,
+                  "base_seed": mix_seed(int(state.info["seed"]), ROUND_STREAM, round)}
         return [model_message(state, round, client, config, s) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
-        round, config = message.round, dict(message.config)
-        lr, mu, count = float(config["lr"]), float(config["mu"]), int(config["perturbations"])
-        base_seed, step_loss = int(config["base_seed"]), str(config["step_loss"])
-        directions = client_directions(config, env.tensors[0].device)
+        round, config = message.round, message.config
+        zo = ZOClientConfig.of(config, env.tensors[0].device)
+        count, base_seed = int(config["perturbations"]), int(config["base_seed"])
         scratch = Scratch()
         grads, losses, skipped = [], [], 0
         for step, batch in enumerate(env.batches):
             loss_at = partial(env.loss, batch)
-            if count == 1:  # one direction: the 3-pass step that restores and updates at once
-                result = zo_step(env.tensors, loss_at, step_seed(base_seed, step, 0), mu, lr, directions, scratch,
-                                 step_loss)
+            if count == 1:  # one direction: the step that restores and updates in its last pass
+                result = zo_step(env.tensors, loss_at, step_seed(base_seed, step, 0), zo.mu, zo.lr, zo.directions,
+                                 scratch, zo.step_loss, estimator=zo.estimator)
                 estimates = [(result.projected_grad if not result.skipped else math.nan, result.loss)]
             else:
-                estimates = [zo_estimate(env.tensors, loss_at, step_seed(base_seed, step, p), mu, directions, scratch,
-                                         step_loss) for p in range(count)]
+                base_loss = loss_at() if zo.estimator == "forward" else None  # L(θ) once, shared by the P directions
+                estimates = [two_point(env.tensors, loss_at, step_seed(base_seed, step, p), zo.mu, zo.directions,
+                                       scratch, zo.step_loss, estimator=zo.estimator, base_loss=base_loss)
+                             for p in range(count)]
             if any(not math.isfinite(g) for g, _ in estimates):
                 skipped += 1
                 grads.extend([0.0] * count)  # keep the step-major layout; a zero moves nothing
                 continue
             if count > 1:
                 for p, (g, _) in enumerate(estimates):
-                    perturb_(env.tensors, step_seed(base_seed, step, p), -lr / count * g, directions, scratch)
+                    perturb_(env.tensors, step_seed(base_seed, step, p), -zo.lr / count * g, zo.directions, scratch)
             grads.extend(g for g, _ in estimates)
             losses.append(sum(loss for _, loss in estimates) / count)
-        metrics = zo_metrics(env, losses, skipped, directions_per_step=count)
+        metrics = zo_metrics(env, losses, skipped, directions_per_step=count, estimator=zo.estimator)
         return Message(kind="seeds", round=round, scalars=tuple(grads), metrics=metrics)
 
     def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
@@ -136,31 +116,31 @@ class DeComFL:
         count = int(sent.message.config["perturbations"])
         steps = sent.steps if sent.steps is not None else len(reply.scalars) // count
         if len(reply.scalars) != steps * count or not reply.scalars:
-            raise Rejected(f"{len(reply.scalars)} scalars where {steps} local steps × {count} perturbations were asked")
+            raise Rejected(f"{len(reply.scalars)} scalars for {steps} local steps × {count} perturbations")
         return reply
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings
-        replies = same_length(replies)
         if not replies:
             return skip_round(state, round, s)
         shares = np.asarray(client_shares(replies, s.weighting))
-        grads = np.asarray([reply.scalars for _, reply in replies], dtype=np.float64)
+        # `accept` holds every reply to the steps the server asked for; where it could not say how
+        # many (sent.steps None) a shorter reply counts as skipped steps (zeros) past its end
+        grads = np.zeros((len(replies), max(len(reply.scalars) for _, reply in replies)), dtype=np.float64)
+        for row, (_, reply) in enumerate(replies):
+            grads[row, : len(reply.scalars)] = reply.scalars
         mean = (grads * shares[:, None]).sum(axis=0)
         coefficients = [-s.lr / s.perturbations * float(g) for g in mean]
         base_seed = mix_seed(int(state.info["seed"]), ROUND_STREAM, round)
         records = round_records(base_seed, coefficients, s.perturbations)
         seeds, coeffs = zip(*records)
-        return apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s, self._directions())
-
-    def _directions(self):
-        return make_directions(self.settings.directions, self.settings.pool_size)
+        return apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s, s.sampler)
 
 
-register(AlgorithmEntry(
+ENTRY = AlgorithmEntry(
     name="decomfl",
     description="DeComFL: server-issued shared seeds, P scalars per step both ways (Li et al., ICLR 2025)",
     settings=DeComFLSettings,
     build=DeComFL,
     basis="paper + official code (ZidongLiu/DeComFL); ours: the weights fallback past max_lag rounds",
-))
+)

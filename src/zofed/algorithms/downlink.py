@@ -27,17 +27,18 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from zofed.algorithms.base import ServerState, Settings
+from zofed.algorithms.base import ServerState
+from zofed.algorithms.settings import ZOSettings
 from zofed.messages import JsonValue, Message
-from zofed.zo import DirectionSampler, Scratch
-from zofed.zo.blocks import replay_blocks_, to_ranges
+from zofed.zo import DirectionSampler, Scratch, replay_
+from zofed.zo.blocks import range_indices, to_ranges
 
 Downlink = Literal["weights", "replay"]
 DEFAULT_MAX_LAG = 10
 
 
-class DownlinkSettings(Settings):
-    """Mixed into the settings of every seed-upload method."""
+class DownlinkSettings(ZOSettings):
+    """The settings of a ZO method whose server moves the model by records it can send instead of the weights."""
 
     downlink: Downlink = Field("weights", description="send clients the weights, or the records since their version")
     max_lag: int = Field(DEFAULT_MAX_LAG, ge=1, le=10_000, description="rounds of records the server keeps for replay")
@@ -70,7 +71,7 @@ def apply_round(
     weights = dict(state.weights)
     if records:
         moved = [tensor.clone() for tensor in state.weights.values()]
-        replay_blocks_(moved, records, blocks, directions, Scratch())
+        replay_(moved, records, directions, Scratch(), blocks)
         weights = dict(zip(state.weights, moved))
     info = dict(state.info if info is None else info)
     if settings.downlink == "replay":
@@ -149,7 +150,7 @@ def replay_segments(message: Message) -> list[Segment]:
         records = list(zip(message.seeds[start : start + count], message.scalars[start : start + count]))
         blocks = None
         if table is not None:
-            rows = [[i for begin, end in ranges for i in range(int(begin), int(end))] for ranges in table["blocks"]]
+            rows = [range_indices(ranges) for ranges in table["blocks"]]
             blocks = [rows[int(row)] for row in table["block_of"]]
         segments.append((int(round), records, blocks))
         start += count

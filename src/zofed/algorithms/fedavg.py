@@ -24,7 +24,7 @@ from zofed.algorithms.base import (
     Settings,
     accept_common,
     current_weights,
-    register,
+    initial_state,
     sample_weighted_mean,
 )
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
@@ -56,7 +56,7 @@ class FedAvg:
         self.optimizer = None if settings.server_optimizer is None else build_server_optimizer(settings.server_optimizer)
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
-        return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()})
+        return initial_state(weights)
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         return [Message(kind="weights", round=round, tensors=state.weights) for _ in clients]
@@ -99,12 +99,10 @@ class FedAvg:
         return optimizer_step(state, pseudo_gradient(state.weights, mean), self.optimizer)
 
 
-ENTRY = register(
-    AlgorithmEntry(
-        name="fedavg",
-        description="FedAvg with backprop (SGD/AdamW) on the same trainable tensors: the first-order baseline",
-        settings=FedAvgSettings,
-        build=FedAvg,
-        basis="standard FedAvg with local backprop (McMahan et al.); server optimisers are options",
-    )
+ENTRY = AlgorithmEntry(
+    name="fedavg",
+    description="FedAvg with backprop (SGD/AdamW) on the same trainable tensors: the first-order baseline",
+    settings=FedAvgSettings,
+    build=FedAvg,
+    basis="standard FedAvg with local backprop (McMahan et al.); server optimisers are options",
 )

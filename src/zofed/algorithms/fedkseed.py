@@ -31,8 +31,8 @@ Our choices where the paper leaves room:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
-from typing import Literal
 
 import numpy as np
 import torch
@@ -41,32 +41,30 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
-    client_directions,
-    directions_config,
     Rejected,
     Sent,
     ServerState,
     accept_common,
-    register,
+    initial_state,
     zo_metrics,
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
-from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
+from zofed.algorithms.settings import ZOClientConfig
+from zofed.algorithms.weighting import client_shares
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed, replay_, zo_step
+from zofed.zo import Scratch, mix_seed, replay_, zo_step
 
 CANDIDATE_STREAM = 0xC5EED
 
 
 class FedKSeedSettings(DownlinkSettings):
-    lr: float = Field(1e-3, gt=0)
-    mu: float = Field(1e-2, gt=0)
     num_seeds: int = Field(4096, ge=1, le=1 << 20, description="K, the candidate seeds shared by all (paper: 4096)")
     clip: float = Field(1000.0, gt=0, description="FedKSeed-Pro: |g| clipped at this in the seed importance (official)")
-    directions: Literal["gaussian", "pool"] = "gaussian"
-    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
-    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
-    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
+
+    @property
+    def replays_directions(self) -> bool:
+        """The server rebuilds the model from the candidates' seeds."""
+        return True
 
 
 def candidate_seeds(base_seed: int, count: int) -> list[int]:
@@ -85,8 +83,9 @@ def seed_probabilities(abs_sums: Sequence[float], steps: Sequence[int]) -> list[
 def seed_statistics(reply: Message, k: int, clip: float) -> list[tuple[int, float, int]]:
     """(candidate, Σ|clip(g)|, steps) from a Pro reply's config; none when they cannot be a client's.
 
-    A sum outside [0, clip·steps] cannot come from clipped steps; such statistics are not counted,
-    so no reply can push a seed's probability past what its steps allow.
+    A sum outside [0, clip·steps] cannot come from clipped steps: `accept` rejects a reply whose
+    moved candidates come without statistics it can count, so no reply can push a seed's
+    probability past what its steps allow.
     """
     used, sums, steps = (reply.config.get(key) for key in ("used", "abs_sums", "steps"))
     if not (isinstance(used, list) and isinstance(sums, list) and isinstance(steps, list)):
@@ -105,25 +104,22 @@ class FedKSeed:
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
         k = self.settings.num_seeds
-        return ServerState(
-            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-            buffers={name: tensor.detach().clone() for name, tensor in weights.items()},  # initial weights
-            info={"base_seed": mix_seed(seed, CANDIDATE_STREAM), "accumulated": [0.0] * k,
-                  "abs_sums": [0.0] * k, "steps": [0] * k},
-        )
+        info = {"base_seed": mix_seed(seed, CANDIDATE_STREAM), "accumulated": [0.0] * k, "abs_sums": [0.0] * k,
+                "steps": [0] * k}
+        return initial_state(weights, info, keep_initial=True)
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
-        config = {"lr": s.lr, "mu": s.mu, "base_seed": state.info["base_seed"], "num_seeds": s.num_seeds,
-                  **directions_config(s, state), "clip": s.clip, "step_loss": s.step_loss}
+        config = {**s.client_config(state), "base_seed": state.info["base_seed"], "num_seeds": s.num_seeds,
+                  "clip": s.clip}
         probabilities = tuple(seed_probabilities(state.info["abs_sums"], state.info["steps"])) if self.pro else ()
         return [model_message(state, round, client, config, s, scalars=probabilities) for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
-        round, config, probabilities = message.round, dict(message.config), message.scalars
+        round, config, probabilities = message.round, message.config, message.scalars
+        zo = ZOClientConfig.of(config, env.tensors[0].device)
         k = int(config["num_seeds"])
         seeds = candidate_seeds(int(config["base_seed"]), k)
-        directions = client_directions(config, env.tensors[0].device)
         scratch, rng = Scratch(), np.random.default_rng(env.seed)
         # float32 on the wire: renormalise so the probabilities sum to 1 in float64
         p = np.asarray(probabilities, dtype=np.float64) / sum(probabilities) if probabilities else None
@@ -131,8 +127,8 @@ class FedKSeed:
         accumulated, abs_sums, steps, losses, skipped = [0.0] * k, {}, {}, [], 0
         for batch in env.batches:
             j = int(rng.choice(k, p=p) if p is not None else rng.integers(k))
-            result = zo_step(env.tensors, partial(env.loss, batch), seeds[j], float(config["mu"]),
-                             float(config["lr"]), directions, scratch, str(config["step_loss"]))
+            result = zo_step(env.tensors, partial(env.loss, batch), seeds[j], zo.mu, zo.lr, zo.directions, scratch,
+                             zo.step_loss, estimator=zo.estimator)
             if result.skipped:
                 skipped += 1
                 continue
@@ -143,7 +139,7 @@ class FedKSeed:
         used = sorted(steps)
         statistics = {"used": used, "abs_sums": [abs_sums[j] for j in used], "steps": [steps[j] for j in used]}
         return Message(kind="seeds", round=round, config=statistics if p is not None else {},
-                       scalars=tuple(accumulated), metrics=zo_metrics(env, losses, skipped))
+                       scalars=tuple(accumulated), metrics=zo_metrics(env, losses, skipped, estimator=zo.estimator))
 
     def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
         reply = accept_common(sent, reply, "seeds")
@@ -164,11 +160,12 @@ class FedKSeed:
             counted = sum(n for _, _, n in statistics)
             if sent.steps is not None and counted > sent.steps:
                 raise Rejected(f"FedKSeed-Pro statistics count {counted} steps in {sent.steps} local steps")
+            used, sums, steps = ([row[column] for row in statistics] for column in range(3))
+            return replace(reply, config={"used": used, "abs_sums": sums, "steps": steps})
         return reply
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         k, lr = self.settings.num_seeds, self.settings.lr
-        replies = [(c, r) for c, r in replies if len(r.scalars) == k]  # a malformed reply is never applied
         if not replies:
             return skip_round(state, round, self.settings)
         shares = np.asarray(client_shares(replies, self.settings.weighting))
@@ -181,34 +178,31 @@ class FedKSeed:
             # every client's every step joins its seed's history, unweighted, as in the official code
             abs_sums, steps = list(state.info["abs_sums"]), list(state.info["steps"])
             for _, reply in replies:
-                for j, total, count in seed_statistics(reply, k, self.settings.clip):
+                for j, total, count in zip(reply.config["used"], reply.config["abs_sums"], reply.config["steps"]):
                     abs_sums[j] += total
                     steps[j] += count
             info["abs_sums"], info["steps"] = abs_sums, steps
-        return apply_round(state, round, records, [c for c, _ in replies], self.settings, self._directions(), info)
+        return apply_round(state, round, records, [c for c, _ in replies], self.settings, self.settings.sampler, info)
 
     def rebuild_from_initial(self, state: ServerState) -> dict[str, torch.Tensor]:
         """The global model as the paper's server computes it: initial weights + Σ_j accumulated_j·z_j."""
         weights = [tensor.clone() for tensor in state.buffers.values()]
         seeds = candidate_seeds(int(state.info["base_seed"]), self.settings.num_seeds)
-        replay_(weights, list(zip(seeds, state.info["accumulated"])), self._directions(), Scratch())
+        replay_(weights, list(zip(seeds, state.info["accumulated"])), self.settings.sampler, Scratch())
         return dict(zip(state.buffers, weights))
 
-    def _directions(self):
-        return make_directions(self.settings.directions, self.settings.pool_size)
 
-
-register(AlgorithmEntry(
+ENTRY = AlgorithmEntry(
     name="fedkseed",
     description="FedKSeed: K shared candidate seeds, K scalars up (Qin et al., ICML 2024)",
     settings=FedKSeedSettings,
     build=partial(FedKSeed, pro=False),
     basis="paper + official code (FederatedScope FedKSeed); ours: incremental server update, replay bound",
-))
-register(AlgorithmEntry(
+)
+PRO_ENTRY = AlgorithmEntry(
     name="fedkseed-pro",
     description="FedKSeed-Pro: candidate seeds sampled by their past |g| (Qin et al., ICML 2024)",
     settings=FedKSeedSettings,
     build=partial(FedKSeed, pro=True),
     basis="official calculate_probabilities (min-max of mean |clip g| per seed, softmax at 1)",
-))
+)

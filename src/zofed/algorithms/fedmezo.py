@@ -57,25 +57,23 @@ from pydantic import Field, model_validator
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
-    client_directions,
-    directions_config,
     Sent,
     ServerState,
-    Settings,
     accept_common,
     assigned_lr,
     current_weights,
-    register,
-    sample_weighted_mean,
+    initial_state,
     mezo_step_seeds,
+    sample_weighted_mean,
     zo_metrics,
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
+from zofed.algorithms.settings import PositiveFloat, ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
-from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed, replay_, zo_step
+from zofed.zo import Scratch, mix_seed, replay_, zo_step
 
 LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
 HISTORY_LENGTH = 5
@@ -83,15 +81,12 @@ SIGNAL_RANGE = 5.0  # round-wise/five-round/model-diff: signals count within thi
 
 
 class FedMeZOSettings(DownlinkSettings):
-    lr: float = Field(1e-5, gt=0, description="η_0, the base learning rate (paper: 1e-5)")
-    mu: float = Field(1e-3, gt=0, description="perturbation scale (paper: 1e-3)")
+    lr: PositiveFloat = Field(1e-5, description="η_0, the base learning rate (paper: 1e-5)")
+    mu: PositiveFloat = Field(1e-3, description="perturbation scale (paper: 1e-3)")
     weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
-    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     lr_strategy: LrStrategy = "frozen"
     lr_alpha: float = Field(0.5, ge=0, lt=1, description="α: sensitivity of η_i to Φ_i")
     upload: Literal["weights", "seeds"] = "weights"
-    directions: Literal["gaussian", "pool"] = "gaussian"
-    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
     server_optimizer: ServerOptimizerSettings | None = Field(
         None, description="optimiser for the averaged pseudo-gradient; none: the mean is the new model"
     )
@@ -121,47 +116,40 @@ class FedMeZO:
         self.optimizer = None if settings.server_optimizer is None else build_server_optimizer(settings.server_optimizer)
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
-        return ServerState(
-            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-            info={"seed": seed, "history": {}},
-        )
+        return initial_state(weights, {"seed": seed, "history": {}})
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         rates = personalised_lrs(s, state.info, round, clients)
-        config = {"mu": s.mu, "upload": s.upload, **directions_config(s, state),
-                  "step_loss": s.step_loss}
+        config = {**s.client_config(state), "upload": s.upload}
         return [model_message(state, round, client, {**config, "lr": rate}, s) for client, rate in zip(clients, rates)]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
-        round, config = message.round, dict(message.config)
-        lr, mu = float(config["lr"]), float(config["mu"])
-        directions = client_directions(config, env.tensors[0].device)
+        round, config = message.round, message.config
+        zo = ZOClientConfig.of(config, env.tensors[0].device)
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):
-            result = zo_step(
-                env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch,
-                str(config["step_loss"]),
-            )
+            result = zo_step(env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), zo.mu, zo.lr,
+                             zo.directions, scratch, zo.step_loss, estimator=zo.estimator)
+            # every step is a record the server can count; a skipped one moves nothing (g = 0)
+            seeds.append(result.seed)
+            grads.append(0.0 if result.skipped else result.projected_grad)
             if result.skipped:
                 skipped += 1
-                continue
-            seeds.append(result.seed)
-            grads.append(result.projected_grad)
-            losses.append(result.loss)
-        metrics = zo_metrics(env, losses, skipped)
+            else:
+                losses.append(result.loss)
+        metrics = zo_metrics(env, losses, skipped, estimator=zo.estimator)
         if config["upload"] == "seeds":
-            return Message(
-                kind="seeds", round=round, config={"lr": lr}, seeds=tuple(seeds), scalars=tuple(grads), metrics=metrics
-            )
+            return Message(kind="seeds", round=round, config={"lr": zo.lr}, seeds=tuple(seeds), scalars=tuple(grads),
+                           metrics=metrics)
         return Message(kind="weights", round=round, tensors=current_weights(env), metrics=metrics)
 
     def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
         reply = accept_common(sent, reply, self.settings.upload)
         if reply.kind == "weights":
             return reply
-        mezo_step_seeds(sent, reply.seeds)
+        mezo_step_seeds(sent, reply.seeds, reply.scalars)
         return assigned_lr(sent, reply)
 
     def aggregate(
@@ -190,8 +178,7 @@ class FedMeZO:
                 lr = float(reply.config["lr"])
                 seeds.extend(reply.seeds)
                 coeffs.extend(-share * lr * grad for grad in reply.scalars)
-            new_state = apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s,
-                                    make_directions(s.directions, s.pool_size))
+            new_state = apply_round(state, round, wire_records(seeds, coeffs), [c for c, _ in replies], s, s.sampler)
         if s.lr_strategy in ("frozen", "random"):
             return new_state  # no signal to record: the server keeps nothing per client
         history = update_history(state, replies, client_weights)
@@ -207,8 +194,7 @@ class FedMeZO:
             for (_, reply), share in zip(replies, shares)
             for seed, grad in zip(reply.seeds, reply.scalars)
         ]
-        replay_(list(pseudo_grad.values()), records, make_directions(self.settings.directions, self.settings.pool_size),
-                Scratch())
+        replay_(list(pseudo_grad.values()), records, self.settings.sampler, Scratch())
         return pseudo_grad
 
     def client_weights(self, state: ServerState, reply: Message) -> Mapping[str, torch.Tensor]:
@@ -217,7 +203,7 @@ class FedMeZO:
         rebuilt = [tensor.clone() for tensor in state.weights.values()]
         lr = float(reply.config["lr"])
         records = [(seed, -lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
-        replay_(rebuilt, records, make_directions(self.settings.directions, self.settings.pool_size), Scratch())
+        replay_(rebuilt, records, self.settings.sampler, Scratch())
         return dict(zip(state.weights, rebuilt))
 
 
@@ -302,13 +288,11 @@ def update_history(
     return history
 
 
-ENTRY = register(
-    AlgorithmEntry(
-        name="fedmezo",
-        description="FedMeZO: FedAvg with MeZO local steps, personalised learning rates (Ling et al., KDD 2024)",
-        settings=FedMeZOSettings,
-        build=FedMeZO,
-        basis="paper + official code (FederatedScope FedMeZO); ours: any N and partial participation, "
-        "seeds upload, replay downlink, server optimiser",
-    )
+ENTRY = AlgorithmEntry(
+    name="fedmezo",
+    description="FedMeZO: FedAvg with MeZO local steps, personalised learning rates (Ling et al., KDD 2024)",
+    settings=FedMeZOSettings,
+    build=FedMeZO,
+    basis="paper + official code (FederatedScope FedMeZO); ours: any N and partial participation, "
+    "seeds upload, replay downlink, server optimiser",
 )

@@ -13,11 +13,16 @@ final norm, head). A local step on a batch:
 Cost per step in layer-forwards: s + 2·P2·(L−s) + 2·P1·L (MeZO with P directions: 2·P·L),
 reported exactly as the `layer_forwards` metric; `forward_passes` counts model invocations
 (1 + 2·P2 + 2·P1 per step, the cache pass and the suffix passes included although partial).
+With `estimator: forward` every direction takes one pass instead of two and the step's L(θ) is
+one suffix pass from the cache, shared by both blocks' estimates (the suffix from the cache gives
+the full loss exactly while block 1 is unperturbed): s + (1 + P2)·(L−s) + P1·L layer-forwards,
+2 + P2 + P1 invocations.
 Layer-forwards count transformer layers only: every pass but the cache pass also runs the final
 norm and the head, which for a small model with a large vocabulary (SmolLM2: 49k x 576) costs as
 much as several layers; wall time captures it, layer_forwards does not.
 A step whose estimates include a non-finite loss is skipped (every estimate restores θ, so θ is
-unchanged) and still costs its full layer-forwards.
+unchanged), still costs its full layer-forwards and still uploads its P2 + P1 records, each with
+g = 0.0, so the server sees every step it assigned.
 
 Upload: seeds + scalars. Seeds are derived per (client seed, step, block, perturbation); the
 records of a step come block 2 first (P2 of them), then block 1 (P1): that fixed layout, with
@@ -51,8 +56,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
-from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -60,39 +65,35 @@ from pydantic import Field, model_validator
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
-    client_directions,
-    directions_config,
     Rejected,
     Sent,
     ServerState,
-    Settings,
     SplitForward,
     accept_common,
+    initial_state,
     name_layer,
-    register,
     step_records,
-    steps_to_check,
     zo_metrics,
 )
-from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
+from zofed.algorithms.settings import ZOClientConfig, ZOSettings
+from zofed.algorithms.weighting import client_shares
 from zofed.errors import ZofedError
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed
-from zofed.zo.blocks import block_estimate, from_ranges, perturb_block_, to_ranges
+from zofed.zo import Estimator, Scratch, forward_passes, mix_seed, perturb_, replay_, two_point
+from zofed.zo.blocks import from_ranges, range_indices, to_ranges
 
 BLOCK_1, BLOCK_2 = 1, 2
 
 
-class FedSPZOSettings(Settings):
-    lr: float = Field(1e-3, gt=0)
-    mu: float = Field(1e-2, gt=0)
+class FedSPZOSettings(ZOSettings):
     split_layer: int | None = Field(None, ge=1, description="s: block 2 is layers >= s; default L // 2")
     p1: int = Field(1, ge=1, le=64, description="P1: directions of block 1 per step (whole-network passes)")
     p2: int = Field(4, ge=2, le=256, description="P2: directions of block 2 per step (passes from the cache)")
-    directions: Literal["gaussian", "pool"] = "gaussian"
-    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
-    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
-    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
+
+    @property
+    def replays_directions(self) -> bool:
+        """The server rebuilds every client's update from its seeds."""
+        return True
 
     @model_validator(mode="after")
     def _fewer_block_1_directions(self) -> "FedSPZOSettings":
@@ -118,7 +119,9 @@ def split_blocks(tensor_layers: Sequence[int], split: int) -> tuple[list[int], l
     return block1, block2
 
 
-def layer_forwards_per_step(num_layers: int, split: int, p1: int, p2: int) -> int:
+def layer_forwards_per_step(num_layers: int, split: int, p1: int, p2: int, estimator: Estimator = "central") -> int:
+    if estimator == "forward":  # one pass per direction, and L(θ) once from the cache
+        return split + (1 + p2) * (num_layers - split) + p1 * num_layers
     return split + 2 * p2 * (num_layers - split) + 2 * p1 * num_layers
 
 
@@ -127,51 +130,52 @@ class FedSPZO:
         self.settings = settings
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
-        return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-                           info={"seed": seed})
+        return initial_state(weights, {"seed": seed})
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
-        config = {"lr": s.lr, "mu": s.mu, "split_layer": s.split_layer, "p1": s.p1, "p2": s.p2,
-                  **directions_config(s, state), "step_loss": s.step_loss}
+        config = {**s.client_config(state), "split_layer": s.split_layer, "p1": s.p1, "p2": s.p2}
         return [Message(kind="weights", round=round, config=config, tensors=state.weights) for _ in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
-        config = dict(message.config)
-        lr, mu, p1, p2 = float(config["lr"]), float(config["mu"]), int(config["p1"]), int(config["p2"])
+        config = message.config
+        zo = ZOClientConfig.of(config, env.tensors[0].device)
+        p1, p2 = int(config["p1"]), int(config["p2"])
         model = require_split(env.split)
         split = model.num_layers // 2 if config["split_layer"] is None else int(config["split_layer"])
         if not 1 <= split <= model.num_layers:
             raise ZofedError(f"split_layer {split} is outside 1..{model.num_layers} for this "
                              f"{model.num_layers}-layer model; set fedspzo.split_layer in that range")
         block1, block2 = split_blocks(model.tensor_layers, split)
-        directions = client_directions(config, env.tensors[0].device)
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         for step, batch in enumerate(env.batches):
             cache = model.prefix(batch, split)  # block 1's output at the step's θ, reused by every block-2 pass
+            base_loss = model.suffix_loss(cache) if zo.estimator == "forward" else None
             plan = [(BLOCK_2, p, block2, partial(model.suffix_loss, cache)) for p in range(p2)]
             plan += [(BLOCK_1, p, block1, partial(env.loss, batch)) for p in range(p1)]
             estimates = []
             for block, p, indices, loss_at in plan:
                 seed = step_seed(env.seed, step, block, p)
-                estimates.append((seed, *block_estimate(env.tensors, indices, loss_at, seed, mu, directions, scratch,
-                                                        str(config["step_loss"]))))
+                estimates.append((seed, *two_point(env.tensors, loss_at, seed, zo.mu, zo.directions, scratch,
+                                                   zo.step_loss, estimator=zo.estimator, base_loss=base_loss,
+                                                   block=indices)))
             del cache
+            seeds.extend(seed for seed, _, _ in estimates)
             if any(not math.isfinite(g) for _, g, _ in estimates):
                 skipped += 1
+                grads.extend([0.0] * len(estimates))  # the step's records, moving nothing
                 continue
             for (block, _, indices, _), (seed, g, _) in zip(plan, estimates):
-                perturb_block_(env.tensors, indices, seed, -lr / (p2 if block == BLOCK_2 else p1) * g, directions,
-                               scratch)
-            seeds.extend(seed for seed, _, _ in estimates)
+                perturb_(env.tensors, seed, -zo.lr / (p2 if block == BLOCK_2 else p1) * g, zo.directions, scratch,
+                         indices)
             grads.extend(g for _, g, _ in estimates)
             losses.append(sum(loss for _, _, loss in estimates) / len(estimates))
         steps = len(losses) + skipped
         metrics = {
             **zo_metrics(env, losses, skipped),
-            "forward_passes": float(steps * (1 + 2 * p2 + 2 * p1)),
-            "layer_forwards": float(steps * layer_forwards_per_step(model.num_layers, split, p1, p2)),
+            "forward_passes": float(steps * (1 + forward_passes(zo.estimator, p2 + p1))),
+            "layer_forwards": float(steps * layer_forwards_per_step(model.num_layers, split, p1, p2, zo.estimator)),
             "split_layer": float(split),
         }
         blocks = {"1": to_ranges(block1), "2": to_ranges(block2)}
@@ -182,11 +186,12 @@ class FedSPZO:
         reply = accept_common(sent, reply, "seeds")
         s = self.settings
         width = s.p1 + s.p2
+        steps = sent.steps if sent.steps is not None else len(reply.seeds) // width
         # a step's records: block 2's P2 directions, then block 1's P1, as the client lays them out
         expected = [tuple(step_seed(sent.seed, step, block, p) for block, count in ((BLOCK_2, s.p2), (BLOCK_1, s.p1))
-                          for p in range(count)) for step in range(steps_to_check(sent, len(reply.seeds), width))]
-        step_records(reply.seeds, expected, sent)
-        blocks = reply_blocks(reply, len(state.weights), s)
+                          for p in range(count)) for step in range(steps)]
+        step_records(reply.seeds, reply.scalars, expected, sent)
+        blocks = reply_blocks(reply, len(state.weights))
         if blocks is None:
             raise Rejected("the reply's blocks are not two disjoint index ranges of the trainable view")
         block1, block2 = blocks
@@ -198,24 +203,24 @@ class FedSPZO:
         below, above = [layer for layer in low if layer is not None], [layer for layer in high if layer is not None]
         if below and above and max(below) >= min(above):
             raise Rejected("block 1 holds a layer at or above one of block 2's")
-        return reply
+        return replace(reply, config={**reply.config, "blocks": {"1": to_ranges(block1), "2": to_ranges(block2)}})
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings
-        count = len(state.weights)
-        usable = [(client, reply, blocks) for client, reply in replies
-                  if (blocks := reply_blocks(reply, count, s)) is not None]
-        if not usable:
+        if not replies:
             return state
-        shares = client_shares([(client, reply) for client, reply, _ in usable], s.weighting)
-        weights = [tensor.clone() for tensor in state.weights.values()]
-        directions, scratch = make_directions(s.directions, s.pool_size), Scratch()
-        for (_, reply, (block1, block2)), share in zip(usable, shares):
-            # Σ_k w_k·(θ + Δ_k) / Σ w_k = θ + Σ_k (w_k/Σw)·Δ_k: each client's records, scaled, in its own order
+        shares = client_shares(replies, s.weighting)
+        # Σ_k w_k·(θ + Δ_k) / Σ w_k = θ + Σ_k (w_k/Σw)·Δ_k: each client's records, scaled, in its own order
+        records, blocks = [], []
+        for (_, reply), share in zip(replies, shares):
+            block1, block2 = (range_indices(reply.config["blocks"][key]) for key in ("1", "2"))
             for j, (seed, g) in enumerate(zip(reply.seeds, reply.scalars)):
                 in_block_2 = j % (s.p1 + s.p2) < s.p2
                 indices, p = (block2, s.p2) if in_block_2 else (block1, s.p1)
-                perturb_block_(weights, indices, seed, -(share * s.lr) / p * g, directions, scratch)
+                records.append((seed, -(share * s.lr) / p * g))
+                blocks.append(indices)
+        weights = [tensor.clone() for tensor in state.weights.values()]
+        replay_(weights, records, s.sampler, Scratch(), blocks)
         return ServerState(weights=dict(zip(state.weights, weights)), buffers=state.buffers, info=state.info)
 
 
@@ -226,24 +231,25 @@ def require_split(split: SplitForward | None) -> SplitForward:
     return split
 
 
-def reply_blocks(reply: Message, count: int, settings: FedSPZOSettings) -> tuple[list[int], list[int]] | None:
-    """The reply's (block 1, block 2) tensor indices, or None for a malformed reply (never applied)."""
+def reply_blocks(reply: Message, count: int) -> tuple[list[int], list[int]] | None:
+    """A reply's (block 1, block 2) tensor indices, or None when they are not two disjoint sets of ranges in the view."""
     blocks = reply.config.get("blocks")
-    if not isinstance(blocks, Mapping) or len(reply.seeds) != len(reply.scalars):
+    if not isinstance(blocks, Mapping):
         return None
-    if len(reply.seeds) % (settings.p1 + settings.p2) != 0:
+    try:
+        block1, block2 = from_ranges(blocks.get("1", []), count), from_ranges(blocks.get("2", []), count)
+    except (TypeError, ValueError):
         return None
-    block1, block2 = from_ranges(blocks.get("1", []), count), from_ranges(blocks.get("2", []), count)
     if block1 is None or block2 is None or set(block1) & set(block2):
         return None
     return block1, block2
 
 
-register(AlgorithmEntry(
+ENTRY = AlgorithmEntry(
     name="fedspzo",
     description="FedSPZO: split the network in two blocks, more perturbations for the cheap upper one (Ahmed et al., 2025)",
     settings=FedSPZOSettings,
     build=FedSPZO,
     basis="abstract only: two blocks, more perturbations for block 2; ours: split, P1/P2, weighting; "
     "its task-alignment loss is not implemented",
-))
+)

@@ -49,7 +49,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -57,40 +56,36 @@ from pydantic import Field
 from zofed.algorithms.base import (
     AlgorithmEntry,
     ClientEnv,
-    client_directions,
-    directions_config,
     Rejected,
     Sent,
     ServerState,
-    Settings,
     accept_common,
-    register,
+    initial_state,
     mezo_step_seeds,
     zo_metrics,
 )
-from zofed.messages import Message
 from zofed.algorithms.serverstep import optimizer_step
-from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
+from zofed.algorithms.settings import ZOClientConfig, ZOSettings
+from zofed.algorithms.weighting import client_shares
+from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
-from zofed.zo import (DEFAULT_POOL_SIZE, STEP_LOSS_HELP, DirectionSampler, Scratch, StepLoss, make_directions, mix_seed,
-                      replay_, zo_step)
+from zofed.zo import DirectionSampler, Scratch, mix_seed, replay_, zo_step
 from zofed.zo.scaled import ScaledDirections
 
 
-class GamLppSettings(Settings):
-    lr: float = Field(1e-3, gt=0, description="client learning rate η of the local ZO steps")
-    mu: float = Field(1e-2, gt=0, description="perturbation scale")
-    directions: Literal["gaussian", "pool"] = "gaussian"
-    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
+class GamLppSettings(ZOSettings):
     mix: float = Field(0.5, ge=0, lt=1, description="λ: weight of the personalised scales against uniform")
     ema_decay: float = Field(0.9, ge=0, lt=1, description="β of each client's per-tensor energy EMA")
     energy_exponent: float = Field(0.5, ge=0, le=2, description="γ: personalised s_t² ∝ E_t^γ")
     subtract_noise: bool = Field(True, description="remove the ZO estimate's noise floor from the energy")
-    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
-    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     server_optimizer: ServerOptimizerSettings = Field(
         default_factory=ServerOptimizerSettings, description="applied to the averaged pseudo-gradient"
     )
+
+    @property
+    def replays_directions(self) -> bool:
+        """The server rebuilds every client's update from its seeds and scales."""
+        return True
 
 
 def personal_scales(
@@ -144,18 +139,12 @@ class GamLpp:
         self.optimizer = build_server_optimizer(settings.server_optimizer)
 
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
-        return ServerState(
-            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-            info={"seed": seed, "energy": {}},
-        )
+        return initial_state(weights, {"seed": seed, "energy": {}})
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
-        config = {
-            "lr": s.lr, "mu": s.mu, **directions_config(s, state), "mix": s.mix,
-            "ema_decay": s.ema_decay, "energy_exponent": s.energy_exponent, "subtract_noise": s.subtract_noise,
-            "step_loss": s.step_loss,
-        }
+        config = {**s.client_config(state), "mix": s.mix, "ema_decay": s.ema_decay,
+                  "energy_exponent": s.energy_exponent, "subtract_noise": s.subtract_noise}
         energy = state.info["energy"]
         return [
             Message(kind="weights", round=round, config={**config, "energy": energy.get(str(client))},
@@ -165,35 +154,37 @@ class GamLpp:
 
     def train(self, message: Message, env: ClientEnv) -> Message:
         config = message.config
-        lr, mu = float(config["lr"]), float(config["mu"])
-        base = client_directions(config, env.tensors[0].device)
+        zo = ZOClientConfig.of(config, env.tensors[0].device)
+        base = zo.directions
         previous = config["energy"]
         scales = personal_scales(previous, [t.numel() for t in env.tensors], float(config["mix"]),
                                  float(config["energy_exponent"]))
         directions = ScaledDirections(base, scales)
         scratch = Scratch()
-        seeds, grads, losses, skipped = [], [], [], 0
+        records, used, losses, skipped = [], [], [], 0  # every step's (seed, g); the steps that moved θ
         for step, batch in enumerate(env.batches):
-            result = zo_step(env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), mu, lr, directions, scratch,
-                             str(config["step_loss"]))
+            result = zo_step(env.tensors, partial(env.loss, batch), mix_seed(env.seed, step), zo.mu, zo.lr, directions,
+                             scratch, zo.step_loss, estimator=zo.estimator)
+            records.append((result.seed, 0.0 if result.skipped else result.projected_grad))
             if result.skipped:
                 skipped += 1
                 continue
-            seeds.append(result.seed)
-            grads.append(result.projected_grad)
+            used.append(records[-1])
             losses.append(result.loss)
         energy = previous
-        if seeds:
+        if used:  # the energy comes from the steps that estimated something (H = their count)
+            seeds, grads = zip(*used)
             energies = round_energies(env.tensors, seeds, grads, scales, base, bool(config["subtract_noise"]))
             energy = updated_ema(previous, energies, float(config["ema_decay"]))
-        metrics = zo_metrics(env, losses, skipped) | {"scale_min": min(scales), "scale_max": max(scales)}
+        metrics = zo_metrics(env, losses, skipped, estimator=zo.estimator) | {"scale_min": min(scales),
+                                                                               "scale_max": max(scales)}
         return Message(kind="seeds", round=message.round, config={"scales": scales, "energy": energy},
-                       seeds=tuple(seeds), scalars=tuple(grads), metrics=metrics)
+                       seeds=tuple(seed for seed, _ in records), scalars=tuple(g for _, g in records), metrics=metrics)
 
     def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
         """Scales computed on the server from the energy it sent; the new energy bounded and checked."""
         reply = accept_common(sent, reply, "seeds")
-        mezo_step_seeds(sent, reply.seeds)
+        mezo_step_seeds(sent, reply.seeds, reply.scalars)
         config = sent.message.config
         numels = [tensor.numel() for tensor in state.weights.values()]
         scales = personal_scales(config["energy"], numels, float(config["mix"]), float(config["energy_exponent"]))
@@ -202,11 +193,11 @@ class GamLpp:
                 isinstance(c, (int, float)) and math.isclose(c, s, rel_tol=1e-12) for c, s in zip(claimed, scales)):
             raise Rejected(f"scales are not the {len(scales)} the server computes from the energy it sent")
         energy = reply.config.get("energy")
-        if not reply.seeds:  # no usable step: the energy is unchanged
-            if energy != config["energy"]:
-                raise Rejected("a round without steps changed its energy")
-        elif not isinstance(energy, list) or len(energy) != len(numels) or not all(
-                isinstance(e, (int, float)) and math.isfinite(e) and e >= 0 for e in energy):
+        # a round whose every g is 0 (every step skipped) may keep the energy it was sent; any other
+        # energy, and every energy after a step that moved, must be one the server can use
+        unchanged = energy == config["energy"] and not any(reply.scalars)
+        if not unchanged and (not isinstance(energy, list) or len(energy) != len(numels) or not all(
+                isinstance(e, (int, float)) and math.isfinite(e) and e >= 0 for e in energy)):
             raise Rejected(f"energy is not {len(numels)} finite non-negative values")
         return replace(reply, config={"scales": scales, "energy": energy})
 
@@ -216,11 +207,9 @@ class GamLpp:
         s = self.settings
         shares = client_shares(replies, s.weighting)
         pseudo_grad = {name: torch.zeros(t.shape, dtype=torch.float32, device=t.device) for name, t in state.weights.items()}
-        base, scratch = make_directions(s.directions, s.pool_size), Scratch()
+        base, scratch = s.sampler, Scratch()
         for (_, reply), share in zip(replies, shares):
-            scales = reply.config["scales"]
-            if len(scales) != len(pseudo_grad):
-                raise ValueError(f"a reply carries {len(scales)} scales for {len(pseudo_grad)} trainable tensors")
+            scales = reply.config["scales"]  # the server's own, put there by `accept`
             # θ − θ_i = Σ_k η·g_k·z_k: replay with coefficients +w_i·η·g_k into the zero pseudo-gradient
             records = [(seed, share * s.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
             replay_(list(pseudo_grad.values()), records, ScaledDirections(base, scales), scratch)
@@ -232,19 +221,16 @@ def client_update(state_weights: Mapping[str, torch.Tensor], reply: Message, set
     """The client's weights θ_i rebuilt on the server from (seed, g) and s_i (for tests and analysis)."""
     rebuilt = [tensor.clone() for tensor in state_weights.values()]
     records = [(seed, -settings.lr * grad) for seed, grad in zip(reply.seeds, reply.scalars)]
-    base = make_directions(settings.directions, settings.pool_size)
-    replay_(rebuilt, records, ScaledDirections(base, reply.config["scales"]), Scratch())
+    replay_(rebuilt, records, ScaledDirections(settings.sampler, reply.config["scales"]), Scratch())
     return dict(zip(state_weights, rebuilt))
 
 
-ENTRY = register(
-    AlgorithmEntry(
-        name="gamlpp",
-        description="GAM-LPP: personalised per-tensor ZO perturbation, seed uplink, server adaptive momentum "
-        "(Chen et al., ACL 2026)",
-        settings=GamLppSettings,
-        build=GamLpp,
-        basis="abstract only: per-client perturbation, seed upload, server adaptive momentum; ours: the "
-        "scales, energy EMA and their settings",
-    )
+ENTRY = AlgorithmEntry(
+    name="gamlpp",
+    description="GAM-LPP: personalised per-tensor ZO perturbation, seed uplink, server adaptive momentum "
+    "(Chen et al., ACL 2026)",
+    settings=GamLppSettings,
+    build=GamLpp,
+    basis="abstract only: per-client perturbation, seed upload, server adaptive momentum; ours: the "
+    "scales, energy EMA and their settings",
 )

@@ -80,27 +80,23 @@ from zofed.algorithms.base import (
     PrepareEnv,
     Probe,
     ProbeResult,
-    client_directions,
-    directions_config,
     Rejected,
     Sent,
     ServerState,
-    Settings,
     accept_common,
     assigned_lr,
-    name_layer,
-    register,
+    initial_state,
     mezo_step_seeds,
+    name_layer,
     zo_metrics,
 )
 from zofed.algorithms.downlink import Downlink, DownlinkSettings, apply_round, model_message
-from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting
+from zofed.algorithms.settings import PositiveFloat, ZOClientConfig
+from zofed.dtypes import DTYPES
 from zofed.errors import ZofedError
 from zofed.messages import Message
-from zofed.zo import DEFAULT_POOL_SIZE, STEP_LOSS_HELP, Scratch, StepLoss, make_directions, mix_seed
-from zofed.zo.blocks import block_estimate, from_ranges, perturb_block_, to_ranges
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from zofed.zo import Scratch, mix_seed, perturb_, two_point
+from zofed.zo.blocks import range_indices, to_ranges
 
 # Fractions of the layers each client's memory can hold in full precision, cycled over clients: "mixed" is a phone / laptop / workstation spread, "constrained" small devices only.
 DEVICE_PROFILES: dict[str, tuple[float, ...]] = {
@@ -131,13 +127,8 @@ class MemoryProfile(BaseModel):
 
 
 class ZorbaSettings(DownlinkSettings):
-    lr: float = Field(1e-3, gt=0)
-    mu: float = Field(1e-3, gt=0)
-    directions: Literal["gaussian", "pool"] = "gaussian"
-    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024)
+    mu: PositiveFloat = Field(1e-3, description="μ, the perturbation scale (MeZO's)")
     downlink: Downlink = Field("replay", description="block records since the client's version, or the weights")
-    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
-    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
     inactive_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     budgets_mb: list[float] | None = Field(None, description="one budget per client; else device_profile")
     device_profile: str = "mixed"
@@ -147,6 +138,11 @@ class ZorbaSettings(DownlinkSettings):
     exact_limit: int = Field(2**16, ge=1, description="enumerate exactly while 2^(clients·blocks) <= this")
     memory_profile: MemoryProfile | None = Field(None, description="measured at start-up when not given")
     num_clients: int | None = Field(None, ge=1, description="filled from the run's clients")
+
+    @property
+    def replays_directions(self) -> bool:
+        """The server rebuilds every client's block update from its seeds, and replays them to clients."""
+        return True
 
     def for_population(self, clients: int) -> "ZorbaSettings":
         return self if self.num_clients == clients else type(self)(**{**self.model_dump(), "num_clients": clients})
@@ -216,21 +212,19 @@ class Zorba:
     def init(self, weights: Mapping[str, torch.Tensor], seed: int) -> ServerState:
         blocks = len(require_profile(self.settings).block_mb)
         decided = plan(self.settings)
-        return ServerState(weights={name: tensor.detach().clone() for name, tensor in weights.items()},
-                           info={"seed": seed, "last_trained": [0] * blocks, "plans": [{"round": 1, **decided}]})
+        return initial_state(weights, {"seed": seed, "last_trained": [0] * blocks, "plans": [{"round": 1, **decided}]})
 
     def configure(self, state: ServerState, round: int, clients: Sequence[int]) -> list[Message]:
         s = self.settings
         active = current_plan(state.info)["active"]
-        config = {"lr": s.lr, "mu": s.mu, **directions_config(s, state),
-                  "inactive_dtype": s.inactive_dtype, "step_loss": s.step_loss}
+        config = {**s.client_config(state), "inactive_dtype": s.inactive_dtype}
         return [model_message(state, round, client, {**config, "active": active[client]}, s,
                               weights=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
                 for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
-        config = dict(message.config)
-        lr, mu = float(config["lr"]), float(config["mu"])
+        config = message.config
+        zo = ZOClientConfig.of(config, env.tensors[0].device)
         model = env.split
         if model is None or not hasattr(model, "lowered"):
             raise ZofedError("zorba needs a transformers model with a layer list (to lower inactive blocks); "
@@ -243,32 +237,33 @@ class Zorba:
                              "train every layer (LoRA on all layers, or trainable.mode=full without trainable.layers)")
         block = sorted(i for indices in by_layer.values() for i in indices)
         inactive = [layer for layer in range(model.num_layers) if layer not in by_layer]
-        directions, scratch = client_directions(config, env.tensors[0].device), Scratch()
+        scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
         with model.lowered(inactive, DTYPES[str(config["inactive_dtype"])]):
             for step, batch in enumerate(env.batches):
                 seed = mix_seed(env.seed, step)
-                g, loss = block_estimate(env.tensors, block, partial(env.loss, batch), seed, mu, directions, scratch,
-                                         str(config["step_loss"]))
+                g, loss = two_point(env.tensors, partial(env.loss, batch), seed, zo.mu, zo.directions, scratch,
+                                    zo.step_loss, estimator=zo.estimator, block=block)
+                seeds.append(seed)  # every step is a record the server can count; a skipped one moves nothing
                 if not math.isfinite(g):
                     skipped += 1
+                    grads.append(0.0)
                     continue
-                perturb_block_(env.tensors, block, seed, -lr * g, directions, scratch)
-                seeds.append(seed)
+                perturb_(env.tensors, seed, -zo.lr * g, zo.directions, scratch, block)
                 grads.append(g)
                 losses.append(loss)
         metrics = {
-            **zo_metrics(env, losses, skipped),
+            **zo_metrics(env, losses, skipped, estimator=zo.estimator),
             "active_blocks": float(len(active)),
             "active_params": float(sum(env.tensors[i].numel() for i in block)),
         }
         layers = {str(layer): to_ranges(indices) for layer, indices in by_layer.items()}
-        return Message(kind="seeds", round=message.round, config={"lr": lr, "layers": layers}, seeds=tuple(seeds),
+        return Message(kind="seeds", round=message.round, config={"lr": zo.lr, "layers": layers}, seeds=tuple(seeds),
                        scalars=tuple(grads), metrics=metrics)
 
     def accept(self, state: ServerState, sent: Sent, reply: Message) -> Message:
         reply = assigned_lr(sent, accept_common(sent, reply, "seeds"))
-        mezo_step_seeds(sent, reply.seeds)
+        mezo_step_seeds(sent, reply.seeds, reply.scalars)
         # the tensors a client may move are those of the layers the server assigned it, by the server's names
         owned = server_layers(list(state.weights), [int(layer) for layer in sent.message.config["active"]])
         claimed = reply.config.get("layers")
@@ -279,10 +274,9 @@ class Zorba:
 
     def aggregate(self, state: ServerState, round: int, replies: Sequence[tuple[int, Message]]) -> ServerState:
         s = self.settings
-        count = len(state.weights)
-        assigned = current_plan(state.info)["active"]
-        usable = [(reply, layers) for client, reply in replies
-                  if (layers := reply_layers(reply, count, assigned[client])) is not None]
+        # the layers as `accept` wrote them: the server's own placement of each assigned layer's tensors
+        usable = [(reply, {int(layer): range_indices(ranges) for layer, ranges in reply.config["layers"].items()})
+                  for _, reply in replies]
         weights = [1.0 if s.weighting == "uniform" else float(reply.metrics["num_examples"]) for reply, _ in usable]
         covering: dict[int, float] = {}
         for (_, layers), weight in zip(usable, weights):
@@ -304,8 +298,7 @@ class Zorba:
         info = {**state.info, "last_trained": last_trained}
         if s.resolve_every and round % s.resolve_every == 0:
             info = replan(s, info, round)
-        return apply_round(state, round, records, [client for client, _ in replies], s,
-                           make_directions(s.directions, s.pool_size), info, blocks)
+        return apply_round(state, round, records, [client for client, _ in replies], s, s.sampler, info, blocks)
 
 
 def client_precision(weights: Mapping[str, torch.Tensor], active: Sequence[int], low: torch.dtype) -> dict[str, torch.Tensor]:
@@ -332,25 +325,6 @@ def replan(settings: ZorbaSettings, info: Mapping, round: int) -> dict:
 def current_plan(info: Mapping) -> dict:
     """The plan in force: the newest of the plans decided so far (each from its `round` on)."""
     return info["plans"][-1]
-
-
-def reply_layers(reply: Message, count: int, assigned: Sequence[int]) -> dict[int, list[int]] | None:
-    """layer -> view indices of a reply, or None when malformed or not the layers it was assigned."""
-    layers = reply.config.get("layers")
-    if not isinstance(layers, Mapping) or len(reply.seeds) != len(reply.scalars):
-        return None
-    if not isinstance(reply.config.get("lr"), (int, float)) or "num_examples" not in reply.metrics:
-        return None
-    try:
-        parsed = {int(layer): from_ranges(ranges, count) for layer, ranges in layers.items()}
-    except (TypeError, ValueError):
-        return None
-    if set(parsed) != set(assigned) or any(indices is None for indices in parsed.values()):
-        return None
-    flat = [i for indices in parsed.values() for i in indices]
-    if len(set(flat)) != len(flat):
-        return None
-    return parsed  # type: ignore[return-value]
 
 
 def profile_points(num_layers: int) -> list[int]:
@@ -423,7 +397,7 @@ def _block_params(model: PrepareEnv) -> list[int]:
 PROFILE = Preparation(fills="memory_profile", needed=lambda settings: settings.memory_profile is None,
                       probes=profile_probes, fit=fit_profile)
 
-register(AlgorithmEntry(
+ENTRY = AlgorithmEntry(
     name="zorba",
     description="ZorBA: each client trains the blocks its memory budget allows, the rest frozen in bf16 (Meng et al., 2026)",
     settings=ZorbaSettings,
@@ -431,4 +405,4 @@ register(AlgorithmEntry(
     basis="abstract only: blocks under memory budgets, seed upload; ours: memory model, proxy, solver, "
     "block-record downlink",
     prepare=(PROFILE,),
-))
+)

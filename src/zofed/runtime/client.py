@@ -30,8 +30,7 @@ from zofed.algorithms.downlink import method_scalars, replay_segments
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.runtime import tensor_file
-from zofed.zo import Scratch
-from zofed.zo.blocks import replay_blocks_
+from zofed.zo import Scratch, replay_
 
 
 class KeptCopy(Protocol):
@@ -187,7 +186,7 @@ def receive_model_(message: Message, tensors: Sequence[torch.Tensor], names: Seq
         scratch = Scratch()
         for round, records, blocks in replay_segments(message):
             if round > held:  # rounds it already holds were sent again because its reply never came
-                replay_blocks_(tensors, records, blocks, directions, scratch)
+                replay_(tensors, records, directions, scratch, blocks)
     elif message.kind == "weights" and message.tensors:
         for name, tensor in zip(names, tensors):
             tensor.copy_(message.tensors[name])

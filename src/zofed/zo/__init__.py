@@ -13,7 +13,17 @@ from zofed.zo.directions import (
 )
 from zofed.zo.perturb import Scratch, perturb_
 from zofed.zo.seeds import SEED_LIMIT, mix_seed
-from zofed.zo.step import STEP_LOSS_HELP, StepLoss, StepResult, replay_, zo_estimate, zo_step
+from zofed.zo.step import (
+    ESTIMATOR_HELP,
+    STEP_LOSS_HELP,
+    Estimator,
+    StepLoss,
+    StepResult,
+    forward_passes,
+    replay_,
+    two_point,
+    zo_step,
+)
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -23,16 +33,19 @@ __all__ = [
     "require_same_stream",
     "DIRECTION_SAMPLERS",
     "DirectionSampler",
+    "ESTIMATOR_HELP",
+    "Estimator",
     "GaussianDirections",
     "SEED_LIMIT",
     "STEP_LOSS_HELP",
     "StepLoss",
     "Scratch",
     "StepResult",
+    "forward_passes",
     "make_directions",
     "mix_seed",
     "perturb_",
     "replay_",
-    "zo_estimate",
+    "two_point",
     "zo_step",
 ]

@@ -1,25 +1,17 @@
-"""Zeroth-order estimates restricted to a block: a subset of the trainable tensors, named by view index.
+"""Blocks on the wire: a block is a subset of the trainable tensors, named by view index, and
+travels as sorted [start, stop) ranges (usually one contiguous run of the view).
 
-Block methods (FedSPZO's two blocks, ZorBA's active layers) perturb only some tensors. Tensor i's
-direction is z(seed, i) for its index i in the full view whatever the block, so a (seed, block)
-pair names the same direction on a client and on the server.
+The block-aware operations themselves are the ordinary ones with a `block` argument:
+`perturb_(..., block=...)`, `two_point(..., block=...)`, `replay_(..., blocks=...)`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-
-import numpy as np
-import torch
-
-from zofed.zo.directions import DirectionSampler
-from zofed.zo.perturb import Scratch
-from zofed.zo.step import StepLoss, reported_loss
+from collections.abc import Sequence
 
 
 def to_ranges(indices: Sequence[int]) -> list[list[int]]:
-    """Sorted indices as [start, stop) ranges: a block is usually one contiguous run of the view."""
+    """Sorted indices as [start, stop) ranges."""
     ranges: list[list[int]] = []
     for index in indices:
         if ranges and ranges[-1][1] == index:
@@ -30,47 +22,13 @@ def to_ranges(indices: Sequence[int]) -> list[list[int]]:
 
 
 def from_ranges(ranges: Sequence[Sequence[int]], count: int) -> list[int] | None:
-    """The indices of [start, stop) ranges, or None when they leave [0, count) or overlap."""
+    """The indices of untrusted [start, stop) ranges, or None when they leave [0, count), overlap or are empty."""
     indices = [i for start, stop in ranges for i in range(int(start), int(stop))]
     if not indices or len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= count:
         return None
     return indices
 
 
-@torch.no_grad()
-def perturb_block_(
-    tensors: Sequence[torch.Tensor], block: Sequence[int], seed: int, scale: float,
-    directions: DirectionSampler, scratch: Scratch,
-) -> None:
-    """θ_i += scale·z(seed, i) for the tensors i of one block; i is the index in the full view."""
-    for index in block:
-        tensor = tensors[index]
-        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape, tensor.device))
-
-
-def block_estimate(
-    tensors: Sequence[torch.Tensor], block: Sequence[int], loss_at: Callable[[], float], seed: int, mu: float,
-    directions: DirectionSampler, scratch: Scratch, step_loss: StepLoss = "plus",
-) -> tuple[float, float]:
-    """(g, reported loss) along the block's direction z(seed); θ restored. g is float32 as on the wire, NaN if a loss is."""
-    perturb_block_(tensors, block, seed, mu, directions, scratch)
-    loss_plus = loss_at()
-    perturb_block_(tensors, block, seed, -2.0 * mu, directions, scratch)
-    loss_minus = loss_at()
-    perturb_block_(tensors, block, seed, mu, directions, scratch)
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        return math.nan, math.nan
-    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), reported_loss(loss_plus, loss_minus, step_loss)
-
-
-@torch.no_grad()
-def replay_blocks_(
-    tensors: Sequence[torch.Tensor], records: Sequence[tuple[int, float]], blocks: Sequence[Sequence[int]] | None,
-    directions: DirectionSampler, scratch: Scratch,
-) -> None:
-    """Apply (seed, coeff) records in order, record k only on the tensors of blocks[k] (every tensor when None)."""
-    if blocks is None:
-        blocks = [range(len(tensors))] * len(records)
-    for (seed, coeff), block in zip(records, blocks):
-        if coeff != 0.0:
-            perturb_block_(tensors, block, seed, coeff, directions, scratch)
+def range_indices(ranges: Sequence[Sequence[int]]) -> list[int]:
+    """The indices of ranges the server itself wrote or already checked (`from_ranges` for a client's)."""
+    return [i for start, stop in ranges for i in range(int(start), int(stop))]

@@ -1,4 +1,4 @@
-"""In-place perturbation θ += scale·z(seed) over an ordered list of trainable tensors."""
+"""In-place perturbation θ += scale·z(seed) over an ordered list of trainable tensors, or a block of them."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ def perturb_(
     scale: float,
     directions: DirectionSampler,
     scratch: Scratch,
+    block: Sequence[int] | None = None,
 ) -> None:
-    """θ_i += scale · z(seed, i) for every tensor i, in place (bf16 tensors accumulate in their dtype)."""
-    for index, tensor in enumerate(tensors):
+    """θ_i += scale · z(seed, i) in place for every tensor i of `block` (None: every tensor).
+
+    i is always the tensor's index in the full view, whatever the block, so a (seed, block) pair
+    names the same direction on a client and on the server. bf16 tensors accumulate in their dtype.
+    """
+    for index in range(len(tensors)) if block is None else block:
+        tensor = tensors[index]
         directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape, tensor.device))

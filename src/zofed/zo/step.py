@@ -1,17 +1,29 @@
-"""The two-point ZO step, in place, in three passes over the trainable tensors.
+"""The ZO step: a two-point estimate along z(seed), then the update, in place.
 
-    θ += μz        -> L+
-    θ -= 2μz       -> L-
-    g = (L+ - L-) / 2μ
-    θ += (μ - ηg)z    restores θ and applies the update in the same pass
+Two estimators, options of the same step (`estimator`):
+
+  central (default, MeZO's)           forward (DeComFL's `rge-forward`)
+    θ += μz        -> L+                 L(θ)           -> L0, once per step
+    θ -= 2μz       -> L-                 θ += μz        -> L+
+    g = (L+ - L-) / 2μ                   g = (L+ - L0) / μ
+    θ += (μ - ηg)z                       θ += (-μ - ηg)z
+
+The last pass restores θ and applies the update at once: 3 passes over the trainable tensors
+(forward: 2), not 4. Forwards per direction: central 2, forward 1 plus the step's one L0, which
+every direction of a multi-direction step shares (`forward_passes`). Central's error is O(μ²),
+forward's O(μ): forward buys fewer forwards with bias.
 
 The record of the step is (seed, coeff = -ηg): replaying θ += coeff·z(seed) rebuilds the update
-anywhere. A non-finite loss skips the step: θ is restored and nothing is recorded.
+anywhere. A non-finite loss skips the step: θ is restored and coeff is 0.0, a record that moves
+nothing (the client still uploads it, so the server sees every step it assigned).
+
+Every operation takes `block` (view indices; None = every tensor): methods that move only part
+of the model (FedSPZO's two blocks, ZorBA's active layers) use the same functions as the others.
 
 The loss a step reports (`step_loss`) is L+ by default, as MeZO's trainer and the official
-FedMeZO and FedKSeed code report it (each returns the loss at θ+μz); `mean` reports
-(L+ + L−)/2, a lower-variance estimate of the loss at θ. The choice changes only what is
-reported (train_loss, and FedMeZO's round-wise/five-round signals built from it), never g.
+FedMeZO and FedKSeed code report it (each returns the loss at θ+μz); `mean` reports an estimate
+of the loss at θ itself: (L+ + L−)/2 for central, L0 for forward. The choice changes only what
+is reported (train_loss, and FedMeZO's round-wise/five-round signals built from it), never g.
 """
 
 from __future__ import annotations
@@ -28,19 +40,23 @@ from zofed.zo.directions import DirectionSampler
 from zofed.zo.perturb import Scratch, perturb_
 
 StepLoss = Literal["plus", "mean"]
-STEP_LOSS_HELP = "loss a step reports: plus = L+ (MeZO and the official code), mean = (L+ + L-)/2"
+STEP_LOSS_HELP = "loss a step reports: plus = L+ (MeZO and the official code), mean = the estimate of L(θ)"
+Estimator = Literal["central", "forward"]
+ESTIMATOR_HELP = ("central: g = (L(θ+μz) - L(θ-μz))/2μ, 2 forwards a direction; "
+                  "forward: g = (L(θ+μz) - L(θ))/μ, 1 forward a direction + L(θ) once a step")
 
 
-def reported_loss(loss_plus: float, loss_minus: float, step_loss: StepLoss) -> float:
-    return loss_plus if step_loss == "plus" else 0.5 * (loss_plus + loss_minus)
+def forward_passes(estimator: Estimator, directions_per_step: int = 1) -> int:
+    """Model forwards one local step costs, a skipped step too."""
+    return 2 * directions_per_step if estimator == "central" else directions_per_step + 1
 
 
 @dataclass(frozen=True)
 class StepResult:
     seed: int
-    projected_grad: float  # g, the directional-derivative estimate
+    projected_grad: float  # g, the directional-derivative estimate; NaN when skipped
     coeff: float  # -lr·g; 0.0 when skipped
-    loss: float  # L+ or (L+ + L-)/2, as `step_loss` asks
+    loss: float  # as `step_loss` asks; NaN when skipped
     skipped: bool
 
 
@@ -53,17 +69,51 @@ def zo_step(
     directions: DirectionSampler,
     scratch: Scratch,
     step_loss: StepLoss = "plus",
+    *,
+    estimator: Estimator = "central",
+    block: Sequence[int] | None = None,
 ) -> StepResult:
-    projected_grad, loss = _two_point(tensors, loss_at, seed, mu, directions, scratch, step_loss)
+    """One direction's estimate and update: θ += -lr·g·z(seed) on `block`, in 3 passes (forward: 2)."""
+    base_loss = loss_at() if estimator == "forward" else None
+    projected_grad, loss, left_at = _estimate(tensors, loss_at, seed, mu, directions, scratch, step_loss, estimator,
+                                              base_loss, block)
     if math.isnan(projected_grad):
-        perturb_(tensors, seed, mu, directions, scratch)
+        perturb_(tensors, seed, -left_at, directions, scratch, block)
         return StepResult(seed, math.nan, 0.0, math.nan, skipped=True)
     coeff = -lr * projected_grad
-    perturb_(tensors, seed, mu + coeff, directions, scratch)
+    perturb_(tensors, seed, -left_at + coeff, directions, scratch, block)
     return StepResult(seed, projected_grad, coeff, loss, skipped=False)
 
 
-def _two_point(
+def two_point(
+    tensors: Sequence[torch.Tensor],
+    loss_at: Callable[[], float],
+    seed: int,
+    mu: float,
+    directions: DirectionSampler,
+    scratch: Scratch,
+    step_loss: StepLoss = "plus",
+    *,
+    estimator: Estimator = "central",
+    base_loss: float | None = None,
+    block: Sequence[int] | None = None,
+) -> tuple[float, float]:
+    """(g, reported loss) at θ along z(seed) on `block`, θ restored, nothing updated.
+
+    For methods that combine several directions into one update (DeComFL with P > 1, FedSPZO) or
+    update apart from the estimate (ZorBA). `base_loss` is L(θ) for the forward estimator, computed
+    once per step and shared by its directions; None computes it here. g is float32-rounded like
+    zo_step's; both values are NaN when a loss is not finite.
+    """
+    if estimator == "forward" and base_loss is None:
+        base_loss = loss_at()
+    projected_grad, loss, left_at = _estimate(tensors, loss_at, seed, mu, directions, scratch, step_loss, estimator,
+                                              base_loss, block)
+    perturb_(tensors, seed, -left_at, directions, scratch, block)
+    return projected_grad, loss
+
+
+def _estimate(
     tensors: Sequence[torch.Tensor],
     loss_at: Callable[[], float],
     seed: int,
@@ -71,16 +121,29 @@ def _two_point(
     directions: DirectionSampler,
     scratch: Scratch,
     step_loss: StepLoss,
-) -> tuple[float, float]:
-    """(g, reported loss) from θ+μz and θ−μz; leaves θ at θ−μz. Both NaN when a loss is not finite."""
-    perturb_(tensors, seed, mu, directions, scratch)
+    estimator: Estimator,
+    base_loss: float | None,
+    block: Sequence[int] | None,
+) -> tuple[float, float, float]:
+    """(g, reported loss, a) leaving θ at θ + a·z(seed): the caller's next pass adds -a (and the update)."""
+    if estimator == "central":
+        perturb_(tensors, seed, mu, directions, scratch, block)
+        loss_plus = loss_at()
+        perturb_(tensors, seed, -2.0 * mu, directions, scratch, block)
+        loss_minus = loss_at()
+        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            return math.nan, math.nan, -mu
+        # g travels as float32, so the client applies the float32 value the server will replay.
+        g = float(np.float32((loss_plus - loss_minus) / (2.0 * mu)))
+        return g, loss_plus if step_loss == "plus" else 0.5 * (loss_plus + loss_minus), -mu
+    if estimator != "forward":
+        raise ValueError(f"unknown estimator '{estimator}'; use central or forward")
+    perturb_(tensors, seed, mu, directions, scratch, block)
     loss_plus = loss_at()
-    perturb_(tensors, seed, -2.0 * mu, directions, scratch)
-    loss_minus = loss_at()
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        return math.nan, math.nan
-    # g travels as float32, so the client applies the float32 value the server will replay.
-    return float(np.float32((loss_plus - loss_minus) / (2.0 * mu))), reported_loss(loss_plus, loss_minus, step_loss)
+    if not (base_loss is not None and math.isfinite(base_loss) and math.isfinite(loss_plus)):
+        return math.nan, math.nan, mu
+    g = float(np.float32((loss_plus - base_loss) / mu))
+    return g, loss_plus if step_loss == "plus" else base_loss, mu
 
 
 @torch.no_grad()
@@ -89,27 +152,10 @@ def replay_(
     records: Sequence[tuple[int, float]],
     directions: DirectionSampler,
     scratch: Scratch,
+    blocks: Sequence[Sequence[int]] | None = None,
 ) -> None:
-    """Apply (seed, coeff) records in order: θ += coeff·z(seed) for each."""
-    for seed, coeff in records:
+    """Apply (seed, coeff) records in order: θ += coeff·z(seed), record k only on the tensors of
+    blocks[k] (every tensor when `blocks` is None). A zero coefficient (a skipped step) moves nothing."""
+    for k, (seed, coeff) in enumerate(records):
         if coeff != 0.0:
-            perturb_(tensors, seed, coeff, directions, scratch)
-
-
-def zo_estimate(
-    tensors: Sequence[torch.Tensor],
-    loss_at: Callable[[], float],
-    seed: int,
-    mu: float,
-    directions: DirectionSampler,
-    scratch: Scratch,
-    step_loss: StepLoss = "plus",
-) -> tuple[float, float]:
-    """(g, loss) at θ along z(seed) without updating: θ+μz, θ−2μz, then θ+μz restores.
-
-    For methods that combine several directions into one update (DeComFL with P > 1).
-    g is float32-rounded like zo_step's; it is NaN when a loss is not finite.
-    """
-    estimate = _two_point(tensors, loss_at, seed, mu, directions, scratch, step_loss)
-    perturb_(tensors, seed, mu, directions, scratch)
-    return estimate
+            perturb_(tensors, seed, coeff, directions, scratch, None if blocks is None else blocks[k])

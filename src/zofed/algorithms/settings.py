@@ -1,0 +1,86 @@
+"""The settings every zeroth-order method shares, and what a ZO client reads back from its downlink.
+
+A ZO method's settings class derives from `ZOSettings` (or `DownlinkSettings`, which adds the
+replay downlink), overrides the defaults its paper publishes by redeclaring a field with the
+shared type (`lr: PositiveFloat = Field(1e-5, description=...)`), adds what is its own, and
+declares `replays_directions`. The shared fields travel to clients through `client_config`, and
+a client reads them back with `ZOClientConfig.of`, so a method never spells them out itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+
+from zofed.algorithms.base import ServerState, Settings, client_directions, server_device
+from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting
+from zofed.messages import JsonValue
+from zofed.zo import (DEFAULT_POOL_SIZE, ESTIMATOR_HELP, STEP_LOSS_HELP, DirectionSampler, Estimator, StepLoss,
+                      make_directions)
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+DirectionsName = Literal["gaussian", "pool"]
+
+
+@lru_cache(maxsize=8)
+def _sampler(directions: str, pool_size: int) -> DirectionSampler:
+    # Samplers hold no state between calls (a gaussian one re-seeds per tensor), so one per
+    # (name, size) serves every settings object of the process.
+    return make_directions(directions, pool_size)
+
+
+class ZOSettings(Settings):
+    """The fields every ZO method has; a method overrides only the defaults its paper publishes."""
+
+    lr: PositiveFloat = Field(1e-3, description="η, the learning rate of a local ZO step")
+    mu: PositiveFloat = Field(1e-2, description="μ, the perturbation scale")
+    directions: DirectionsName = Field("gaussian", description="direction sampler: gaussian (exact) or pool (fast, portable)")
+    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")
+    estimator: Estimator = Field("central", description=ESTIMATOR_HELP)
+    step_loss: StepLoss = Field("plus", description=STEP_LOSS_HELP)
+    weighting: Weighting = Field("examples", description=WEIGHTING_HELP)
+
+    @property
+    def sampler(self) -> DirectionSampler:
+        """The server's direction sampler, built once per process for these settings."""
+        return _sampler(self.directions, self.pool_size)
+
+    @property
+    def replays_directions(self) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} must declare replays_directions")
+
+    def client_config(self, state: ServerState) -> dict[str, JsonValue]:
+        """The shared fields of a downlink's config: what `ZOClientConfig.of` reads on the client.
+
+        The sampler's stream goes with them when another party replays the client's directions:
+        the server rebuilds z on its own device, so a client whose device would draw another z
+        refuses the round (`client_directions`) rather than train on directions nobody can replay.
+        """
+        config: dict[str, JsonValue] = {"lr": self.lr, "mu": self.mu, "directions": self.directions,
+                                        "pool_size": self.pool_size, "estimator": self.estimator,
+                                        "step_loss": self.step_loss}
+        if self.replays_directions:
+            config["stream"] = self.sampler.stream_id(server_device(state))
+        return config
+
+
+@dataclass(frozen=True)
+class ZOClientConfig:
+    """The shared ZO fields as a client reads them from its downlink (the server's values, not its own settings)."""
+
+    lr: float
+    mu: float
+    directions: DirectionSampler
+    estimator: Estimator
+    step_loss: StepLoss
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any], device: torch.device) -> "ZOClientConfig":
+        # "estimator" may be absent from the runtime's own memory-profiling round, which predates it
+        return cls(lr=float(config["lr"]), mu=float(config["mu"]), directions=client_directions(config, device),
+                   estimator=str(config.get("estimator", "central")), step_loss=str(config["step_loss"]))
