@@ -252,6 +252,9 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {}
 def register(entry: AlgorithmEntry) -> AlgorithmEntry:
     if entry.name in ALGORITHMS:
         raise ValueError(f"algorithm '{entry.name}' is already registered")
+    for step in entry.prepare:  # the runtime fills this field with what the preparation measured
+        if step.fills not in entry.settings.model_fields:
+            raise ValueError(f"algorithm '{entry.name}' prepares '{step.fills}', which is not one of its settings")
     ALGORITHMS[entry.name] = entry
     return entry
 
