@@ -24,12 +24,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from zofed.algorithms import Algorithm, build_algorithm, get_algorithm
 from zofed.algorithms.base import Preparation, PrepareEnv, ProbeResult, Settings
-from zofed.config import RunConfig, parse_config
+from zofed.config import RunConfig, parse_config, read_config_file
 from zofed.errors import ZofedError
 from zofed.messages import Message
 
@@ -57,8 +56,9 @@ def _saved_value(config: RunConfig, step: Preparation, settings: Settings) -> An
     saved = config.run_dir / "config.yaml"
     if not saved.is_file():
         return None
-    section = (yaml.safe_load(saved.read_text()) or {}).get(config.algorithm) or {}
-    raw = section.get(step.fills)
+    document = read_config_file(saved)  # bounded, UTF-8, no aliases: the run directory is untrusted too
+    section = document.get(config.algorithm) if isinstance(document, dict) else None
+    raw = section.get(step.fills) if isinstance(section, dict) else None
     return None if raw is None else _field_value(settings, step, raw, f"the run's saved {saved.name}")
 
 
