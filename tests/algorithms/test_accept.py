@@ -59,10 +59,12 @@ def test_fedmezo_seeds_forgeries_are_rejected(forge, reason):
     rejects(algorithm, state, sent, forge(reply), reason)
 
 
-def test_a_skipped_step_leaves_a_gap_the_server_accepts():
+def test_a_missing_step_is_rejected_a_skipped_one_is_a_zero_record():
     algorithm, state, sent, reply = honest(*SEEDS)
     gapped = replace(reply, seeds=reply.seeds[1:], scalars=reply.scalars[1:])
-    assert algorithm.accept(state, sent, gapped).seeds == reply.seeds[1:]
+    rejects(algorithm, state, sent, gapped, "3 records for 4 local steps")
+    skipped = replace(reply, scalars=(0.0, *reply.scalars[1:]))
+    assert algorithm.accept(state, sent, skipped).seeds == reply.seeds
 
 
 def test_an_unknown_example_count_keeps_the_policy_s_value():

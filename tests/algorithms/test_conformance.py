@@ -21,7 +21,9 @@ def conformance_config(path, algorithm: str):
 
 
 def test_every_algorithm_has_conformance_settings():
-    assert set(ALL) == set(CONFORMANCE_SETTINGS)
+    missing = set(ALL) - set(CONFORMANCE_SETTINGS)
+    assert not missing, f"add settings that make {sorted(missing)} learn on tiny-llama to CONFORMANCE_SETTINGS"
+    assert set(CONFORMANCE_SETTINGS) <= set(ALL)
 
 
 @pytest.mark.parametrize("algorithm", ALL)

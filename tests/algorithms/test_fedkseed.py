@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zofed.algorithms import build_algorithm
+from zofed.algorithms import Rejected, Sent, build_algorithm
 from zofed.algorithms.fedkseed import FedKSeedSettings, candidate_seeds, seed_probabilities
 from zofed.messages import Message
 from zofed.runtime.codec import encode
@@ -99,12 +99,18 @@ def test_pro_probabilities_travel_and_are_used():
     assert len(set(message.scalars)) > 1
 
 
-def test_malformed_reply_is_not_applied():
-    algorithm = build_algorithm("fedkseed", {"num_seeds": 8})
+def round_one(algorithm):
     state = algorithm.init({"w": torch.zeros(3)}, seed=0)
+    [message] = algorithm.configure(state, 1, [0])
+    return state, Sent(0, message, seed=0, examples=None, steps=None)
+
+
+def test_malformed_reply_is_rejected():
+    algorithm = build_algorithm("fedkseed", {"num_seeds": 8})
+    state, sent = round_one(algorithm)
     bad = Message(kind="seeds", round=1, scalars=(1.0,) * 3, metrics={"num_examples": 1, "train_loss": 1.0})
-    after = algorithm.aggregate(state, 1, [(0, bad)])
-    assert torch.equal(after.weights["w"], state.weights["w"]) and after.info == state.info
+    with pytest.raises(Rejected, match="3 scalars"):
+        algorithm.accept(state, sent, bad)
 
 
 @pytest.mark.parametrize("config", [
@@ -113,12 +119,15 @@ def test_malformed_reply_is_not_applied():
     {"used": [1], "abs_sums": [1.0], "steps": [-1]},  # would make the history's length 0
     {"used": [9], "abs_sums": [1.0], "steps": [1]},  # not a candidate
 ])
-def test_pro_statistics_no_client_could_have_are_not_counted(config):
+def test_pro_statistics_no_client_could_have_are_rejected(config):
     algorithm = build_algorithm("fedkseed-pro", {"num_seeds": 4})
-    state = algorithm.init({"w": torch.zeros(3)}, seed=0)
+    state, sent = round_one(algorithm)
     reply = Message(kind="seeds", round=1, config=config, scalars=(0.0, 1.0, 0.0, 0.0),
                     metrics={"num_examples": 1, "train_loss": 1.0})
-    state = algorithm.aggregate(state, 1, [(0, reply)])
-    assert state.info["abs_sums"] == [0.0] * 4 and state.info["steps"] == [0] * 4
-    [message] = algorithm.configure(state, 2, [0])
-    assert message.scalars == pytest.approx([0.25] * 4)
+    with pytest.raises(Rejected, match="missing or impossible"):
+        algorithm.accept(state, sent, reply)
+    honest = {"used": [1], "abs_sums": [1.0], "steps": [1]}
+    accepted = algorithm.accept(state, sent, Message(kind="seeds", round=1, config=honest, scalars=(0.0, 1.0, 0.0, 0.0),
+                                                     metrics={"num_examples": 1, "train_loss": 1.0}))
+    state = algorithm.aggregate(state, 1, [(0, accepted)])
+    assert state.info["abs_sums"] == [0.0, 1.0, 0.0, 0.0] and state.info["steps"] == [0, 1, 0, 0]

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from zofed.algorithms import ClientEnv, build_algorithm
+from zofed.algorithms import ClientEnv, Rejected, Sent, build_algorithm
 from zofed.algorithms.fedspzo import layer_forwards_per_step, split_blocks
 from zofed.config import parse_config
 from zofed.errors import ZofedError
@@ -183,25 +183,28 @@ def test_a_step_with_a_non_finite_loss_is_skipped_and_still_counted():
     start = tiny.weights()
     [message] = algorithm.configure(algorithm.init(start, seed=0), 1, [0])
     reply = train(algorithm, tiny, message, tiny.env(0, seed=3, split=split))
-    assert reply.metrics["skipped_steps"] == STEPS and not reply.seeds
+    assert reply.metrics["skipped_steps"] == STEPS and len(reply.seeds) == STEPS * (1 + 3) and not any(reply.scalars)
     assert reply.metrics["layer_forwards"] == STEPS * layer_forwards_per_step(LAYERS, 2, 1, 3)
     assert all(torch.allclose(tensor, start[name], atol=1e-7) for name, tensor in zip(tiny.names, tiny.tensors))
 
 
-def test_malformed_replies_are_not_applied():
+def test_malformed_replies_are_rejected_by_accept():
     tiny, algorithm = Tiny(), build_algorithm("fedspzo", SETTINGS)
     state = algorithm.init(tiny.weights(), seed=0)
     [message] = algorithm.configure(state, 1, [0])
     reply = train(algorithm, tiny, message, tiny.env(0, seed=5))
+    sent = Sent(0, message, seed=5, examples=10, steps=STEPS)
+    assert algorithm.accept(state, sent, reply).config["blocks"] == {"1": [[0, 8]], "2": [[8, 16]]}
     bad = [
         replace(reply, seeds=reply.seeds[:-1], scalars=reply.scalars[:-1]),  # not whole steps
         replace(reply, config={"blocks": {"1": [[0, 8]], "2": [[4, 16]]}}),  # overlapping blocks
         replace(reply, config={"blocks": {"1": [[0, 8]], "2": [[8, 99]]}}),  # beyond the view
+        replace(reply, config={"blocks": {"1": [[0, 6]], "2": [[6, 16]]}}),  # layer 1 split between the blocks
         replace(reply, config={}),
     ]
     for malformed in bad:
-        kept = algorithm.aggregate(state, 1, [(0, malformed)])
-        assert all(torch.equal(kept.weights[name], state.weights[name]) for name in tiny.names)
+        with pytest.raises(Rejected):
+            algorithm.accept(state, sent, malformed)
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

@@ -86,3 +86,89 @@ def test_reported_loss_is_l_plus_by_default_as_mezo_or_the_mean_when_asked():
         tensors = make_tensors()
         _, loss = two_point(tensors, quadratic_loss(tensors), 5, mu, sampler, Scratch(), block=[0, 1], **kwargs)
         assert math.isclose(loss, expected, rel_tol=1e-5)
+
+
+def counted(loss_at):
+    calls = []
+
+    def loss() -> float:
+        calls.append(1)
+        return loss_at()
+
+    return loss, calls
+
+
+def directions_of(sampler, tensors, seed):
+    return [sampler.fill_(torch.empty(t.shape), seed, i) for i, t in enumerate(tensors)]
+
+
+def test_forward_estimator_is_the_one_sided_difference_in_two_forwards_and_two_passes():
+    sampler, mu, lr = GaussianDirections(), 1e-2, 1e-2
+    tensors = make_tensors()
+    start = [t.clone() for t in tensors]
+    z = directions_of(sampler, tensors, 9)
+    loss_0 = float(sum((s**2).sum() for s in start))
+    loss_plus = float(sum(((s + mu * d) ** 2).sum() for s, d in zip(start, z)))
+    loss, calls = counted(quadratic_loss(tensors))
+    result = zo_step(tensors, loss, 9, mu, lr, sampler, Scratch(), estimator="forward")
+    assert len(calls) == 2  # L(θ) and L(θ+μz); central takes L(θ±μz)
+    assert math.isclose(result.projected_grad, (loss_plus - loss_0) / mu, rel_tol=1e-4)
+    assert math.isclose(result.loss, loss_plus, rel_tol=1e-6)  # step_loss plus: L(θ+μz)
+    for t, s, d in zip(tensors, start, z):
+        assert torch.allclose(t, s - lr * result.projected_grad * d, atol=1e-6, rtol=0)
+    tensors = [s.clone() for s in start]
+    mean = zo_step(tensors, quadratic_loss(tensors), 9, mu, lr, sampler, Scratch(), "mean", estimator="forward")
+    assert math.isclose(mean.loss, loss_0, rel_tol=1e-6)  # step_loss mean: forward's estimate of L(θ) is L(θ)
+
+
+def test_every_estimate_costs_the_forwards_forward_passes_counts():
+    from zofed.zo import forward_passes
+
+    sampler = GaussianDirections()
+    for estimator in ("central", "forward"):
+        tensors = make_tensors()
+        loss, calls = counted(quadratic_loss(tensors))
+        zo_step(tensors, loss, 1, 1e-3, 1e-3, sampler, Scratch(), estimator=estimator)
+        assert len(calls) == forward_passes(estimator, 1)
+        # three directions of one step share the forward estimator's L(θ)
+        tensors = make_tensors()
+        loss, calls = counted(quadratic_loss(tensors))
+        base = loss() if estimator == "forward" else None
+        for seed in range(3):
+            two_point(tensors, loss, seed, 1e-3, sampler, Scratch(), estimator=estimator, base_loss=base)
+        assert len(calls) == forward_passes(estimator, 3) == {"central": 6, "forward": 4}[estimator]
+
+
+def test_forward_estimate_restores_theta_and_a_non_finite_loss_skips():
+    sampler = GaussianDirections()
+    tensors = make_tensors()
+    start = [t.clone() for t in tensors]
+    g, loss = two_point(tensors, quadratic_loss(tensors), 4, 1e-3, sampler, Scratch(), estimator="forward")
+    assert math.isfinite(g) and all(torch.allclose(t, s, atol=1e-6, rtol=0) for t, s in zip(tensors, start))
+    result = zo_step(tensors, lambda: math.nan, 4, 1e-3, 1.0, sampler, Scratch(), estimator="forward")
+    assert result.skipped and result.coeff == 0.0
+    assert all(torch.allclose(t, s, atol=1e-6, rtol=0) for t, s in zip(tensors, start))
+    assert math.isnan(two_point(tensors, quadratic_loss(tensors), 4, 1e-3, sampler, Scratch(), estimator="forward",
+                                base_loss=math.inf)[0])
+
+
+def test_a_block_step_moves_only_its_block_along_the_full_view_directions():
+    sampler, mu, lr = GaussianDirections(), 1e-2, 1e-2
+    tensors = make_tensors()
+    start = [t.clone() for t in tensors]
+    result = zo_step(tensors, quadratic_loss(tensors), 6, mu, lr, sampler, Scratch(), block=[1])
+    assert torch.equal(tensors[0], start[0])
+    z1 = sampler.fill_(torch.empty(start[1].shape), 6, 1)
+    loss_plus = float((start[0] ** 2).sum() + ((start[1] + mu * z1) ** 2).sum())
+    loss_minus = float((start[0] ** 2).sum() + ((start[1] - mu * z1) ** 2).sum())
+    assert math.isclose(result.projected_grad, (loss_plus - loss_minus) / (2 * mu), rel_tol=1e-4)
+    replayed = [s.clone() for s in start]
+    replay_(replayed, [(result.seed, result.coeff)], sampler, Scratch(), blocks=[[1]])
+    assert all(torch.allclose(r, t, atol=1e-6, rtol=0) for r, t in zip(replayed, tensors))
+
+
+def test_a_zero_record_moves_nothing():
+    tensors = make_tensors()
+    start = [t.clone() for t in tensors]
+    replay_(tensors, [(3, 0.0), (4, -0.0)], GaussianDirections(), Scratch())
+    assert all(torch.equal(t, s) for t, s in zip(tensors, start))

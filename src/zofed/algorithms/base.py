@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from zofed.messages import JsonValue, Message
 from zofed.zo.directions import DirectionSampler, make_directions, require_same_stream
-from zofed.zo.step import Estimator, forward_passes
 from zofed.zo.seeds import mix_seed
+from zofed.zo.step import Estimator, forward_passes
 
 Batch = Mapping[str, torch.Tensor]
 LAYER_NAME = re.compile(r"\.(?:layers|h)\.(\d+)\.")

@@ -17,7 +17,7 @@ Only the abstract is public; DESIGN.md §4 is our definition. One round:
      tensor t's gradient is g_k·s_t·ξ_kt, whose mean is s_t²·∇_t: a tensor already perturbed
      more looks steeper. Dividing the current scale out, g_k·ξ_kt / s_t estimates ∇_t whatever
      s is, so the scales do not feed on themselves (tested: without it they run away). Per
-     element, over the round's H recorded steps, with A_t = Σ_k g_k ξ_kt:
+     element, over the round's H steps that estimated (not the skipped ones), with A_t = Σ_k g_k ξ_kt:
          e_t = max(0, ‖A_t‖²/n_t − c·Σ_k g_k²) / (H² · s_t²)
      c·Σ_k g_k² (c = 1 with `subtract_noise`) removes the estimate's noise floor: with
      E[ξ²] = 1 the noise adds about Σ_k g_k² per element to ‖A_t‖²/n_t in every tensor alike.
@@ -25,7 +25,7 @@ Only the abstract is public; DESIGN.md §4 is our definition. One round:
      costs no extra memory beyond the largest tensor and no forward pass.
      EMA: E_t ← β·E_t + (1 − β)·e_t (β = `ema_decay`), initialised with the first e_t. A round
      with no usable step leaves E unchanged.
-  4. Upload: (seed, g) per step (float32 g), plus s_i (the scales used) and the updated E_i in
+  4. Upload: (seed, g) per step (float32 g; g = 0 for a skipped step), plus s_i (the scales used) and the updated E_i in
      the reply's config. The server rebuilds each client's update θ_i − θ = −η Σ_k g_k z_k by
      replaying (seed, g) with the same scaled sampler, and forms the weighted pseudo-gradient
      Δ = Σ_i w_i (θ − θ_i) (serveropt's convention: old − new), w_i = n_i / Σ n by the server's
