@@ -45,7 +45,6 @@ SRC = ROOT / "src"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 # The one edge still known to point up: checkpoint.py reads the legacy kept-model checkpoint
 # through runtime.client. That path is being removed on another branch; delete this exception then.
-KNOWN_UPWARD: set[tuple[str, str]] = set()  # none left
 
 
 def module_files(src: Path) -> dict[str, Path]:
@@ -100,7 +99,7 @@ def layer_of(name: str, layers: list[list[str]]) -> int:
 
 def upward_imports(graph: dict[str, set[str]], layers: list[list[str]]) -> list[str]:
     return sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
-                  if layer_of(target, layers) < layer_of(name, layers) and (name, target) not in KNOWN_UPWARD)
+                  if layer_of(target, layers) < layer_of(name, layers))
 
 
 def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -139,12 +138,6 @@ def test_every_import_points_down_the_documented_layers():
 
 def test_no_modules_import_each_other():
     assert not import_cycles(import_graph(SRC)), "modules that import each other"
-
-
-def test_the_known_upward_import_is_still_there():
-    # The exception must go with the edge: once checkpoint.py stops importing runtime.client, delete KNOWN_UPWARD.
-    graph = import_graph(SRC)
-    assert all(target in graph[name] for name, target in KNOWN_UPWARD)
 
 
 def test_the_walk_finds_upward_local_and_circular_imports(tmp_path):
