@@ -26,6 +26,7 @@ CASES = {  # and FedMeZO's weights upload: test_flower_sim_through_the_cli_match
     "seeds-upload-replay-downlink": ("fedmezo", "fedmezo.upload=seeds", "fedmezo.downlink=replay"),
     "zorba-blocks-in-bf16": ("zorba",),  # per-client messages, lowered layers restored between clients
     "fedspzo-split-forward": ("fedspzo",),  # block-tagged seeds up, cached split forward on the client
+    "fedzo-seeds-upload": ("fedzo", "fedzo.upload=seeds"),  # b directions a step, the server replays every client's
 }
 
 
