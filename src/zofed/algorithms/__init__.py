@@ -1,6 +1,6 @@
 """Federated methods behind one Protocol, registered here: one line per method in `METHODS`."""
 
-from zofed.algorithms import decomfl, fedavg, fedkseed, fedmezo, fedspzo, gamlpp, zorba
+from zofed.algorithms import decomfl, fedavg, fedkseed, fedmezo, fedspzo, fedzo, gamlpp, zorba
 from zofed.algorithms.base import (
     ALGORITHMS,
     Algorithm,
@@ -27,6 +27,7 @@ METHODS: tuple[AlgorithmEntry, ...] = (
     fedspzo.ENTRY,
     zorba.ENTRY,
     gamlpp.ENTRY,
+    fedzo.ENTRY,
 )
 for _entry in METHODS:
     register(_entry)

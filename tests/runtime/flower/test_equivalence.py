@@ -26,6 +26,7 @@ CASES = {  # and FedMeZO's weights upload: test_flower_sim_through_the_cli_match
     "seeds-upload-replay-downlink": ("fedmezo", "fedmezo.upload=seeds", "fedmezo.downlink=replay"),
     "zorba-blocks-in-bf16": ("zorba",),  # per-client messages, lowered layers restored between clients
     "fedspzo-split-forward": ("fedspzo",),  # block-tagged seeds up, cached split forward on the client
+    "fedzo-seeds-upload": ("fedzo", "fedzo.upload=seeds"),  # b directions a step, the server replays every client's
 }
 
 
@@ -94,7 +95,8 @@ def test_flower_sim_through_the_cli_matches_local_uses_no_deprecated_api_and_lea
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for self-signed certificates")
 def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
-    """Loopback SuperLink + 2 SuperNodes started by `zofed flower` with TLS; the run submitted by `zofed run`."""
+    """Loopback SuperLink + 2 SuperNodes started by `zofed flower` with TLS; the runs (FedMeZO, then FedZO on the same
+    nodes) submitted by `zofed run`."""
     import yaml
 
     from zofed.cli import main
@@ -123,3 +125,12 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
     assert list((tmp_path / "node-0" / deployed.name).glob("kept-0.safetensors"))
     loads = [client["setup_s"] for row in metrics_rows(deployed) for client in row["per_client"]]
     assert len(loads) == 4 and all(load > 0 for load in loads)  # a fresh ClientApp process per message
+
+    # The same nodes serve a FedZO run: its `delta` upload (the paper's) crosses a real deployment bit-identically.
+    local_fedzo = tiny_config(tmp_path / "local-fedzo", "fedzo", *SMALL)
+    run_local(local_fedzo, show_progress=False)
+    deployed_fedzo = tiny_config(tmp_path / "deployed-fedzo", "fedzo", *SMALL, f"flower.root_certificates={ca}")
+    config_file.write_text(yaml.safe_dump(deployed_fedzo.to_dict()))
+    assert main(["run", str(config_file), "runtime=flower", f"superlink={deployment.superlink}", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert_same_run(local_fedzo, deployed_fedzo)
