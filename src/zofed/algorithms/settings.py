@@ -81,6 +81,5 @@ class ZOClientConfig:
 
     @classmethod
     def of(cls, config: Mapping[str, Any], device: torch.device) -> "ZOClientConfig":
-        # "estimator" may be absent from the runtime's own memory-profiling round, which predates it
         return cls(lr=float(config["lr"]), mu=float(config["mu"]), directions=client_directions(config, device),
-                   estimator=str(config.get("estimator", "central")), step_loss=str(config["step_loss"]))
+                   estimator=str(config["estimator"]), step_loss=str(config["step_loss"]))
