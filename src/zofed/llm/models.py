@@ -319,6 +319,9 @@ def _not_found(name: str) -> ZofedError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
     # zofed runs offline unless told otherwise, so a hub id that is not cached yet needs the switch named.
     how = "; to download it from the Hugging Face hub, run with HF_HUB_OFFLINE=0 (e.g. `HF_HUB_OFFLINE=0 zofed run ...`)"
+    if name.startswith((".", "/", "~")):  # can only be a path: say where it was looked for
+        return ZofedError(f"model directory '{os.path.abspath(os.path.expanduser(name))}' not found; check model "
+                          "(a relative path in a config file is taken from the file's directory)")
     return ZofedError(
         f"model '{name}' not found: use a built-in name ({', '.join(BUILTIN_MODELS)}), "
         f"a local model directory, or a hub id{' already cached' + how if offline else ' (check its spelling)'}"
