@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from zofed.device import check_dtype, resolve_device
 from zofed.dtypes import DTYPES
+from zofed.status import phase
 from zofed.errors import ZofedError
 from zofed.llm.shapes import build_shape, shape_name
 
@@ -256,7 +257,8 @@ def _cached(target: Path, convert: Callable[[Path], None]) -> Path:
     staging = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     try:
-        convert(staging)
+        with phase(f"preparing {target.name} once (converted into zofed's cache, {target.parent})"):
+            convert(staging)
         try:
             os.replace(staging, target)
         except OSError:
