@@ -113,7 +113,7 @@ def test_an_override_after_a_flag_reaches_the_config(capsys):
 def test_nothing_given_prints_the_commands_and_exit_2(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: zofed [-h] COMMAND ...")
+    assert err.startswith("usage: zofed [-h] [--version] COMMAND ...")
     for command in ("run", "compare", "data", "config", "eval", "flower"):
         assert f"\n    {command} " in err
 
