@@ -154,7 +154,9 @@ def test_tensorboard_holds_the_start_the_final_test_and_the_config(tracked_run):
     accumulator.Reload()
     [text] = accumulator.Tensors("config/text_summary")
     assert b'"algorithm": "fedmezo"' in text.tensor_proto.string_val[0]
-    assert all(event.wall_time > 1.7e9 for event in accumulator.Scalars("loss/train"))  # wall-clock timestamps
+    rows = _rows(tracked_run.run_dir)
+    assert [event.wall_time for event in accumulator.Scalars("loss/train")] == [row["time"] for row in rows]
+    assert all(row["time"] > 1.7e9 for row in rows)  # wall-clock timestamps in metrics.jsonl too
 
 
 def test_resuming_a_finished_run_leaves_no_empty_event_file(tmp_path):

@@ -120,6 +120,7 @@ def run_experiment(
                 if budget is not None and budget.spent(extra["history"]) >= budget.value:
                     break
                 state, row = round_fn(experiment, algorithm, state, round, kept)
+                row = {**row, "time": time.time()}  # wall clock (Unix seconds) at the round's end
                 extra = _record_round(paths, state, row, extra, clock.elapsed())
                 tracking.round(row)
                 if stop_after_round is not None and round >= stop_after_round:
