@@ -310,10 +310,14 @@ def resolve_file_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             node[key] = node = dict(child)
         else:
             value = node.get(keys[-1])
-            if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
-                continue
+            if not isinstance(value, str) or not value or "\0" in value or Path(value).expanduser().is_absolute():
+                continue  # a NUL byte is no path: left for the check that names the key
             candidate = base_dir / value
-            if keys in _ALWAYS_PATHS or candidate.exists() or looks_like_path(value):
+            try:
+                local = keys in _ALWAYS_PATHS or candidate.exists() or looks_like_path(value)
+            except OSError:  # a name too long for the file system, say: not a file here
+                local = looks_like_path(value)
+            if local:
                 node[keys[-1]] = os.path.abspath(candidate)
     return raw
 
