@@ -113,7 +113,7 @@ def test_an_override_after_a_flag_reaches_the_config(capsys):
 def test_nothing_given_prints_the_commands_and_exit_2(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: zofed [-h] COMMAND ...")
+    assert err.startswith("usage: zofed [-h] [--version] COMMAND ...")
     for command in ("run", "compare", "data", "config", "eval", "flower"):
         assert f"\n    {command} " in err
 
@@ -156,3 +156,78 @@ def test_model_not_found_online_does_not_suggest_going_online(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     message = str(_not_found("nobody/no-such-model"))
     assert "HF_HUB_OFFLINE" not in message and "spelling" in message
+
+
+@pytest.mark.parametrize("command", [["run"], ["data"], ["config", "show"]])
+def test_overrides_may_come_before_the_config(command):
+    from zofed.cli import _find_config_among_overrides
+
+    parsed = _parser().parse_args([*command, "rounds=2", str(QUICKSTART), "seed=3"])
+    _find_config_among_overrides(parsed)
+    assert parsed.config == str(QUICKSTART) and parsed.overrides == ["rounds=2", "seed=3"]
+
+
+def test_an_override_before_the_config_reaches_it(capsys):
+    assert main(["config", "show", "rounds=4", str(QUICKSTART)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["rounds"] == 4
+
+
+def test_list_imports_neither_torch_nor_transformers(tmp_path):
+    # The time a listing takes is the modules it imports: measured as that set, in a fresh process.
+    probe = ("import sys, contextlib, io\nfrom zofed.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n    main(['list'])\n"
+             "print(','.join(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets', 'numpy', 'pydantic') "
+             "if m in sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_the_list_catalogue_equals_the_registries():
+    from zofed import catalog
+    from zofed.algorithms import ALGORITHMS
+    from zofed.data import PARTITIONERS, TASKS
+    from zofed.llm import BUILTIN_MODELS
+    from zofed.llm.shapes import SHAPES
+
+    algorithms = []
+    for name, entry in sorted(ALGORITHMS.items()):
+        weighting = entry.settings.model_fields.get("weighting")
+        algorithms.append((name, entry.description, weighting.default if weighting else None, entry.basis))
+    assert catalog.ALGORITHMS == algorithms
+    assert catalog.MODELS == [(name, getattr(model, "description", model)) for name, model in BUILTIN_MODELS.items()]
+    assert catalog.SHAPES == tuple(SHAPES)
+    assert catalog.TASKS == [(name, task.description) for name, task in TASKS.items()]
+    assert catalog.PARTITIONERS == tuple(PARTITIONERS)
+
+
+def test_version_and_python_m_zofed(tmp_path):
+    from zofed import __version__
+
+    result = subprocess.run([sys.executable, "-m", "zofed", "--version"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"zofed {__version__}"
+    result = subprocess.run([sys.executable, "-m", "zofed", "run", "missing.yaml"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and f"'{tmp_path}/missing.yaml' not found" in result.stderr
+
+
+def test_eval_takes_the_runs_task_by_default():
+    parsed = _parser().parse_args(["eval", "runs/x"])
+    assert parsed.task is None  # evaluate_run reads the run's task from its config.yaml
+
+
+def test_config_show_marks_the_sections_the_run_does_not_read(capsys):
+    assert main(["config", "show", str(QUICKSTART), "algorithm=fedavg"]) == 0
+    out = capsys.readouterr().out
+    assert "# unused: algorithm is fedavg (zofed compare reads this section)\nfedmezo:" in out
+    assert "# unused" not in out.split("fedmezo:")[1] and yaml.safe_load(out)["algorithm"] == "fedavg"
+
+
+def test_run_lists_the_unused_sections_once_at_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # refused after the start (the data file is missing), so nothing trains
+    assert main(["run", str(QUICKSTART), "algorithm=fedavg", "task=gsm8k", "data.path=./none.jsonl"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "zofed: not used by this run (algorithm fedavg): the config's fedmezo section"
+    assert f"'{tmp_path}/none.jsonl' not found" in lines[1] and len(lines) == 2

@@ -38,9 +38,12 @@ def test_tensorboard_events_hold_every_round_row(tracked_run):
         "loss/train": "train_loss", "loss/validation": "eval_loss", "bytes/up": "bytes_up", "bytes/down": "bytes_down",
         "compute/forward_passes": "forward_passes", "memory/peak_rss_mb": "peak_rss_mb", "time/round_s": "seconds",
     }
+    summary = json.loads((tracked_run.run_dir / "summary.json").read_text())
     for tag, key in expected.items():
-        assert [step for step, _ in events[tag]] == [1, 2], tag
-        assert [value for _, value in events[tag]] == pytest.approx([row[key] for row in rows], rel=1e-6), tag
+        before = [] if tag != "loss/validation" else [(0, summary["initial_eval_loss"])]  # the start, as step 0
+        assert [step for step, _ in events[tag]] == [step for step, _ in before] + [1, 2], tag
+        assert [value for _, value in events[tag]] == pytest.approx([v for _, v in before] + [row[key] for row in rows],
+                                                                    rel=1e-6), tag
     assert [value for _, value in events["lr"]] == pytest.approx([0.005, 0.005])
     assert [value for _, value in events["bytes/up_records"]] == [row["bytes_up_by_kind"]["records"] for row in rows]
 
@@ -107,9 +110,10 @@ def test_wandb_sink_logs_every_round_offline(tmp_path, monkeypatch):
     init, *logs, finish = fake.calls
     assert init[0] == "init" and init[1]["mode"] == "offline" and init[1]["name"] == "test-fedmezo"
     assert init[1]["config"]["tracking"]["wandb"] is True
-    assert [call[1] for call in logs] == [1, 2] and finish == ("finish",)
+    assert [call[1] for call in logs] == [0, 1, 2, 2] and finish == ("finish",)  # before, the rounds, the final test
     rows = _rows(config.run_dir)
-    assert [call[2]["loss/train"] for call in logs] == pytest.approx([row["train_loss"] for row in rows])
+    assert [call[2]["loss/train"] for call in logs[1:3]] == pytest.approx([row["train_loss"] for row in rows])
+    assert set(logs[0][2]) >= {"loss/validation", "loss/test"} and set(logs[3][2]) >= {"loss/test"}
 
 
 def test_wandb_without_the_package_refuses_the_run_before_it_writes(tmp_path, monkeypatch):
@@ -139,3 +143,74 @@ def test_a_terminal_gets_the_bar_naming_its_loss(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TTY_COMPATIBLE", "0")
     with open_tracking(_console_config(tmp_path), tmp_path, first_round=1, show_progress=False) as tracking:
         assert [type(sink) for sink in tracking.sinks] == [PlainLines]  # piped: lines even without a bar
+
+
+def test_tensorboard_holds_the_start_the_final_test_and_the_config(tracked_run):
+    events = _events(tracked_run.run_dir)
+    summary = json.loads((tracked_run.run_dir / "summary.json").read_text())
+    assert events["loss/test"] == [(0, pytest.approx(summary["initial_test_loss"])), (2, pytest.approx(summary["final_test_loss"]))]
+    assert [step for step, _ in events["accuracy/test"]] == [0, 2]
+    accumulator = EventAccumulator(str(tracked_run.run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    [text] = accumulator.Tensors("config/text_summary")
+    assert b'"algorithm": "fedmezo"' in text.tensor_proto.string_val[0]
+    rows = _rows(tracked_run.run_dir)
+    assert [event.wall_time for event in accumulator.Scalars("loss/train")] == [row["time"] for row in rows]
+    assert all(row["time"] > 1.7e9 for row in rows)  # wall-clock timestamps in metrics.jsonl too
+
+
+def test_resuming_a_finished_run_leaves_no_empty_event_file(tmp_path):
+    config = tiny_config(tmp_path, "fedmezo", "rounds=1", "local.local_steps=1", "eval.accuracy_examples=0")
+    run_experiment(config, show_progress=False)
+    before = set(config.run_dir.glob("events.out.tfevents.*"))
+    run_experiment(config, resume=True, show_progress=False)
+    for new in set(config.run_dir.glob("events.out.tfevents.*")) - before:
+        assert EventAccumulator(str(new)).Reload().Tags()["scalars"], new  # a new file holds values, or is not written
+    steps = [step for step, _ in _events(config.run_dir)["loss/validation"]]
+    assert steps == [0, 1]  # one run: the resume added nothing twice
+
+
+def test_a_loss_that_barely_moves_gets_one_line_naming_what_to_try(tmp_path, capsys):
+    config = tiny_config(tmp_path, "fedmezo", "rounds=3", "local.local_steps=1", "fedmezo.lr=1e-9")
+    run_experiment(config, show_progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert "fedmezo.lr (now 1e-09)" in warnings[0] and "fedmezo.mu" in warnings[0] and "docs/results.md" in warnings[0]
+
+
+def test_a_loss_that_moves_gets_no_warning():
+    from zofed.algorithms import ALGORITHMS
+    from zofed.tracking import stall_warning
+
+    settings = ALGORITHMS["fedmezo"].settings()
+    moving = [{"eval_loss": 2.0}, {"eval_loss": 1.9}]
+    flat = [{"eval_loss": 2.0}, {"eval_loss": 1.9999}]
+    assert stall_warning(2.0, moving, settings, "fedmezo") is None
+    assert stall_warning(2.0, flat, settings, "fedmezo") is not None
+    assert stall_warning(2.0, flat[:1], settings, "fedmezo") is None  # only after the first evaluations
+
+
+def test_the_eta_counts_the_final_evaluation(monkeypatch):
+    from rich.console import Console
+
+    from zofed.tracking import ProgressBar
+
+    bar = ProgressBar(3, 1, Console(file=open("/dev/null", "w"), force_terminal=True), evaluation_s=100.0)
+    bar.round({"round": 1, "train_loss": 1.0, "seconds": 10.0}, {})
+    assert bar._progress.tasks[0].fields["eta"] == "0:02:00"  # 2 rounds of 10 s + the final evaluation's 100 s
+    bar.close()
+
+
+def test_a_long_phase_says_so_when_piped(monkeypatch, capsys):
+    import time
+
+    from zofed import status
+
+    with status.phase("quick", live=False):
+        pass
+    assert capsys.readouterr().err == ""  # a fast step (or a fast failure) adds no line
+    monkeypatch.setattr(status, "PHASE_LINE_AFTER_S", 0.01)
+    with status.phase("loading the model", live=False):
+        time.sleep(0.2)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "zofed: loading the model..." and lines[1].startswith("zofed: loading the model: done in ")

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from zofed import __version__
 from zofed.errors import ZofedError
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     try:
+        _find_config_among_overrides(args)
         return args.handler(args)
     except ZofedError as error:
         print(f"zofed: error: {_one_line(str(error))}", file=sys.stderr)
@@ -44,6 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _find_config_among_overrides(args: argparse.Namespace) -> None:
+    """Overrides may come before CONFIG too: the config is the first positional that is no KEY=VALUE.
+
+    argparse takes the first positional as CONFIG, so `zofed run rounds=2 my.yaml` needs this.
+    A file that exists is the config even when its name holds an `=`.
+    """
+    if not (hasattr(args, "config") and hasattr(args, "overrides")):
+        return
+    positionals = [args.config, *args.overrides]
+    index = next((i for i, value in enumerate(positionals) if "=" not in value or Path(value).is_file()), None)
+    if index is None:
+        raise ZofedError("no CONFIG among the arguments, only KEY=VALUE overrides; give a YAML config such as "
+                         "configs/quickstart.yaml")
+    args.config = positionals.pop(index)
+    args.overrides = positionals
 
 
 MAX_ERROR_CHARS = 1000  # a message quoting too much of some input is cut, never printed whole
@@ -74,12 +93,13 @@ class _Parser(argparse.ArgumentParser):
             self._intermixing = False
 
 
-OVERRIDES_HELP = "dotted config overrides, before, between or after the flags, e.g. rounds=2 fedmezo.lr=1e-3"
+OVERRIDES_HELP = "dotted config overrides, before or after CONFIG and the flags, e.g. rounds=2 fedmezo.lr=1e-3"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zofed", description="Zeroth-order federated fine-tuning of LLMs.",
                      epilog="`zofed COMMAND --help` describes a command.")
+    parser.add_argument("--version", action="version", version=f"zofed {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a federated fine-tuning config")
@@ -110,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                     "across clients; print each client's size and label counts. Trains nothing, writes nothing.",
     )
     data.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
-    data.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], 
+    data.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[],
                       help="dotted config overrides, before or after CONFIG, e.g. clients=8 partition.method=dirichlet")
     data.set_defaults(handler=_data)
 
@@ -123,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a run's weights on a data file")
     evaluate.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
-    evaluate.add_argument("--task", required=True, help="task format of the data (see `zofed list`)")
+    evaluate.add_argument("--task", default=None, help="task format of the data (see `zofed list`; default: the run's task)")
     evaluate.add_argument("--data", default=None, help="data file/dir or hub name (omit for the built-in task)")
     evaluate.add_argument("--weights", choices=("final", "best"), default="final")
     evaluate.add_argument("--examples", type=int, default=128, help="evaluate at most this many examples")
@@ -193,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
     from zofed.config import load_config
 
     config = load_config(args.config, args.overrides)
+    _say_unused_sections(config)
     options = {"resume": args.resume, "overwrite": args.overwrite, "show_progress": not args.no_progress}
     if config.runtime == "flower-sim":
         from zofed.runtime.flower.simulation import run_flower_sim
@@ -210,6 +231,13 @@ def _run(args: argparse.Namespace) -> int:
     where = " on the SuperLink's machine" if config.runtime == "flower" else ""
     print(f"results in {config.run_dir}/{where} (summary.json, metrics.jsonl, report.png, TensorBoard events)", file=sys.stderr)
     return 0
+
+
+def _say_unused_sections(config) -> None:
+    if config.unused_sections:
+        print(f"zofed: not used by this run (algorithm {config.algorithm}): the config's "
+              f"{', '.join(config.unused_sections)} section{'s' if len(config.unused_sections) > 1 else ''}",
+              file=sys.stderr)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -263,29 +291,26 @@ def _flower_register(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from zofed.algorithms import ALGORITHMS
-    from zofed.data import PARTITIONERS, TASKS
-    from zofed.llm import BUILTIN_MODELS
-    from zofed.llm.shapes import SHAPES
+    # The catalogue, not the registries: importing those loads torch and transformers (seconds).
+    from zofed import catalog
 
     print("algorithms:")
-    for name, entry in sorted(ALGORITHMS.items()):
-        print(f"  {name:14s} {entry.description}")
-        weighting = entry.settings.model_fields.get("weighting")
+    for name, description, weighting, basis in catalog.ALGORITHMS:
+        print(f"  {name:14s} {description}")
         if weighting is not None:
-            print(f"  {'':14s}   clients weighted by: {weighting.default} (default; `weighting: uniform | examples`)")
-        if entry.basis:
-            print(f"  {'':14s}   basis: {entry.basis}")
+            print(f"  {'':14s}   clients weighted by: {weighting} (default; `weighting: uniform | examples`)")
+        if basis:
+            print(f"  {'':14s}   basis: {basis}")
     print("  (docs/methods.md: what each method takes from its paper and official code, and what is ours)")
     print("models (or any local directory / hub id available offline):")
-    for name, model in BUILTIN_MODELS.items():
-        print(f"  {name:14s} {getattr(model, 'description', model)}")
-    print(f"  shape:NAME     a published architecture with random weights, NAME one of {', '.join(SHAPES)}")
+    for name, description in catalog.MODELS:
+        print(f"  {name:14s} {description}")
+    print(f"  shape:NAME     a published architecture with random weights, NAME one of {', '.join(catalog.SHAPES)}")
     print("tasks:")
-    for name, task in TASKS.items():
-        print(f"  {name:14s} {task.description}")
+    for name, description in catalog.TASKS:
+        print(f"  {name:14s} {description}")
     print("partitioners:")
-    for name in PARTITIONERS:
+    for name in catalog.PARTITIONERS:
         print(f"  {name}")
     return 0
 
@@ -296,7 +321,11 @@ def _config_show(args: argparse.Namespace) -> int:
     from zofed.config import load_config
 
     config = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    for name in config.unused_sections:  # a comment keeps the document valid YAML (and a config)
+        text = text.replace(f"\n{name}:\n", f"\n# unused: algorithm is {config.algorithm} (zofed compare reads this section)\n"
+                                              f"{name}:\n", 1)
+    print(text, end="")
     return 0
 
 

@@ -31,8 +31,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from zofed.algorithms import ALGORITHMS  # noqa: E402
 from zofed.atomic import atomic_path, write_atomic  # noqa: E402
-from zofed.config import RunConfig, load_config  # noqa: E402
+from zofed.config import RunConfig, load_config, override_section  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.experiment import json_digest  # noqa: E402
@@ -81,7 +82,12 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
         raise ZofedError(f"--algorithms lists one twice: {','.join(algorithms)}")
     if seeds < 1:
         raise ZofedError(f"--seeds {seeds} must be at least 1")
-    base = load_config(config_path, list(overrides))
+    # An override of a method's section applies to that method's runs; one naming a method not compared is refused.
+    unread = sorted({override_section(o) for o in overrides} & set(ALGORITHMS) - set(algorithms))
+    if unread:
+        raise ZofedError(f"an override sets {unread[0]}'s settings, but --algorithms does not compare {unread[0]}; "
+                         f"add it to --algorithms or drop the override")
+    base = load_config(config_path, _shared(overrides))
     if base.runtime != "local":
         # Identical partitions, sampling and evaluation are guaranteed (and hash-checked) for the
         # in-process runtime only; silently running locally would mislabel the results.
@@ -92,10 +98,15 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
     for algorithm in algorithms:
         for offset in range(seeds):
             seed = base_seed + offset
-            config = load_config(config_path, [*overrides, f"algorithm={algorithm}", f"seed={seed}",
+            config = load_config(config_path, [*_shared(overrides, algorithm), f"algorithm={algorithm}", f"seed={seed}",
                                                f"name={algorithm}-seed{seed}", f"output_dir={out / 'runs'}"])
             runs.append(CompareRun(algorithm, seed, config))
     return runs
+
+
+def _shared(overrides: Sequence[str], algorithm: str | None = None) -> list[str]:
+    """The overrides a run of `algorithm` reads: all but those of other methods' sections."""
+    return [o for o in overrides if override_section(o) not in ALGORITHMS or override_section(o) == algorithm]
 
 
 def run_compare(
@@ -108,7 +119,7 @@ def run_compare(
     show_progress: bool = True,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict:
-    name = load_config(config_path, list(overrides)).name
+    name = load_config(config_path, _shared(overrides)).name
     out = Path(out) if out is not None else Path("compare") / name
     runs = plan_runs(config_path, overrides, algorithms, seeds, out)
     results = []

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from zofed.algorithms import ALGORITHMS, Settings, get_algorithm
+from zofed.algorithms import ALGORITHMS, Settings
 from zofed.errors import ZofedError
 
 
@@ -208,6 +209,11 @@ class RunConfig(Section):
     def algorithm_settings(self) -> Settings:
         return self.methods[self.algorithm]
 
+    @property
+    def unused_sections(self) -> list[str]:
+        """Method sections of the config this run does not read (they stay valid: `zofed compare` reads each)."""
+        return sorted(name for name in self.methods if name != self.algorithm)
+
     def sampled_per_round(self) -> int:
         if isinstance(self.clients_per_round, float):
             return max(1, round(self.clients_per_round * self.clients))
@@ -254,7 +260,8 @@ def read_config_file(path: str | Path) -> Any:
     """A config file's YAML, read with bounds: its size, UTF-8 and no aliases."""
     path = Path(path)
     if not path.is_file():
-        raise ZofedError(f"config file '{path}' not found; pass the path of a YAML file such as configs/quickstart.yaml")
+        raise ZofedError(f"config file '{os.path.abspath(path)}' not found; pass the path of a YAML file such as "
+                         "configs/quickstart.yaml")
     with open(path, "rb") as handle:
         data = handle.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
@@ -268,39 +275,109 @@ def read_config_file(path: str | Path) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A config file plus overrides: the file's relative paths are taken from the file's own directory,
+    an override's from the current directory (where the user typed it)."""
     raw = read_config_file(path)
     if raw is None:
         raise ZofedError(f"config file '{path}' is empty; write the run's settings in it (see configs/quickstart.yaml)")
     if not isinstance(raw, dict):
         raise ZofedError(f"config file '{path}' must hold a mapping of keys to values (see configs/quickstart.yaml)")
-    return parse_config(raw, overrides)
+    return parse_config(resolve_file_paths(raw, Path(path).parent), overrides)
+
+
+# Config keys holding a local path. A relative one in a config file names a file next to the config;
+# `model` and `data.path` may also name a hub id or a built-in, so they are taken as paths only
+# where the file exists or the value can only be a path (./x, ../x, x.jsonl, a/b/c).
+PATH_KEYS = (("data", "path"), ("data", "test_path"), ("model",), ("flower", "root_certificates"), ("output_dir",))
+_ALWAYS_PATHS = {("flower", "root_certificates"), ("output_dir",)}
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".gguf")
+
+
+def looks_like_path(value: str) -> bool:
+    """A value that can only name a local file or directory (never a hub id or a built-in name)."""
+    return value.startswith((".", "/", "~")) or value.lower().endswith(DATA_SUFFIXES) or value.count("/") > 1
+
+
+def resolve_file_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`raw` with the relative paths it holds made absolute against `base_dir` (the config file's directory)."""
+    raw = dict(raw)
+    for keys in PATH_KEYS:
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                break
+            node[key] = node = dict(child)
+        else:
+            value = node.get(keys[-1])
+            if not isinstance(value, str) or not value or "\0" in value or Path(value).expanduser().is_absolute():
+                continue  # a NUL byte is no path: left for the check that names the key
+            candidate = base_dir / value
+            try:
+                local = keys in _ALWAYS_PATHS or candidate.exists() or looks_like_path(value)
+            except OSError:  # a name too long for the file system, say: not a file here
+                local = looks_like_path(value)
+            if local:
+                node[keys[-1]] = os.path.abspath(candidate)
+    return raw
 
 
 def parse_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Every problem of the config is reported at once, in one line, so that three typos cost one run."""
     data = _apply_overrides(dict(raw), overrides)
     # the keys the user typed on the command line: only their values are echoed in an error
     typed = {override.partition("=")[0] for override in overrides}
+    problems: list[str] = []
     algorithm = data.get("algorithm", RunConfig.model_fields["algorithm"].default)
     if not isinstance(algorithm, str):
         raise ZofedError("config key 'algorithm' must be an algorithm name such as fedmezo")
-    get_algorithm(algorithm)  # unknown name -> one-line error listing the known ones
+    if algorithm not in ALGORITHMS:
+        close = difflib.get_close_matches(algorithm, list(ALGORITHMS), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        problems.append(f"unknown algorithm '{excerpt(algorithm)}'; {hint}use one of: {', '.join(sorted(ALGORITHMS))}")
+    _refuse_overrides_of_unread_sections(algorithm, overrides)
     methods = {}
-    for name in sorted(set(ALGORITHMS) & set(data) | {algorithm}):
+    for name in sorted(set(ALGORITHMS) & (set(data) | {algorithm})):
         section = data.pop(name, None) or {}
         if not isinstance(section, dict):
-            raise ZofedError(f"config section '{name}' must be a mapping of settings")
+            problems.append(f"config section '{name}' must be a mapping of settings")
+            continue
         _refuse_non_string_keys(section, f"section '{name}'")
         try:
             methods[name] = ALGORITHMS[name].settings(**section)
         except ValidationError as error:
-            raise ZofedError(_describe(error, typed, prefix=name)) from None
+            problems += _describe(error, typed, prefix=name)
     _refuse_non_string_keys(data, "the top level")
     try:
         config = RunConfig(**data, methods=methods)
     except ValidationError as error:
-        raise ZofedError(_describe(error, typed)) from None
+        problems += _describe(error, typed)
+    if problems:
+        if len(problems) == 1:
+            raise ZofedError(problems[0])
+        raise ZofedError(f"{len(problems)} problems in the config: " + " | ".join(
+            f"({number}) {problem}" for number, problem in enumerate(problems, 1)))
     _refuse_non_finite(config.to_dict())
     return config
+
+
+def override_section(override: str) -> str:
+    """The top-level section (or key) an override `a.b=value` sets."""
+    return override.partition("=")[0].split(".")[0]
+
+
+def _refuse_overrides_of_unread_sections(algorithm: str, overrides: list[str] | tuple[str, ...]) -> None:
+    """`algorithm=fedavg fedmezo.lr=1e-3` would train with fedavg's own lr: refused, not ignored.
+
+    A config file may hold several methods' sections (`zofed compare` reads each one); an override
+    typed for this run names a setting the user expects this run to use.
+    """
+    for override in overrides:
+        section = override_section(override)
+        if section in ALGORITHMS and section != algorithm:
+            raise ZofedError(f"override '{excerpt(override.partition('=')[0])}' sets a setting of {section}, but this run's "
+                             f"algorithm is {excerpt(algorithm)}, which does not read it; override {algorithm}.KEY "
+                             f"instead (or algorithm={section})")
 
 
 def _refuse_non_string_keys(section: dict, where: str) -> None:
@@ -349,16 +426,19 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
-def _describe(error: ValidationError, typed: set[str], prefix: str = "") -> str:
-    first = error.errors()[0]
-    parts = [str(part) for part in (prefix, *first["loc"]) if part != ""]
+def _describe(error: ValidationError, typed: set[str], prefix: str = "") -> list[str]:
+    return [_describe_one(problem, typed, prefix) for problem in error.errors()]
+
+
+def _describe_one(problem: dict[str, Any], typed: set[str], prefix: str) -> str:
+    parts = [str(part) for part in (prefix, *problem["loc"]) if part != ""]
     location = excerpt(".".join(parts), 80)
-    if first["type"] == "extra_forbidden":
+    if problem["type"] == "extra_forbidden":
         return _unknown_key(parts, location in typed)
-    message = excerpt(first["msg"].removeprefix("Value error, "), 300)
+    message = excerpt(problem["msg"].removeprefix("Value error, "), 300)
     if not location:
         return f"invalid config: {message}"
-    shown = first.get("input")
+    shown = problem.get("input")
     # A value is echoed only where the user typed it (an override) or where it is a plain number:
     # the config file may be a link to someone's secret, and its text is not repeated.
     echo = shown is not None and not isinstance(shown, (dict, list)) and (

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from zofed.atomic import atomic_path  # noqa: E402
 
@@ -30,6 +31,9 @@ def plot_run(rounds: Sequence[dict], initial_eval_loss: float, path: Path, title
     by_bytes.set(xlabel="cumulative bytes up + down (MB)", ylabel="validation loss", title="loss vs bytes")
     for axis in (by_round, by_bytes):
         axis.grid(alpha=0.3)
+        # The loss as plain numbers: matplotlib would write a small change as `1e-5+1.08135e1`.
+        axis.yaxis.set_major_formatter(ScalarFormatter(useOffset=False, useMathText=False))
+        axis.yaxis.get_major_formatter().set_scientific(False)
     figure.suptitle(title)
     try:
         with atomic_path(path) as staging:

@@ -9,15 +9,16 @@ otherwise, so nohup and SLURM logs show progress). Every sink gets the same flat
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zofed.errors import ZofedError
 
@@ -33,6 +34,32 @@ def check_tracking(settings: TrackingConfig) -> None:
     """
     if settings.wandb and importlib.util.find_spec("wandb") is None:
         raise ZofedError("tracking.wandb=true needs the wandb package: `pip install wandb`, or set tracking.wandb=false")
+
+
+# Validation loss that moved less than this share of its value over the first STALL_EVALUATIONS
+# evaluations after the start: the learning rate is almost surely far too small (ZO's window is narrow).
+STALL_RELATIVE_CHANGE = 1e-3
+STALL_EVALUATIONS = 2
+
+
+def stall_warning(initial_eval_loss: float | None, history: list[dict], settings: object, algorithm: str) -> str | None:
+    """One line when the run has evaluated exactly STALL_EVALUATIONS times and the loss has barely moved."""
+    evaluated = [row["eval_loss"] for row in history if row.get("eval_loss") is not None]
+    if initial_eval_loss is None or len(evaluated) != STALL_EVALUATIONS or not math.isfinite(initial_eval_loss):
+        return None
+    latest = evaluated[-1]
+    if not math.isfinite(latest) or initial_eval_loss == 0:
+        return None
+    change = abs(latest - initial_eval_loss) / abs(initial_eval_loss)
+    if change >= STALL_RELATIVE_CHANGE:
+        return None
+    knobs = [f"{algorithm}.{key} (now {getattr(settings, key):g})" for key in ("lr", "mu")
+             if isinstance(getattr(settings, key, None), (int, float))]
+    advice = f"raise {' and tune '.join(knobs)}" if knobs else f"tune {algorithm}'s settings"
+    return (f"zofed: warning: validation loss moved {change:.2%} in {STALL_EVALUATIONS} evaluations "
+            f"({initial_eval_loss:.5f} -> {latest:.5f}, under the {STALL_RELATIVE_CHANGE:.1%} this warning checks): "
+            f"the learning rate is probably too small for this model and data; {advice} "
+            "(docs/results.md: the window measured on the quickstart; a ZO method's stable lr range is narrow)")
 
 
 class Sink(Protocol):
@@ -85,16 +112,36 @@ class TensorBoardSink:
     def __init__(self, log_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported here: ClientApp processes never log
 
-        # Rounds are logged after their checkpoint, so a resumed run never logs a round twice.
-        self._writer = SummaryWriter(str(log_dir))
+        # Rounds are logged after their checkpoint, so a resumed run never logs a round twice. The writer
+        # (and its event file) starts with the first value: a resumed finished run leaves no empty file.
+        self._open = lambda: SummaryWriter(str(log_dir))
+        self._writer_or_none = None
+
+    @property
+    def _writer(self):
+        if self._writer_or_none is None:
+            self._writer_or_none = self._open()
+        return self._writer_or_none
 
     def round(self, row: dict, values: dict[str, float]) -> None:
         for tag, value in values.items():
-            self._writer.add_scalar(tag, value, row["round"])
+            self._writer.add_scalar(tag, value, row["round"], walltime=row.get("time"))
         self._writer.flush()  # a crash or a reader mid-run sees every finished round
 
+    def evaluation(self, step: int, values: dict[str, float]) -> None:
+        """The before-training evaluation (step 0) or the final one (step = the last round)."""
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, value, step)
+        self._writer.flush()
+
+    def config(self, document: dict) -> None:
+        # The resolved config as text (readable whole) and its flat scalars/strings as hparams (comparable)
+        self._writer.add_text("config", "```yaml\n" + json.dumps(document, indent=2) + "\n```", 0)
+        self._writer.flush()
+
     def close(self) -> None:
-        self._writer.close()
+        if self._writer_or_none is not None:
+            self._writer_or_none.close()
 
 
 class WandbSink:
@@ -109,6 +156,9 @@ class WandbSink:
 
     def round(self, row: dict, values: dict[str, float]) -> None:
         self._run.log(values, step=row["round"])
+
+    def evaluation(self, step: int, values: dict[str, float]) -> None:
+        self._run.log(values, step=step)
 
     def close(self) -> None:
         self._run.finish()
@@ -137,59 +187,120 @@ class PlainLines:
 
 
 class ProgressBar:
-    """A live bar on the terminal; its loss column says which loss it shows."""
+    """A live bar on the terminal; its loss column says which loss it shows.
 
-    def __init__(self, total: int, first_round: int, console: Console) -> None:
+    The ETA counts the rounds left at their mean duration so far plus the final evaluation, taken to
+    last as long as the before-training one (the same validation, test and accuracy work).
+    """
+
+    def __init__(self, total: int, first_round: int, console: Console, evaluation_s: float = 0.0) -> None:
         self._progress = Progress(
             TextColumn("[bold]round {task.completed}/{task.total}"),
             BarColumn(),
             TextColumn("{task.fields[loss]}"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=console,
         )
-        self._task = self._progress.add_task("rounds", total=total, completed=first_round - 1, loss="loss -")
+        self._total, self._evaluation_s, self._round_s = total, evaluation_s, []
+        self._task = self._progress.add_task("rounds", total=total, completed=first_round - 1, loss="loss -", eta="-")
         self._progress.start()
 
     def round(self, row: dict, values: dict[str, float]) -> None:
-        self._progress.update(self._task, advance=1, loss=loss_text(row))
+        self._round_s.append(float(row.get("seconds", 0.0)))
+        left = self._total - row["round"]
+        eta_s = left * sum(self._round_s) / len(self._round_s) + self._evaluation_s
+        self._progress.update(self._task, advance=1, loss=loss_text(row), eta=_duration(eta_s))
+
+    def console(self) -> Console:
+        return self._progress.console
 
     def close(self) -> None:
-        self._progress.stop()
+        self._progress.stop()  # stopping twice is harmless
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Tracking:
-    """Sends each round row to every sink."""
+    """Sends each round row to every sink, the before/after evaluations to those that plot them, and
+    warns once when the validation loss has barely moved (`stall_warning`)."""
 
-    def __init__(self, sinks: list[Sink], default_lr: float | None) -> None:
+    def __init__(self, sinks: list[Sink], default_lr: float | None, initial: dict | None = None,
+                 history: list[dict] | None = None, warn: Callable[[str], None] | None = None,
+                 settings: object = None, algorithm: str = "") -> None:
         self.sinks, self._default_lr = sinks, default_lr
+        self._initial, self._history = initial or {}, list(history or [])
+        self._warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._settings, self._algorithm = settings, algorithm
+
+    def start(self, config_document: dict) -> None:
+        """A new run (not a resumed one): its config and the before-training evaluation as step 0."""
+        for sink in self.sinks:
+            if hasattr(sink, "config"):
+                sink.config(config_document)
+        self._evaluation(0, self._initial)
 
     def round(self, row: dict) -> None:
         values = scalars(row, self._default_lr)
         for sink in self.sinks:
             sink.round(row, values)
+        self._history.append(row)
+        warning = stall_warning(self._initial.get("eval_loss"), self._history, self._settings, self._algorithm)
+        if warning is not None and row.get("eval_loss") is not None:
+            self._warn(warning)
+
+    def end_rounds(self) -> None:
+        """Stop the live bar: the final evaluation shows its own status line."""
+        for sink in self.sinks:
+            if isinstance(sink, ProgressBar):
+                sink.close()
+
+    def final(self, step: int, evaluation: dict) -> None:
+        """The after-training test loss and accuracy, at the last round's step (that round logged the
+        same model's validation loss)."""
+        self._evaluation(step, {key: value for key, value in evaluation.items() if key != "eval_loss"})
+
+    def _evaluation(self, step: int, evaluation: dict) -> None:
+        values = {tag: float(evaluation[key]) for key, tag in EVALUATION_TAGS.items()
+                  if evaluation.get(key) is not None and math.isfinite(float(evaluation[key]))}
+        if not values:
+            return
+        for sink in self.sinks:
+            if hasattr(sink, "evaluation"):
+                sink.evaluation(step, values)
+
+
+EVALUATION_TAGS = {"eval_loss": "loss/validation", "test_loss": "loss/test", "test_accuracy": "accuracy/test"}
 
 
 @contextmanager
-def open_tracking(config: RunConfig, run_dir: Path, first_round: int, show_progress: bool = True) -> Iterator[Tracking]:
+def open_tracking(config: RunConfig, run_dir: Path, first_round: int, show_progress: bool = True,
+                  initial: dict | None = None, history: list[dict] | None = None) -> Iterator[Tracking]:
     """The sinks for one run session: console (bar or lines), TensorBoard and W&B as configured.
 
-    Console output goes to stderr: stdout carries the summary JSON.
+    `initial`: the before-training evaluation (with its `seconds`, for the ETA); `history`: the rounds
+    played before this session. Console output goes to stderr: stdout carries the summary JSON.
     """
     console = Console(stderr=True)
     sinks: list[Sink] = []
+    warn = None
     try:
         if console.is_terminal:
             if show_progress:
-                sinks.append(ProgressBar(config.rounds, first_round, console))
+                bar = ProgressBar(config.rounds, first_round, console, float((initial or {}).get("seconds", 0.0)))
+                sinks.append(bar)
+                warn = bar.console().print  # above the live bar, not through it
         else:
             sinks.append(PlainLines(config.name, config.rounds, sys.stderr))
         if config.tracking.tensorboard:
             sinks.append(TensorBoardSink(run_dir))
         if config.tracking.wandb:
             sinks.append(WandbSink(config, run_dir))
-        yield Tracking(sinks, getattr(config.algorithm_settings, "lr", None))
+        yield Tracking(sinks, getattr(config.algorithm_settings, "lr", None), initial, history, warn,
+                       config.algorithm_settings, config.algorithm)
     finally:
         for sink in reversed(sinks):
             sink.close()

@@ -17,7 +17,7 @@ import yaml
 
 from .helpers import final_weights, tiny_config
 
-TIMING = {"seconds", "peak_rss_mb", "peak_device_mb"}
+TIMING = {"seconds", "time", "peak_rss_mb", "peak_device_mb"}
 
 
 def without_timings(row: dict) -> dict:

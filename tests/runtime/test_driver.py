@@ -47,7 +47,7 @@ def test_metrics_lines_and_ledger(finished_run):
 
 def test_eval_command_scores_a_finished_run(finished_run, capsys, tmp_path):
     config, summary = finished_run
-    assert main(["eval", str(config.run_dir), "--task", "builtin", "--examples", "8"]) == 0
+    assert main(["eval", str(config.run_dir), "--examples", "8"]) == 0  # the run's own task (builtin) by default
     result = json.loads(capsys.readouterr().out)
     assert result["examples"] == 8 and result["loss"] > 0 and 0.0 <= result["accuracy"] <= 1.0
     data = tmp_path / "gsm.jsonl"

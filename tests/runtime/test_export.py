@@ -128,3 +128,31 @@ def test_export_into_an_empty_directory(tmp_path):
     (tmp_path / "out").mkdir()
     export_run(config.run_dir, tmp_path / "out")
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_exports_name_the_hub_model_and_no_gguf_internal_name(tmp_path, monkeypatch):
+    import zofed.runtime.export as export
+    from zofed.llm import base_model_hub_id
+
+    assert base_model_hub_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_model_hub_id("smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct" and base_model_hub_id("tiny-llama") is None
+    # tiny-llama stands in for the built-in SmolLM2: a hub id, and the name its GGUF file puts in the config
+    monkeypatch.setattr(export, "base_model_hub_id", lambda name: "HuggingFaceTB/SmolLM2-135M-Instruct")
+    load = export.load_run_model
+
+    def load_as_from_gguf(*args):
+        loaded, view = load(*args)
+        loaded.model.config._model_name_or_path = "Smollm2 135M 8k Lc100K Mix1 Ep2"
+        return loaded, view
+
+    monkeypatch.setattr(export, "load_run_model", load_as_from_gguf)
+    config = make_run(tmp_path)
+    export_run(config.run_dir, tmp_path / "adapter", format="peft")
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in card and str(Path.home()) not in card.split("---")[1]
+    record = json.loads((tmp_path / "adapter" / "zofed_export.json").read_text())
+    assert record["base_model_hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # the adapter still loads its base from the exact weights the run trained on
+    assert Path(json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]).is_dir()
+    export_run(config.run_dir, tmp_path / "merged", format="merged")
+    assert "Smollm2 135M" not in (tmp_path / "merged" / "config.json").read_text()

@@ -12,6 +12,7 @@ import codecs
 import csv
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -140,7 +141,9 @@ def _load(source: DataSource) -> list[Row]:
                 _check_json(file) if file.suffix.lower() in (".json", ".jsonl") else _check_utf8(file)
         return _local(source, path, str(path), {})
     if _looks_like_path(source.path):
-        raise ZofedError(f"data file '{source.path}' not found; check data.path")
+        # the absolute path tried: a relative one was resolved against the config file's directory
+        raise ZofedError(f"data file '{os.path.abspath(path)}' not found; check data.path (a relative path in a config "
+                         "file is taken from the file's directory, on the command line from the current one)")
     return _hub(source, datasets)
 
 

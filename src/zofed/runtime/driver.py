@@ -34,6 +34,7 @@ from zofed.runtime.prepare import prepared
 from zofed.runtime.round import InProcessTransport, Transport, play_round
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
 from zofed.rundir import open_run_dir, start_run_dir
+from zofed.status import phase
 from zofed.tracking import check_tracking, open_tracking
 
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -91,8 +92,10 @@ def run_experiment(
     check_tracking(config.tracking)  # before the run directory is touched: a missing W&B leaves nothing behind
     checkpoint = open_run_dir(paths.root, resume=resume, overwrite=overwrite)
     config = prepared(config, resume=checkpoint is not None)
-    data = prepare_data(config)
-    experiment = build_experiment(config, data)
+    with phase("reading and splitting the data", show_progress):
+        data = prepare_data(config)
+    with phase(f"loading the model ({config.model}) and tokenising", show_progress):
+        experiment = build_experiment(config, data)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
     data_hashes = data_fingerprint(experiment)
     # held until the run ends, however it ends: a second process on the same directory refuses
@@ -104,22 +107,28 @@ def run_experiment(
             experiment.view.load_(state.weights)
         else:
             state, first_round = algorithm.init(experiment.view.state_dict(experiment.device), config.seed), 1
-            extra = {"history": [], "initial": evaluate_all(experiment), "elapsed_s": 0.0, "best_eval_loss": None,
+            extra = {"history": [], "initial": evaluate_all(experiment, "before training", show_progress),
+                     "elapsed_s": 0.0, "best_eval_loss": None,
                      "data_hashes": data_hashes}  # compared on --resume
         _write_run_files(paths, config, extra["history"])
         clock = _Clock(extra["elapsed_s"], session_started)
 
-        with open_tracking(config, paths.root, first_round, show_progress) as tracking:
+        with open_tracking(config, paths.root, first_round, show_progress, extra["initial"], extra["history"]) as tracking:
+            if checkpoint is None:
+                tracking.start(config.to_dict())
             for round in range(first_round, config.rounds + 1):
                 if budget is not None and budget.spent(extra["history"]) >= budget.value:
                     break
                 state, row = round_fn(experiment, algorithm, state, round, kept)
+                row = {**row, "time": time.time()}  # wall clock (Unix seconds) at the round's end
                 extra = _record_round(paths, state, row, extra, clock.elapsed())
                 tracking.round(row)
                 if stop_after_round is not None and round >= stop_after_round:
                     return None
+            tracking.end_rounds()
+            final = evaluate_all(experiment, "after training", show_progress)
+            tracking.final(len(extra["history"]) and extra["history"][-1]["round"], final)
 
-        final = evaluate_all(experiment)
         save_weights(paths.root / "final.safetensors", dict(state.weights))
         summary = _summary(config, extra, final, clock.elapsed()) | {
             "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
@@ -161,26 +170,28 @@ def with_evaluation(experiment: Experiment, row: dict) -> dict:
     }
 
 
-def evaluate_all(experiment: Experiment) -> dict:
-    """Validation and test loss plus exact-match accuracy (for tasks with short answers)."""
+def evaluate_all(experiment: Experiment, when: str = "", live: bool = True) -> dict:
+    """Validation and test loss plus exact-match accuracy (for tasks with short answers), and the
+    seconds it took (the progress ETA counts the final evaluation with it). `when` names it in the status line."""
     config, task = experiment.config, experiment.data.task
+    started = time.perf_counter()
     accuracy = None
+    with phase(f"evaluating {when}".strip() + " (validation and test loss)", live):
+        eval_loss = _validation_loss(experiment)
+        test_loss = evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id, config.eval.batch_size)
     if task.short_answers and experiment.accuracy_examples:
-        accuracy = exact_match_accuracy(
-            experiment.model,
-            experiment.loaded.tokenizer,
-            experiment.accuracy_examples,
-            task.extract_answer,
-            experiment.max_length,
-            config.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-            config.eval.batch_size,
-            config.data.system_prompt,
-        )
-    return {
-        "eval_loss": _validation_loss(experiment),
-        "test_loss": evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id, config.eval.batch_size),
-        "test_accuracy": accuracy,
-    }
+        with phase(f"generating answers for test accuracy {when}".strip() + f" ({len(experiment.accuracy_examples)} examples)", live):
+            accuracy = exact_match_accuracy(
+                experiment.model,
+                experiment.loaded.tokenizer,
+                experiment.accuracy_examples,
+                task.extract_answer,
+                experiment.max_length,
+                config.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                config.eval.batch_size,
+                config.data.system_prompt,
+            )
+    return {"eval_loss": eval_loss, "test_loss": test_loss, "test_accuracy": accuracy, "seconds": time.perf_counter() - started}
 
 
 def _validation_loss(experiment: Experiment) -> float:

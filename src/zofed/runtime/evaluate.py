@@ -11,10 +11,12 @@ from zofed.runtime.driver import DEFAULT_MAX_NEW_TOKENS
 from zofed.runtime.saved_run import load_run_model, open_run
 
 
-def evaluate_run(run_dir: Path, task_name: str, data_path: str | None, weights: str, limit: int,
+def evaluate_run(run_dir: Path, task_name: str | None, data_path: str | None, weights: str, limit: int,
                  device: str | None = None) -> dict:
-    """`device`: where to evaluate (default: the run's own `device`)."""
+    """`task_name`: the data's task format (default: the run's own task); `device`: where to evaluate
+    (default: the run's own `device`)."""
     config, weights_file = open_run(run_dir, weights)
+    task_name = task_name or config.task
     if device:
         config = parse_config(config.to_dict(), [f"device={device}"])
     task = get_task(task_name)

@@ -2,7 +2,10 @@
 
 The adapter is written by PEFT itself (`save_pretrained`), so its key names and
 `adapter_config.json` are whatever the installed PEFT reads back; zofed only fills in where the
-base model lives, which for a built-in model is zofed's cache.
+base model lives, which for a built-in model is zofed's cache (the exact weights the run trained on:
+the built-in SmolLM2 is de-quantised from a Q4_1 GGUF file, so the hub's own weights differ slightly).
+The hub id of a built-in model is named in the model card and in zofed_export.json, and no
+GGUF-internal name is carried into a merged model's config.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from zofed.errors import ZofedError
-from zofed.llm import base_model_path
+from zofed.llm import GGUF_CONFIG_KEYS, base_model_hub_id, base_model_path
 from zofed.runtime.saved_run import load_run_model, open_run
 
 FORMATS = ("peft", "merged")
@@ -45,6 +48,7 @@ def export_run(run_dir: Path, out: Path, weights: str = "final", format: str | N
         "format": format,
         "model": config.model,
         "base_model": base,
+        "base_model_hub_id": base_model_hub_id(config.model),
         "task": config.task,
         "system_prompt": config.data.system_prompt,
         "dtype": config.dtype,
@@ -56,8 +60,12 @@ def export_run(run_dir: Path, out: Path, weights: str = "final", format: str | N
         if format == "peft":
             model.peft_config[ADAPTER_NAME].base_model_name_or_path = base
             model.save_pretrained(staging)
+            _name_hub_base(staging / "README.md", record["base_model_hub_id"])
         else:
-            (model.merge_and_unload() if lora else model).save_pretrained(staging)
+            merged = model.merge_and_unload() if lora else model
+            for key in GGUF_CONFIG_KEYS:
+                merged.config.__dict__.pop(key, None)
+            merged.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if out.is_dir():
@@ -67,3 +75,11 @@ def export_run(run_dir: Path, out: Path, weights: str = "final", format: str | N
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return record | {"out": str(out)}
+
+
+def _name_hub_base(card: Path, hub_id: str | None) -> None:
+    """PEFT's model card names the base by the path it loads from (zofed's cache): name the hub model instead."""
+    if hub_id is None or not card.is_file():
+        return
+    lines = card.read_text().splitlines(keepends=True)
+    card.write_text("".join(f"base_model: {hub_id}\n" if line.startswith("base_model:") else line for line in lines))

@@ -1,0 +1,73 @@
+"""The config: paths taken from the config file's directory, every problem at once, nothing ignored silently."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zofed.config import load_config, parse_config
+from zofed.errors import ZofedError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(directory: Path, settings: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "run.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_a_relative_path_in_a_config_file_is_taken_from_the_files_directory(tmp_path, monkeypatch):
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "train.jsonl").write_text("{}\n")
+    config_file = write_config(tmp_path / "project" / "configs", {"task": "gsm8k", "data": {"path": "../data/train.jsonl"}})
+    monkeypatch.chdir(tmp_path)  # elsewhere: the current directory does not matter
+    config = load_config(config_file)
+    assert Path(config.data.path) == tmp_path / "project" / "data" / "train.jsonl"
+
+
+def test_a_relative_path_on_the_command_line_is_taken_from_the_current_directory(tmp_path, monkeypatch):
+    config_file = write_config(tmp_path / "configs", {"task": "gsm8k"})
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config_file, ["data.path=mine.jsonl"]).data.path == "mine.jsonl"
+
+
+def test_hub_ids_and_builtin_names_are_not_taken_for_paths(tmp_path):
+    config_file = write_config(tmp_path, {"task": "gsm8k", "model": "tiny-llama", "data": {"path": "openai/gsm8k"}})
+    config = load_config(config_file)
+    assert (config.model, config.data.path) == ("tiny-llama", "openai/gsm8k")
+
+
+def test_the_shipped_configs_find_the_shared_data_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("gsm8k", "alpaca", "codealpaca"):
+        path = Path(load_config(REPO / "configs" / f"{name}.yaml").data.path)
+        assert path.is_relative_to((REPO.parent / "shared" / "data").resolve()), path
+        assert "relative to this file's directory" in (REPO / "configs" / f"{name}.yaml").read_text()
+
+
+def test_a_missing_config_file_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ZofedError, match=f"'{tmp_path}/nope.yaml' not found"):
+        load_config("nope.yaml")
+
+
+def test_every_problem_of_a_config_is_reported_at_once_with_a_did_you_mean():
+    with pytest.raises(ZofedError) as error:
+        parse_config({"rounds": 0, "trainabel": {}, "fedmezo": {"lrr": 1e-3}})
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("3 problems")
+    assert "did you mean 'trainable'" in message and "did you mean 'lr'" in message and "config key 'rounds'" in message
+
+
+def test_an_unknown_algorithm_suggests_the_close_name():
+    with pytest.raises(ZofedError, match="did you mean 'fedmezo'"):
+        parse_config({"algorithm": "fedmez"})
+
+
+def test_an_override_of_a_section_the_algorithm_does_not_read_is_refused():
+    with pytest.raises(ZofedError, match="fedmezo.*algorithm is fedavg, which does not read it"):
+        parse_config({}, ["algorithm=fedavg", "fedmezo.lr=1e-3"])
+    # a config file may hold several methods' sections (zofed compare reads each one)
+    assert parse_config({"algorithm": "fedavg", "fedmezo": {"lr": 1e-3}}).algorithm == "fedavg"
