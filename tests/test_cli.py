@@ -172,35 +172,6 @@ def test_an_override_before_the_config_reaches_it(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["rounds"] == 4
 
 
-def test_list_imports_neither_torch_nor_transformers(tmp_path):
-    # The time a listing takes is the modules it imports: measured as that set, in a fresh process.
-    probe = ("import sys, contextlib, io\nfrom zofed.cli import main\n"
-             "with contextlib.redirect_stdout(io.StringIO()):\n    main(['list'])\n"
-             "print(','.join(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets', 'numpy', 'pydantic') "
-             "if m in sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
-
-
-def test_the_list_catalogue_equals_the_registries():
-    from zofed import catalog
-    from zofed.algorithms import ALGORITHMS
-    from zofed.data import PARTITIONERS, TASKS
-    from zofed.llm import BUILTIN_MODELS
-    from zofed.llm.shapes import SHAPES
-
-    algorithms = []
-    for name, entry in sorted(ALGORITHMS.items()):
-        weighting = entry.settings.model_fields.get("weighting")
-        algorithms.append((name, entry.description, weighting.default if weighting else None, entry.basis))
-    assert catalog.ALGORITHMS == algorithms
-    assert catalog.MODELS == [(name, getattr(model, "description", model)) for name, model in BUILTIN_MODELS.items()]
-    assert catalog.SHAPES == tuple(SHAPES)
-    assert catalog.TASKS == [(name, task.description) for name, task in TASKS.items()]
-    assert catalog.PARTITIONERS == tuple(PARTITIONERS)
-
-
 def test_version_and_python_m_zofed(tmp_path):
     from zofed import __version__
 

@@ -291,26 +291,29 @@ def _flower_register(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    # The catalogue, not the registries: importing those loads torch and transformers (seconds).
-    from zofed import catalog
+    from zofed.algorithms import ALGORITHMS
+    from zofed.data import PARTITIONERS, TASKS
+    from zofed.llm import BUILTIN_MODELS
+    from zofed.llm.shapes import SHAPES
 
     print("algorithms:")
-    for name, description, weighting, basis in catalog.ALGORITHMS:
-        print(f"  {name:14s} {description}")
+    for name, entry in sorted(ALGORITHMS.items()):
+        print(f"  {name:14s} {entry.description}")
+        weighting = entry.settings.model_fields.get("weighting")
         if weighting is not None:
-            print(f"  {'':14s}   clients weighted by: {weighting} (default; `weighting: uniform | examples`)")
-        if basis:
-            print(f"  {'':14s}   basis: {basis}")
+            print(f"  {'':14s}   clients weighted by: {weighting.default} (default; `weighting: uniform | examples`)")
+        if entry.basis:
+            print(f"  {'':14s}   basis: {entry.basis}")
     print("  (docs/methods.md: what each method takes from its paper and official code, and what is ours)")
     print("models (or any local directory / hub id available offline):")
-    for name, description in catalog.MODELS:
-        print(f"  {name:14s} {description}")
-    print(f"  shape:NAME     a published architecture with random weights, NAME one of {', '.join(catalog.SHAPES)}")
+    for name, model in BUILTIN_MODELS.items():
+        print(f"  {name:14s} {getattr(model, 'description', model)}")
+    print(f"  shape:NAME     a published architecture with random weights, NAME one of {', '.join(SHAPES)}")
     print("tasks:")
-    for name, description in catalog.TASKS:
-        print(f"  {name:14s} {description}")
+    for name, task in TASKS.items():
+        print(f"  {name:14s} {task.description}")
     print("partitioners:")
-    for name in catalog.PARTITIONERS:
+    for name in PARTITIONERS:
         print(f"  {name}")
     return 0
 
