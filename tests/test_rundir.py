@@ -100,9 +100,11 @@ def test_overwrite_never_removes_the_working_directory_its_ancestors_or_home(whe
         monkeypatch.setenv("HOME", str(project))
         monkeypatch.chdir(tmp_path)
         output_dir, name = str(tmp_path), "project"
-    config = write_config(tmp_path / "config.yaml", name=name, output_dir=output_dir)
+    # on the command line, where a relative path means the working directory (in a file: the file's directory)
+    config = write_config(tmp_path / "config.yaml", name=name)
     before = snapshot(tmp_path)
-    assert_one_line(*run(["run", str(config), "--overwrite", "--no-progress"], capsys), "would delete")
+    assert_one_line(*run(["run", str(config), f"output_dir={output_dir}", "--overwrite", "--no-progress"], capsys),
+                    "would delete")
     assert snapshot(tmp_path) == before
 
 

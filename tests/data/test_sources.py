@@ -183,8 +183,10 @@ def test_shipped_configs_read_the_same_examples_as_before(name):
     from zofed.config import load_config
 
     config = load_config(REPO / "configs" / f"{name}.yaml")
-    if config.data.path is not None:  # ../shared/data/<set>/<file> from the repository root: the shared data wherever it is
-        config = load_config(REPO / "configs" / f"{name}.yaml", [f"data.path={shared_data(*Path(config.data.path).parts[3:])}"])
+    if config.data.path is not None:  # .../shared/data/<set>/<file>: the shared data wherever it is
+        parts = Path(config.data.path).parts
+        in_shared = parts[len(parts) - 1 - parts[::-1].index("shared") + 2:]
+        config = load_config(REPO / "configs" / f"{name}.yaml", [f"data.path={shared_data(*in_shared)}"])
     data = prepare_data(config)
     digests = {split: json_digest([[e.prompt, e.response, e.category, e.answer] for e in getattr(data.splits, split)])
                for split in ("train", "val", "test")}
