@@ -23,7 +23,7 @@ GAUSSIAN_CPU = make_directions("gaussian").stream_id("cpu")
 # zorba plans over a transformer's layers, which the toy problem has none of: its configure is
 # covered by tests/algorithms/test_zorba.py; its train draws z through the same client_directions.
 TOY_ZO = {"fedmezo": {"upload": "seeds"}, "fedkseed": {}, "fedkseed-pro": {}, "decomfl": {}, "gamlpp": {},
-          "fedspzo": {}}
+          "fedspzo": {}, "fedzo": {"upload": "seeds"}}
 
 
 def test_every_zo_method_is_listed_here():

@@ -20,7 +20,7 @@ REQUIRED = {"zorba": {"memory_profile": PROFILE, "num_clients": 1, "budgets_mb":
 
 def test_every_method_is_registered_once_from_the_one_tuple():
     assert sorted(entry.name for entry in METHODS) == sorted(ALGORITHMS)
-    assert ZO == ["decomfl", "fedkseed", "fedkseed-pro", "fedmezo", "fedspzo", "gamlpp", "zorba"]
+    assert ZO == ["decomfl", "fedkseed", "fedkseed-pro", "fedmezo", "fedspzo", "fedzo", "gamlpp", "zorba"]
 
 
 @pytest.mark.parametrize("name", ZO)
@@ -36,8 +36,11 @@ def test_published_defaults_override_the_base_and_nothing_else():
     assert (defaults["fedmezo"].lr, defaults["fedmezo"].mu, defaults["fedmezo"].weighting) == (1e-5, 1e-3, "uniform")
     assert (defaults["decomfl"].weighting, defaults["decomfl"].downlink) == ("uniform", "replay")
     assert defaults["zorba"].mu == 1e-3
-    for settings in defaults.values():
-        assert (settings.directions, settings.estimator, settings.step_loss) == ("gaussian", "central", "plus")
+    # FedZO's one-sided estimate and plain average over the sampled clients (Fang et al.)
+    assert (defaults["fedzo"].estimator, defaults["fedzo"].weighting) == ("forward", "uniform")
+    for name, settings in defaults.items():
+        assert (settings.directions, settings.step_loss) == ("gaussian", "plus")
+        assert settings.estimator == ("forward" if name == "fedzo" else "central"), name
 
 
 @pytest.mark.parametrize("name", ZO)

@@ -8,7 +8,8 @@ from zofed.algorithms.weighting import client_shares
 from zofed.messages import Message
 
 DEFAULTS = {"fedavg": "examples", "fedmezo": "uniform", "fedkseed": "examples", "fedkseed-pro": "examples",
-            "decomfl": "uniform", "fedspzo": "examples", "zorba": "examples", "gamlpp": "examples"}
+            "decomfl": "uniform", "fedspzo": "examples", "zorba": "examples", "gamlpp": "examples",
+            "fedzo": "uniform"}
 
 
 def test_every_method_declares_its_weighting_and_default():
