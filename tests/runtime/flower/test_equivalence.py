@@ -128,7 +128,7 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
 
     # The same nodes serve a FedZO run: its `delta` upload (the paper's) crosses a real deployment bit-identically.
     local_fedzo = tiny_config(tmp_path / "local-fedzo", "fedzo", *SMALL)
-    run_local(local_fedzo, show_progress=False)
+    run_experiment(local_fedzo, show_progress=False)
     deployed_fedzo = tiny_config(tmp_path / "deployed-fedzo", "fedzo", *SMALL, f"flower.root_certificates={ca}")
     config_file.write_text(yaml.safe_dump(deployed_fedzo.to_dict()))
     assert main(["run", str(config_file), "runtime=flower", f"superlink={deployment.superlink}", "--no-progress"]) == 0
