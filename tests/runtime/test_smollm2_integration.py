@@ -39,7 +39,8 @@ def test_two_clients_two_rounds_pinned_losses(algorithm, tmp_path):
             "eval.val_examples=16",
             "eval.test_examples=16",
             "eval.accuracy_examples=8",
-            "fedavg.lr=1e-3",
+            # a method's section is overridden only for that method (an unread override is refused)
+            *(["fedavg.lr=1e-3"] if algorithm == "fedavg" else []),
         ],
     )
     summary = run_experiment(config, show_progress=False)
