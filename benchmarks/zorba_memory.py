@@ -191,7 +191,7 @@ def main() -> None:
         print(json.dumps(client_peak(Path(config_path).read_text(), int(client), Path(downlink), json.loads(plan))))
         return
 
-    from zofed.config import load_config
+    from zofed.config import load_config, overrides_read_by
     from zofed.machine import describe_machine
     from zofed.runtime.driver import run_experiment
     from zofed.runtime.prepare import prepared
@@ -207,14 +207,14 @@ def main() -> None:
         args.skip_loss = True  # random weights: the loss says nothing
     out = Path(args.out or f"benchmarks/results/zorba_memory{'_' + args.shape if args.shape else ''}.json")
     common = [*FULL, *ZO_LR, f"local.local_steps={args.steps}", *args.overrides]
-    zorba_config = prepared(load_config(args.config, [*common, "algorithm=zorba"]))
+    zorba_config = prepared(load_config(args.config, overrides_read_by("zorba", [*common, "algorithm=zorba"])))
     profile = zorba_config.algorithm_settings.memory_profile
     print(f"profile: base {profile.base_mb:.0f} MB, block {profile.block_mb[0]:.1f} MB x {len(profile.block_mb)}",
           flush=True)
     memory = []
     for name in baselines:
         extra = BASELINES[name]
-        memory.append(run_child(load_config(args.config, [*common, *extra, f"algorithm={name}"]), 0))
+        memory.append(run_child(load_config(args.config, overrides_read_by(name, [*common, *extra, f"algorithm={name}"])), 0))
         print(f"{name:9s} peak {memory[-1]['peak_rss_mb']:8.1f} MB", flush=True)
     for client in range(3):
         memory.append(run_child(zorba_config, client))
@@ -236,8 +236,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as root:
             for name in ["zorba", *baselines]:
                 extra = BASELINES.get(name, [])
-                config = load_config(args.config, [*common, *extra, f"algorithm={name}", f"rounds={args.rounds}",
-                                                   f"output_dir={root}", f"name={name}", "eval.accuracy_examples=0"])
+                config = load_config(args.config, overrides_read_by(name, [
+                    *common, *extra, f"algorithm={name}", f"rounds={args.rounds}", f"output_dir={root}", f"name={name}",
+                    "eval.accuracy_examples=0"]))
                 if name == "zorba":
                     config = zorba_config.model_copy(update={"rounds": args.rounds, "output_dir": root, "name": name,
                                                              "eval": config.eval})

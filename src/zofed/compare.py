@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from zofed.algorithms import ALGORITHMS  # noqa: E402
 from zofed.atomic import atomic_path, write_atomic  # noqa: E402
-from zofed.config import RunConfig, load_config, override_section  # noqa: E402
+from zofed.config import RunConfig, load_config, override_section, overrides_read_by  # noqa: E402
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.experiment import json_digest  # noqa: E402
@@ -105,8 +105,7 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
 
 
 def _shared(overrides: Sequence[str], algorithm: str | None = None) -> list[str]:
-    """The overrides a run of `algorithm` reads: all but those of other methods' sections."""
-    return [o for o in overrides if override_section(o) not in ALGORITHMS or override_section(o) == algorithm]
+    return overrides_read_by(algorithm, overrides)
 
 
 def run_compare(

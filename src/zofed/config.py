@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -364,6 +365,12 @@ def parse_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
 def override_section(override: str) -> str:
     """The top-level section (or key) an override `a.b=value` sets."""
     return override.partition("=")[0].split(".")[0]
+
+
+def overrides_read_by(algorithm: str | None, overrides: Sequence[str]) -> list[str]:
+    """The overrides a run of `algorithm` reads: all but those of other methods' sections (one list of
+    overrides can then serve several methods' runs, as in `zofed compare` and the benchmarks)."""
+    return [o for o in overrides if override_section(o) not in ALGORITHMS or override_section(o) == algorithm]
 
 
 def _refuse_overrides_of_unread_sections(algorithm: str, overrides: list[str] | tuple[str, ...]) -> None:
