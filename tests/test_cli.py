@@ -202,3 +202,11 @@ def test_run_lists_the_unused_sections_once_at_start(tmp_path, monkeypatch, caps
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == "zofed: not used by this run (algorithm fedavg): the config's fedmezo section"
     assert f"'{tmp_path}/none.jsonl' not found" in lines[1] and len(lines) == 2
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    # `zofed list | head -1`: the pipe closes while the listing is still printing
+    result = subprocess.run(f"'{sys.executable}' -m zofed list | head -1", shell=True, capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.stdout.strip() == "algorithms:"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

@@ -32,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZofedError as error:
         print(f"zofed: error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader left (`zofed list | head`): nothing more to say, and Python's exit flush must not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
