@@ -87,7 +87,7 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
     if unread:
         raise ZofedError(f"an override sets {unread[0]}'s settings, but --algorithms does not compare {unread[0]}; "
                          f"add it to --algorithms or drop the override")
-    base = load_config(config_path, _shared(overrides))
+    base = load_config(config_path, overrides_read_by(None, overrides))
     if base.runtime != "local":
         # Identical partitions, sampling and evaluation are guaranteed (and hash-checked) for the
         # in-process runtime only; silently running locally would mislabel the results.
@@ -98,14 +98,10 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
     for algorithm in algorithms:
         for offset in range(seeds):
             seed = base_seed + offset
-            config = load_config(config_path, [*_shared(overrides, algorithm), f"algorithm={algorithm}", f"seed={seed}",
+            config = load_config(config_path, [*overrides_read_by(algorithm, overrides), f"algorithm={algorithm}", f"seed={seed}",
                                                f"name={algorithm}-seed{seed}", f"output_dir={out / 'runs'}"])
             runs.append(CompareRun(algorithm, seed, config))
     return runs
-
-
-def _shared(overrides: Sequence[str], algorithm: str | None = None) -> list[str]:
-    return overrides_read_by(algorithm, overrides)
 
 
 def run_compare(
@@ -118,7 +114,7 @@ def run_compare(
     show_progress: bool = True,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict:
-    name = load_config(config_path, _shared(overrides)).name
+    name = load_config(config_path, overrides_read_by(None, overrides)).name
     out = Path(out) if out is not None else Path("compare") / name
     runs = plan_runs(config_path, overrides, algorithms, seeds, out)
     results = []
