@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import re
 import time
 
 import pytest
@@ -84,12 +85,20 @@ def test_local_model_directory_round_trip(tiny, tmp_path):
     assert load_tokenizer(str(tmp_path)).get_vocab() == tiny.tokenizer.get_vocab()
 
 
-@pytest.mark.parametrize("name", ["no-such-model", "no-such-owner/no-such-model", "./no/such/dir"])
+@pytest.mark.parametrize("name", ["no-such-model", "no-such-owner/no-such-model"])
 def test_unknown_model_names_the_fixes(name):
     with pytest.raises(ZofedError, match=f"model '{name}' not found: use a built-in name .*tiny-llama.*run with HF_HUB_OFFLINE=0"):
         load_model(name)
     with pytest.raises(ZofedError, match="not found"):
         load_tokenizer(name)
+
+
+def test_a_missing_model_directory_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    where = re.escape(str(tmp_path / "no" / "such" / "dir"))
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(ZofedError, match=f"model directory '{where}' not found; check model"):
+            load("./no/such/dir")
 
 
 def test_a_file_is_not_a_model(tmp_path):
