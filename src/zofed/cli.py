@@ -131,8 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     data = commands.add_parser(
         "data", help="show how a config splits its data across clients",
         description="Load the config's data, split it into train/validation/test and partition the train set "
-                    "across clients; print each client's size and label counts. Trains nothing, writes nothing.",
+                    "across clients; print where each split came from, its size, and each client's size and label "
+                    "counts. Trains nothing; writes nothing unless --plot is given.",
     )
+    data.add_argument("--plot", metavar="FILE", default=None,
+                      help="also write the per-client category distribution (Flower Datasets' plot) to FILE (.png, .pdf, .svg)")
     data.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
     data.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[],
                       help="dotted config overrides, before or after CONFIG, e.g. clients=8 partition.method=dirichlet")
@@ -338,17 +341,25 @@ def _config_show(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     from zofed.config import load_config
-    from zofed.data import partition_table
+    from zofed.data import partition_table, plot_partition
     from zofed.runtime.experiment import prepare_data
 
+    if args.plot is not None and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ZofedError(f"--plot {args.plot}: name a .png, .pdf or .svg file")
     config = load_config(args.config, args.overrides)
     data = prepare_data(config)
     splits = data.splits
-    print(f"task {config.task}: train {len(splits.train)}, validation {len(splits.val)}, test {len(splits.test)}")
+    print(f"task {config.task}:")
+    for name, label in (("train", "train"), ("val", "validation"), ("test", "test")):
+        print(f"  {label:10s} {len(getattr(splits, name)):6d}  from {splits.sources.get(name, '?')}")
     print(f"partition {config.partition.method} across {config.clients} clients:")
     for row in partition_table(data.train_categories(), data.client_indices):
         labels = ", ".join(f"{label}={count}" for label, count in sorted(row["labels"].items(), key=str))
         print(f"  client {row['client']:3d}  size {row['size']:6d}  {labels}")
+    if args.plot is not None:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_partition(data.partition, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 

@@ -58,9 +58,9 @@ class DataConfig(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="task field -> column of the source")
     test_path: str | None = None  # a separate test source (file/dir/hub id); its split is test_split or train
     test_split: str | None = Field(None, min_length=1)  # a split of test_path (or of path) used as the test set
-    limit: int | None = Field(None, ge=1)
-    val_size: int | float = Field(64, gt=0)
-    test_size: int | float = Field(128, gt=0)  # held out from the training source when no test source is given
+    limit: int | None = Field(None, ge=1)  # training examples, drawn after validation and test are held out
+    val_size: int | float = Field(64, gt=0)  # held out of the training split when the source has no validation split
+    test_size: int | float = Field(128, gt=0)  # held out of the training split when the source has no test split
     max_length: int | None = Field(None, ge=8)  # None: the task's default
     system_prompt: str | None = None
 
@@ -82,9 +82,14 @@ class DataConfig(Section):
 
 
 class PartitionConfig(Section):
+    """Flower Datasets' partitioners (docs/data.md): method iid, dirichlet, pathological, meta, shard,
+    linear, square or exponential."""
+
     method: str = "iid"
-    alpha: float = Field(0.5, gt=0)
-    labels_per_client: int = Field(2, ge=1)
+    alpha: float = Field(0.5, gt=0)  # dirichlet's concentration: smaller is more skewed
+    labels_per_client: int = Field(2, ge=1)  # pathological
+    shards_per_client: int = Field(2, ge=1)  # shard
+    min_size: int = Field(1, ge=1)  # dirichlet redraws (up to 10 times) until every client has this many examples
 
 
 class LocalConfig(Section):

@@ -11,10 +11,11 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from zofed.data import builtin
 from zofed.data.examples import Example, TaskSpec, final_word, last_number
-from zofed.data.sources import DataSource, read_rows
+from zofed.data.sources import DataSource, load_tables, read_rows
 from zofed.errors import ZofedError
 
 def _limited(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -182,3 +183,22 @@ def load_examples(
     """The task's examples from `path` (None for the built-in task), `limit` of them drawn by `seed`."""
     source = None if path is None else DataSource(path, name, split, dict(columns or {}))
     return get_task(task).load(source, limit, seed)
+
+
+def load_splits(
+    task: str,
+    path: str | None = None,
+    size: int | None = None,
+    seed: int = 0,
+    *,
+    name: str | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> dict[str, list[Example]]:
+    """Every split of the task's source by the name `datasets` gives it (train, validation, test...),
+    its files read once. `size`: how many questions the built-in task generates (its one split, train)."""
+    spec = get_task(task)
+    if path is None:
+        return {"train": spec.load(None, size, seed)}
+    source = DataSource(path, name, "train", dict(columns or {}))
+    tables = load_tables(source)
+    return {split: spec.load(replace(source, split=split, tables=tables), None, seed) for split in tables}

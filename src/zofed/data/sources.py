@@ -36,6 +36,8 @@ class DataSource:
     name: str | None = None  # the hub dataset's config name (e.g. "main" for openai/gsm8k)
     split: str = "train"
     columns: Mapping[str, str] = field(default_factory=dict)  # task field -> column of the source
+    # The source's splits already read (load_tables), so reading several splits reads the files once.
+    tables: Mapping[str, object] | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         path = Path(self.path).expanduser()
@@ -106,6 +108,23 @@ def _text_size(value, depth: int) -> int | None:
 
 
 def _load(source: DataSource) -> list[Row]:
+    tables = source.tables if source.tables is not None else load_tables(source)
+    if source.split not in tables:
+        path = Path(source.path).expanduser()
+        if path.is_file():
+            raise ZofedError(f"data file '{source.path}' has one split, train; drop split '{source.split}' or use a directory")
+        origin = "file names" if path.is_dir() else "the hub dataset"
+        raise ZofedError(f"{source.describe()}: no split '{source.split}'; it has {', '.join(tables)} (splits come from "
+                         f"{origin}); set data.split/data.test_split")
+    return tables[source.split].to_list()
+
+
+def load_tables(source: DataSource) -> dict[str, object]:
+    """Every split of the source as a datasets.Dataset, by split name (a file has one, `train`).
+
+    The whole source is read once: a directory's or a hub dataset's train, validation and test
+    splits come from the same `load_dataset` call.
+    """
     import datasets
 
     # Our own one-line errors replace the libraries' progress bars and warnings (a directory
@@ -120,8 +139,6 @@ def _load(source: DataSource) -> list[Row]:
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
-        if source.split != "train":
-            raise ZofedError(f"data file '{source.path}' has one split, train; drop split '{source.split}' or use a directory")
         if path.suffix.lower() in TEXT_SUFFIXES:
             _check_utf8(path)
         if builder == "json":
@@ -147,28 +164,22 @@ def _load(source: DataSource) -> list[Row]:
     return _hub(source, datasets)
 
 
-def _local(source: DataSource, path: Path, builder: str, options: dict) -> list[Row]:
+def _local(source: DataSource, path: Path, builder: str, options: dict) -> dict[str, object]:
     import datasets
 
     # A throw-away cache: the rows are read into memory once, and nothing piles up in the user's
     # datasets cache for every file a test or a user ever pointed at.
     with tempfile.TemporaryDirectory(prefix="zofed-data-") as cache:
         try:
-            loaded = datasets.load_dataset(builder, split=source.split, cache_dir=cache, **options)
-        except ValueError as error:
-            if "Unknown split" not in str(error):
-                raise _unreadable(source, path, error) from None
-            raise ZofedError(
-                f"{source.describe()}: {_first_line(error)} (splits come from file names); set data.split/data.test_split"
-            ) from None
+            loaded = datasets.load_dataset(builder, cache_dir=cache, keep_in_memory=True, **options)
         except Exception as error:  # datasets wraps parse errors of every format in its own types
             raise _unreadable(source, path, error) from None
-        return loaded.to_list()
+        return dict(loaded)
 
 
-def _hub(source: DataSource, datasets) -> list[Row]:
+def _hub(source: DataSource, datasets) -> dict[str, object]:
     try:
-        return datasets.load_dataset(source.path, name=source.name, split=source.split).to_list()
+        return dict(datasets.load_dataset(source.path, name=source.name))
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
         if datasets.config.HF_HUB_OFFLINE:
             raise ZofedError(
@@ -176,7 +187,7 @@ def _hub(source: DataSource, datasets) -> list[Row]:
                 f"run with HF_HUB_OFFLINE=0 to download it, or give a local path in data.path"
             ) from None
         raise ZofedError(f"hub dataset '{source.path}' could not be loaded ({_first_line(error)}); check the id and your network") from None
-    except ValueError as error:  # an unknown config name or split, listed by datasets
+    except ValueError as error:  # an unknown config name, listed by datasets
         raise ZofedError(f"{source.describe()}: {_first_line(error)}; set data.name/data.split/data.test_split") from None
 
 

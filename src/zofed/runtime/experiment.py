@@ -7,6 +7,7 @@ after a model conversion. The runtimes only see the plain objects built here.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from zofed.data import (
     Splits,
     TaskSpec,
     TokenizedExample,
+    builtin,
     collate,
     get_task,
-    load_examples,
-    partition,
-    split_examples,
+    load_splits,
     tokenize_example,
 )
+from zofed.data.partition import Partition, partition_dataset
+from zofed.data.sources import DataSource
+from zofed.data.splits import choose_splits, to_table
 from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
 from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
@@ -44,6 +47,7 @@ class FederatedData:
     task: TaskSpec
     splits: Splits
     client_indices: list[list[int]]  # per client, indices into splits.train
+    partition: Partition | None = None  # Flower Datasets' partitioner and each client's Arrow dataset
 
     def train_categories(self) -> list[str | None]:
         """Each training example's category (None where the task has none), in splits.train order."""
@@ -53,28 +57,45 @@ class FederatedData:
 def prepare_data(config: RunConfig) -> FederatedData:
     task = get_task(config.task)
     data = config.data
-    examples = load_examples(config.task, data.path, data.limit, config.seed, name=data.name, split=data.split, columns=data.columns)
-    if data.separate_test:
-        # data.name is the training dataset's config: it carries over to a split of the same dataset only.
-        test = load_examples(config.task, data.test_path or data.path, None, config.seed,
-                             name=data.name if data.test_path is None else None, split=data.test_split or "train",
-                             columns=data.columns)
-        held_out = split_examples(examples, config.seed, data.val_size, 0)
-        splits = Splits(train=held_out.train, val=held_out.val, test=test)
-    else:
-        splits = split_examples(examples, config.seed, data.val_size, data.test_size)
-    client_indices = partition(
-        config.partition.method,
-        [example.category for example in splits.train],
-        config.clients,
-        config.seed,
-        alpha=config.partition.alpha,
-        labels_per_client=config.partition.labels_per_client,
-    )
+    size = None if data.path is not None else builtin_size(data.limit, data.val_size, data.test_size)
+    source = load_splits(config.task, data.path, size, config.seed, name=data.name, columns=data.columns)
+    test = None
+    if data.test_path is not None:
+        # data.name is the training dataset's config: it does not carry over to another source.
+        tests = load_splits(config.task, data.test_path, None, config.seed, columns=data.columns)
+        split = data.test_split or "train"
+        where = DataSource(data.test_path, None, split).describe()
+        if split not in tests:
+            raise ZofedError(f"{where}: no such split; it has {', '.join(tests)}; set data.test_split")
+        test = tests[split], where
+    elif data.test_split is not None:
+        where = DataSource(data.path, data.name, data.test_split).describe()
+        if data.test_split not in source:
+            raise ZofedError(f"{where}: no such split; it has {', '.join(source)}; set data.test_split")
+        test = source[data.test_split], where
+    describe = (lambda split: "the built-in task") if data.path is None else (
+        lambda split: DataSource(data.path, data.name, split).describe())
+    splits = choose_splits(source, data.split, config.seed, data.val_size, data.test_size, data.limit, test, describe)
     if config.local.batch_size > len(splits.train):
         raise ZofedError(f"local.batch_size={config.local.batch_size} exceeds the {len(splits.train)} training "
                          "examples; lower local.batch_size or use more data")
-    return FederatedData(task, splits, client_indices)
+    part = config.partition
+    train = to_table(splits.train).select_columns(["category"]).add_column("row", list(range(len(splits.train))))
+    result = partition_dataset(part.method, train, config.clients, config.seed, alpha=part.alpha,
+                               labels_per_client=part.labels_per_client, shards_per_client=part.shards_per_client,
+                               min_size=part.min_size)
+    return FederatedData(task, splits, result.indices, result)
+
+
+def builtin_size(limit: int | None, val_size: int | float, test_size: int | float) -> int:
+    """Questions the built-in task generates: data.limit training ones (2000 in all without a limit)
+    plus the held-out ones (a fraction of the whole)."""
+    if limit is None:
+        return builtin.DEFAULT_SIZE
+    sizes = (val_size, test_size)
+    fixed = limit + sum(int(s) for s in sizes if not (isinstance(s, float) and s < 1))
+    share = sum(s for s in sizes if isinstance(s, float) and s < 1)
+    return math.ceil(fixed / (1 - share)) if share < 1 else fixed
 
 
 @dataclass
