@@ -102,7 +102,8 @@ ROLES = ("system", "user", "assistant")
 
 
 def load_chat(source: DataSource | None, limit: int | None, seed: int) -> list[Example]:
-    """Conversations; the last assistant turn is the response, everything before it the context."""
+    """Conversations; the last assistant turn is the response, the turns before it its history. Every
+    assistant turn is trained (tokenize.py); the last one is what evaluation generates."""
     examples = []
     for where, number, row in read_rows(_require_source(source, "chat"), {"messages": list}, {"category": str}):
         turns = [_turn(where, number, index, turn) for index, turn in enumerate(row["messages"], start=1)]
@@ -160,7 +161,7 @@ _register(TaskSpec("gsm8k", "GSM8K math word problems {question, answer}; accura
 _register(TaskSpec("alpaca", "Alpaca instructions {instruction, input, output}", False, _instruction_loader("alpaca"), _no_answer, 256))
 _register(TaskSpec("codealpaca", "CodeAlpaca {instruction, input, output}", False, _instruction_loader("codealpaca"), _no_answer, 256))
 _register(TaskSpec("dolly", "Dolly {instruction, context, response, category}", False, load_dolly, _no_answer, 256))
-_register(TaskSpec("chat", "conversations {messages: [{role, content}, ...]}; trains on the last assistant turn", False, load_chat, _no_answer, 512))
+_register(TaskSpec("chat", "conversations {messages: [{role, content}, ...]}; trains every assistant turn", False, load_chat, _no_answer, 512))
 
 
 def get_task(name: str) -> TaskSpec:

@@ -1,9 +1,12 @@
-"""Rows of a data source, read by `datasets.load_dataset` and checked field by field.
+"""Rows of a data source, read by `datasets.load_dataset` and checked on its Arrow tables.
 
 A source is a local .json/.jsonl/.csv/.parquet file, a directory whose files `datasets` maps to
-splits by name (train/validation/test...), or a hub dataset id with an optional config name. The
-task's field names are mapped to the source's columns, and every row is checked, so a bad row
-stops the load with one line naming the source, the row number and the field.
+splits by name (train/validation/test...), or a hub dataset id with an optional config name. Each
+file is read once, by `datasets`; the checks run on the Arrow data it returns (UTF-8, nesting
+depth, characters a row, each field's type and presence) and cast the task's columns to their
+`datasets.Features`. A bad row stops the load with one line naming the source, the row number and
+the field; where a local file is at fault (not UTF-8, invalid or too deeply nested JSON, a huge
+line), that file is read a second time, on this failing path only, to name its line.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from zofed.errors import ZofedError
 
 Row = dict
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
 KINDS = {str: "text", list: "a list"}
 # A row is a prompt and a response, a conversation at most: far below this. A row above it is a
 # wrong file or a hostile one (tokenisation cuts text to max_length anyway, tokenize.py).
@@ -56,6 +60,8 @@ def read_rows(
     of theirs. Row numbers count from 1 in the order `datasets` reads the rows (blank lines of
     a .jsonl file are skipped, as datasets skips them).
     """
+    import datasets
+
     optional = optional or {}
     fields = {**required, **optional}
     unknown = sorted(set(source.columns) - set(fields))
@@ -63,31 +69,59 @@ def read_rows(
         raise ZofedError(
             f"data.columns maps {', '.join(unknown)}, which this task does not read; map its fields {', '.join(fields)}"
         )
+    table = _split(source)
     where = source.describe()
-    checked = []
-    for number, raw in enumerate(_load(source), start=1):
-        row = {}
-        for name, kind in fields.items():
-            column = source.columns.get(name, name)
-            value = raw.get(column)
-            shown = f"'{name}'" if column == name else f"'{name}' (column '{column}')"
-            if value is None:
-                if name in required:
-                    raise ZofedError(f"{where} row {number}: missing field {shown}; every row needs {', '.join(required)}")
-                continue
-            if not isinstance(value, kind):
-                raise ZofedError(f"{where} row {number}: field {shown} must be {KINDS[kind]}, got {type(value).__name__}")
-            row[name] = value
-        size = _text_size(raw, MAX_NESTING)
-        if size is None:
-            raise ZofedError(f"{where} row {number}: nested more than {MAX_NESTING} levels deep; a row is flat text fields")
-        if size > MAX_ROW_CHARS:
-            raise ZofedError(f"{where} row {number}: {size:,} characters, more than a row may hold ({MAX_ROW_CHARS:,}); "
-                             "remove or shorten the row")
-        checked.append((where, number, row))
-    if not checked:
+    if len(table) == 0:
         raise ZofedError(f"{where} has no rows; give a source with at least one example")
-    return checked
+    present = {}
+    for name, kind in fields.items():
+        column = source.columns.get(name, name)
+        shown = f"'{name}'" if column == name else f"'{name}' (column '{column}')"
+        if column not in table.column_names:
+            if name in required:
+                _explain(source)  # a JSON file of non-objects reads as one "text" column: say so instead
+                raise ZofedError(f"{where} row 1: missing field {shown}; every row needs {', '.join(required)}")
+            continue
+        _check_column(table, column, kind, where, shown, name in required, required)
+        present[name] = column
+    # The task's columns under the task's names, cast to their features: text a string column,
+    # a conversation a list of {role, content} (checked turn by turn by the task, with its row number).
+    if len(set(present.values())) < len(present):
+        raise ZofedError(f"data.columns maps two fields to one column ({dict(source.columns)}); map each field to its own column")
+    table = table.select_columns(list(present.values())).rename_columns(
+        {column: name for name, column in present.items() if column != name})
+    features = datasets.Features({name: datasets.Value("string") if fields[name] is str else table.features[name]
+                                  for name in present})
+    try:
+        table = table.cast(features)
+    except Exception as error:  # noqa: BLE001 (a type the checks above let through: say which, in one line)
+        raise ZofedError(f"{where}: fields {', '.join(present)} cannot be read as {features} "
+                         f"({_first_line(error)}); fix the rows") from None
+    return [(where, number, {name: value for name, value in row.items() if value is not None})
+            for number, row in enumerate(table.to_list(), start=1)]
+
+
+def _check_column(table, column: str, kind: type, where: str, shown: str, required: bool, fields) -> None:
+    """Presence and type of one field on the Arrow column; the first bad row named."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    data = table.data.column(column)
+    arrow_type = data.type
+    if kind is str and (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
+        if required and data.null_count:
+            number = int(pc.index(pc.is_null(data), True).as_py()) + 1
+            raise ZofedError(f"{where} row {number}: missing field {shown}; every row needs {', '.join(fields)}")
+        return
+    if pa.types.is_null(arrow_type) and not required:
+        return
+    # Another type (a number, a list, datasets' Json for mixed JSON values): find the row that holds it.
+    for number, value in enumerate(table[column], start=1):
+        if value is None:
+            if required:
+                raise ZofedError(f"{where} row {number}: missing field {shown}; every row needs {', '.join(fields)}")
+        elif not isinstance(value, kind):
+            raise ZofedError(f"{where} row {number}: field {shown} must be {KINDS[kind]}, got {type(value).__name__}")
 
 
 def _text_size(value, depth: int) -> int | None:
@@ -107,7 +141,8 @@ def _text_size(value, depth: int) -> int | None:
     return 0
 
 
-def _load(source: DataSource) -> list[Row]:
+def _split(source: DataSource):
+    """The source's split `source.split` as a datasets.Dataset."""
     tables = source.tables if source.tables is not None else load_tables(source)
     if source.split not in tables:
         path = Path(source.path).expanduser()
@@ -116,7 +151,7 @@ def _load(source: DataSource) -> list[Row]:
         origin = "file names" if path.is_dir() else "the hub dataset"
         raise ZofedError(f"{source.describe()}: no split '{source.split}'; it has {', '.join(tables)} (splits come from "
                          f"{origin}); set data.split/data.test_split")
-    return tables[source.split].to_list()
+    return tables[source.split]
 
 
 def load_tables(source: DataSource) -> dict[str, object]:
@@ -139,11 +174,6 @@ def load_tables(source: DataSource) -> dict[str, object]:
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
-        if path.suffix.lower() in TEXT_SUFFIXES:
-            _check_utf8(path)
-        if builder == "json":
-            # datasets would turn a list of strings into a "text" column and report a bad line vaguely.
-            _check_json(path)
         options = {"data_files": str(path)}
         if builder == "csv":
             # Only an empty cell is missing: pandas' default would also read "NA" or "null" as missing.
@@ -153,9 +183,6 @@ def load_tables(source: DataSource) -> dict[str, object]:
         # datasets would also read .txt or image files as rows; a task's rows come in these formats only.
         if not any(file.suffix.lower() in BUILDERS for file in path.rglob("*") if file.is_file()):
             raise ZofedError(f"data directory '{source.path}' has no .json, .jsonl, .csv or .parquet file; point data.path at your data")
-        for file in sorted(path.rglob("*")):  # checked as a single file is: UTF-8, JSON depth, row size
-            if file.is_file() and file.suffix.lower() in TEXT_SUFFIXES:
-                _check_json(file) if file.suffix.lower() in (".json", ".jsonl") else _check_utf8(file)
         return _local(source, path, str(path), {})
     if _looks_like_path(source.path):
         # the absolute path tried: a relative one was resolved against the config file's directory
@@ -173,13 +200,19 @@ def _local(source: DataSource, path: Path, builder: str, options: dict) -> dict[
         try:
             loaded = datasets.load_dataset(builder, cache_dir=cache, keep_in_memory=True, **options)
         except Exception as error:  # datasets wraps parse errors of every format in its own types
-            raise _unreadable(source, path, error) from None
-        return dict(loaded)
+            _explain(source)
+            cause = error.__cause__ or error.__context__ or error
+            raise ZofedError(f"{source.describe()} could not be read ({type(cause).__name__}: {_first_line(cause)}); "
+                             "fix the file") from None
+    tables = dict(loaded)
+    for split, table in tables.items():
+        _check_table(replace(source, split=split), table)
+    return tables
 
 
 def _hub(source: DataSource, datasets) -> dict[str, object]:
     try:
-        return dict(datasets.load_dataset(source.path, name=source.name))
+        tables = dict(datasets.load_dataset(source.path, name=source.name))
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
         if datasets.config.HF_HUB_OFFLINE:
             raise ZofedError(
@@ -189,15 +222,70 @@ def _hub(source: DataSource, datasets) -> dict[str, object]:
         raise ZofedError(f"hub dataset '{source.path}' could not be loaded ({_first_line(error)}); check the id and your network") from None
     except ValueError as error:  # an unknown config name, listed by datasets
         raise ZofedError(f"{source.describe()}: {_first_line(error)}; set data.name/data.split/data.test_split") from None
+    for split, table in tables.items():
+        _check_table(replace(source, split=split), table)
+    return tables
 
 
-def _unreadable(source: DataSource, path: Path, error: Exception) -> ZofedError:
-    """The exact line of a malformed JSON file if there is one, else what datasets said."""
-    if path.is_dir():  # a single JSON file was checked before loading
-        for file in sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl")):
+def _check_table(source: DataSource, table) -> None:
+    """UTF-8, nesting depth and characters a row, on the Arrow data `datasets` read."""
+    import pyarrow as pa
+
+    where = source.describe()
+    try:
+        table.data.table.validate(full=True)  # the JSON reader keeps bytes that are not UTF-8 as they are
+    except pa.ArrowInvalid:
+        _explain(source)
+        raise ZofedError(f"{where}: not UTF-8 text; save the data as UTF-8") from None
+    for column in table.data.table.columns:
+        if _depth(column.type) > MAX_NESTING:
+            _explain(source)
+            raise ZofedError(f"{where}: nested more than {MAX_NESTING} levels deep; a row is flat text fields")
+    sizes = sum((_characters(column) for column in table.data.table.columns), np.zeros(len(table), dtype=np.int64))
+    if len(sizes) and sizes.max() > MAX_ROW_CHARS:
+        _explain(source)
+        number = int(np.argmax(sizes > MAX_ROW_CHARS)) + 1
+        raise ZofedError(f"{where} row {number}: {int(sizes[number - 1]):,} characters, more than a row may hold "
+                         f"({MAX_ROW_CHARS:,}); remove or shorten the row")
+
+
+def _depth(arrow_type) -> int:
+    fields = [arrow_type.field(i).type for i in range(arrow_type.num_fields)]
+    return 1 + max((_depth(field) for field in fields), default=0) if fields else 0
+
+
+def _characters(column) -> np.ndarray:
+    """Characters of text in each row of an Arrow (chunked) array, nested lists and structs summed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        parts = [_characters(chunk) for chunk in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if isinstance(column, pa.ExtensionArray):  # datasets' Json keeps the JSON text as a string
+        column = column.storage
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _characters(column.flatten())
+        parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=inner, minlength=len(column)).astype(np.int64)
+    if pa.types.is_struct(kind):
+        return sum((_characters(field) for field in column.flatten()), np.zeros(len(column), dtype=np.int64))
+    return np.zeros(len(column), dtype=np.int64)
+
+
+def _explain(source: DataSource) -> None:
+    """Raise the exact file and line when a local file is not UTF-8 or not valid JSON, or holds a row too
+    deep or too large; return quietly otherwise. This reads the files again: only on a failing path."""
+    path = Path(source.path).expanduser()
+    files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+    for file in files:
+        if file.is_file() and file.suffix.lower() in (".json", ".jsonl"):
             _check_json(file)
-    cause = error.__cause__ or error.__context__ or error
-    return ZofedError(f"{source.describe()} could not be read ({type(cause).__name__}: {_first_line(cause)}); fix the file")
+        elif file.is_file() and file.suffix.lower() == ".csv":
+            _check_utf8(file)
 
 
 def _check_utf8(path: Path) -> None:
@@ -270,8 +358,12 @@ def _text_features(path: Path):
     """Every CSV column as text: pandas would read "42" as a number, and "007" as 7."""
     import datasets
 
-    with path.open(newline="", encoding="utf-8") as file:
-        header = next(csv.reader(file), None)
+    try:  # the header line only: the rows are read by datasets
+        with path.open(newline="", encoding="utf-8") as file:
+            header = next(csv.reader(file), None)
+    except UnicodeDecodeError:
+        _check_utf8(path)  # names the line
+        raise
     if not header:
         raise ZofedError(f"data file {path} has no header row; the first line must name the columns")
     return datasets.Features({name: datasets.Value("string") for name in header})
