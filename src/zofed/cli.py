@@ -300,6 +300,7 @@ def _flower_register(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from zofed.algorithms import ALGORITHMS
     from zofed.data import PARTITIONERS, TASKS
+    from zofed.data.partition import DESCRIPTIONS as PARTITIONER_DESCRIPTIONS
     from zofed.llm import BUILTIN_MODELS
     from zofed.llm.shapes import SHAPES
 
@@ -320,8 +321,8 @@ def _list(args: argparse.Namespace) -> int:
     for name, task in TASKS.items():
         print(f"  {name:14s} {task.description}")
     print("partitioners:")
-    for name in PARTITIONERS:
-        print(f"  {name}")
+    for name in PARTITIONERS:  # Flower Datasets' partitioners (docs/data.md)
+        print(f"  {name:14s} {PARTITIONER_DESCRIPTIONS[name]}")
     return 0
 
 

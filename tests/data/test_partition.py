@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from zofed.data import partition, split_examples
+from zofed.data import PARTITIONERS, partition, split_examples
 from zofed.data.builtin import generate
 from zofed.errors import ZofedError
 
@@ -18,7 +18,7 @@ def assert_is_partition(parts, total):
     assert all(part for part in parts)
 
 
-@pytest.mark.parametrize("method", ["iid", "dirichlet", "meta", "pathological"])
+@pytest.mark.parametrize("method", [m for m in PARTITIONERS if m != "exponential"])
 def test_partitions_cover_everything_once_and_are_seeded(method):
     parts = partition(method, LABELS, 8, seed=3)
     assert_is_partition(parts, len(LABELS))
@@ -64,6 +64,28 @@ def test_pathological_gives_each_client_few_labels():
     assert all(len({LABELS[i] for i in part}) <= 3 for part in parts)
 
 
+def test_shard_gives_each_client_few_labels_and_sizes_skew_by_method():
+    parts = partition("shard", LABELS, 5, seed=0, shards_per_client=2)
+    assert_is_partition(parts, len(LABELS))
+    assert all(len({LABELS[i] for i in part}) <= 4 for part in parts)  # 2 shards, each across at most 2 labels
+    for method in ("linear", "square", "exponential"):
+        sizes = [len(p) for p in partition(method, LABELS, 4, seed=0)]
+        assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[0], (method, sizes)
+
+
+def test_a_split_that_cannot_be_heterogeneous_is_refused_in_one_line():
+    for method in ("dirichlet", "pathological", "meta", "shard"):
+        with pytest.raises(ZofedError, match=f"partition.method={method} splits by category, and all 40 training "
+                                             "examples have category 'other'; use partition.method=iid") as error:
+            partition(method, ["other"] * 40, 4, seed=0)
+        assert "\n" not in str(error.value)
+    assert_is_partition(partition("iid", ["other"] * 40, 4, seed=0), 40)
+    with pytest.raises(ZofedError, match="labels_per_client=3 exceeds the 2 categories"):
+        partition("pathological", ["a", "b"] * 10, 2, seed=0, labels_per_client=3)
+    with pytest.raises(ZofedError, match="exponential cannot split 1000 training examples across 8 clients"):
+        partition("exponential", LABELS, 8, seed=0)
+
+
 def test_impossible_partitions_are_user_errors():
     with pytest.raises(ZofedError, match="cannot split 3 training examples across 5 clients"):
         partition("iid", ["a", "b", "c"], 5, seed=0)
@@ -77,7 +99,7 @@ def test_splits_are_disjoint_and_seeded():
     examples = generate(300, seed=0)
     splits = split_examples(examples, seed=1, val_size=30, test_size=0.1)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (240, 30, 30)
-    ids = lambda xs: {id(x) for x in xs}  # noqa: E731
+    ids = lambda xs: {x.prompt for x in xs}  # noqa: E731 (the built-in task never repeats a question)
     assert not (ids(splits.train) & ids(splits.val)) and not (ids(splits.val) & ids(splits.test))
     assert splits == split_examples(examples, seed=1, val_size=30, test_size=0.1)
     with pytest.raises(ZofedError, match="nothing to train"):
@@ -97,3 +119,15 @@ def test_dirichlet_alpha_0_1_skews_each_real_task_by_its_labels(task):
         assert_is_partition(parts, len(labels))
         iid = partition("iid", labels, 4, seed=seed)
         assert mean_label_entropy(parts, labels) < 0.75 * mean_label_entropy(iid, labels)
+
+
+def test_zofed_data_plots_the_clients_categories_with_flower_datasets(tmp_path, capsys):
+    from zofed.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("clients: 3\npartition: {method: dirichlet, alpha: 0.3}\ndata: {limit: 90, val_size: 6, test_size: 6}\n")
+    assert main(["data", str(config), "--plot", str(tmp_path / "plots" / "clients.png")]) == 0
+    assert (tmp_path / "plots" / "clients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plot: " in capsys.readouterr().out
+    assert main(["data", str(config), "--plot", str(tmp_path / "clients.txt")]) == 2
+    assert "name a .png, .pdf or .svg file" in capsys.readouterr().err

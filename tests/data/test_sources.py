@@ -93,7 +93,7 @@ def test_column_mapping(tmp_path):
         load_examples("gsm8k", str(path), columns={"problem": "question"})
 
 
-def test_chat_rows_train_on_the_last_assistant_turn(tmp_path):
+def test_chat_rows_train_every_assistant_turn(tmp_path):
     conversation = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Capital of France?"},
@@ -111,7 +111,7 @@ def test_chat_rows_train_on_the_last_assistant_turn(tmp_path):
     text = tokenizer.decode(tokens.input_ids)
     assert "You are terse." in text and "Paris." in text and "ignored" not in text
     learnt = tokenizer.decode([t for t in tokens.labels if t != -100])
-    assert "Rome." in learnt and "Paris." not in learnt
+    assert "Rome." in learnt and "Paris." in learnt and "Capital" not in learnt and "terse" not in learnt
 
 
 @pytest.mark.parametrize("messages, fragment", [
@@ -168,18 +168,19 @@ def test_shared_directories_read_like_their_files():
     assert len(alpaca) == 5000 and alpaca == load_examples("alpaca", str(shared_data("alpaca", "alpaca_5000.json")))
 
 
-# Digests of the splits and partitions the shipped configs produced with zofed's hand-written JSON
-# reader before loading moved to `datasets`: the same examples, in the same order, for every split.
-BEFORE_DATASETS = {
-    "gsm8k": {"train": "cb346ea29529db464a7650fad60c1d26ef560901189876eb30cd6b151b09c6c5", "val": "0512f4d404332f257c148ba2aa6b437d3f3ab3395e3fc82ab8ac84afe3dfcc2a", "test": "93ecf5c37a86a1ec6ecc602d189a7c7ddb3c50f6921b3f9bac7a9c65f3023272", "partition": "c6ecb0c775bdbba9b3d231c2b72615b959080ba6e4128718cdd8b81dc43e3dcf"},
-    "alpaca": {"train": "626274312a773251b267dcc56497396c70698099673db71078d1318683375b04", "val": "dc482f8da136ce28d2f54b4fc5473b2ced254a90da82071d2ef61f16e0ebf26b", "test": "20365392c5d893f491703e3f43819777f4d604ff8322e9a853ac0c772c6740d3", "partition": "ea7aa8ccdd4597f747170de1d1bc097d0f8c7ba0683946c13282afb8030b2f95"},
-    "codealpaca": {"train": "35178ad63a34f8811114086d24981db5996cb68d67b3b7d43b2fe7a21cccbc74", "val": "2bb73928bcd0836939e844c18ce3b97af5989d00e4f5b1e8ae68a52787abcc62", "test": "802ec0cce057f8406816291749e104b809c0893d1054d6d8b27ecce06ce68223", "partition": "403b7097ab21a18ea2e98c44a44b3bea43df625b45bc528979cf2e1b02b5a142"},
-    "quickstart": {"train": "b52523791636b7bab92717da24ebae6343b9449b8c8ec03caa21cb71916909a4", "val": "d1dabd30c1e0b48ea4464fed5e2002c2758ab08d8fc146de0c0eab1368dc265e", "test": "1138fa1f6bb372c59d73f764f1e170840d56cd5c45f00eb5e5f6b820e7a28ebd", "partition": "468130c4447d1c6ac4e46bd0d29d7d9f9f9d0db59e5afb143f7784f2d62c0f91"},
+# Digests of the splits and partitions the shipped configs produce. Re-pinned once when splits moved to
+# `Dataset.train_test_split` (a source's own test/validation splits first, data.limit after them) and
+# partitions to Flower Datasets' partitioners: the same source rows, drawn by other seeded streams.
+PINNED = {
+    "alpaca": {"train": "09373dadf588e8d4ce358e037d37744414efbfd8897a0270edfa65a0b71a2956", "val": "e0a77345893556853cee8b3d2c98fad6028c53cbcf637b016349c7934e2f5cbc", "test": "fdd66e31163d76ca403e4493221e9543a1d6ff03873aa99b7d8917e2f5daab45", "partition": "8d9035e66b76d18d226e3e282255a2768387ddd3dd73e47b9ce7388b2e0d8490"},
+    "codealpaca": {"train": "01b8041ddab01a1987efaa1bcfc22b0e20ec6808afb68b2d7c430e79ed98abe9", "val": "ea401e76b5502bce614602dee7495166aa4bb839c8cb0650aa25ab4b9c982cbf", "test": "126d9d2c4222ab0af49252a57c1389b6d39de16a9cdaed09343fdfe9d54d839b", "partition": "8997281a4aa604c1fc51af79908f9fc5d511eb788495192023069f0f77e9f767"},
+    "gsm8k": {"train": "d59923f96c385ab968182b9e858162b79d9cea2ce5b9be80b8248aa55625540f", "val": "ffe968570964ee3a0c45f1d30164086de5571bc71ccc615e292d1b169a840497", "test": "e03a5ccb6d1a93e1007f145ef2235ff43810393dd419edd1219bc30c7a56a38f", "partition": "952e3210132a343510c93c82a8cf8abe759f597c5ef1540c9f5d478b5688fe2d"},
+    "quickstart": {"train": "2ef0e169d95e2349562f0bb63a1c782c892af303a26ef46e135dbffdeb225a9d", "val": "d03a479b3bee46769564486c1a30e600736d43e20418454fb16d06947319b8dc", "test": "d0e9daa575edfe2beaa9fdc19d80c4ce1ff954940e447e5f93ca948fe715183c", "partition": "78fc022a8c97653c8f3bdcb2e4655717d557dcd529f2c2187f4f97ec9227d497"},
 }
 
 
-@pytest.mark.parametrize("name", sorted(BEFORE_DATASETS))
-def test_shipped_configs_read_the_same_examples_as_before(name):
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_shipped_configs_read_the_pinned_examples(name):
     from zofed.config import load_config
 
     config = load_config(REPO / "configs" / f"{name}.yaml")
@@ -190,4 +191,4 @@ def test_shipped_configs_read_the_same_examples_as_before(name):
     data = prepare_data(config)
     digests = {split: json_digest([[e.prompt, e.response, e.category, e.answer] for e in getattr(data.splits, split)])
                for split in ("train", "val", "test")}
-    assert digests | {"partition": json_digest(data.client_indices)} == BEFORE_DATASETS[name]
+    assert digests | {"partition": json_digest(data.client_indices)} == PINNED[name]
