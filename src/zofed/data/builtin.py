@@ -115,7 +115,8 @@ def generate(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Example]:
     the rotation and the others fill the remaining places.
     """
     if size > pool_size():
-        raise ZofedError(f"the built-in task has {pool_size()} distinct questions; set data.limit to at most that")
+        raise ZofedError(f"the built-in task has {pool_size()} distinct questions, fewer than the {size:,} asked for "
+                         "(data.limit training questions plus the held-out ones); lower data.limit/data.val_size/data.test_size")
     rng = random.Random(seed)
     pools = {}
     for name, questions in CATEGORIES.items():

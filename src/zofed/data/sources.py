@@ -95,7 +95,7 @@ def read_rows(
     try:
         table = table.cast(features)
     except Exception as error:  # noqa: BLE001 (a type the checks above let through: say which, in one line)
-        raise ZofedError(f"{where}: fields {', '.join(present)} cannot be read as {features} "
+        raise ZofedError(f"{where}: fields {', '.join(present)} do not cast to the task's types "
                          f"({_first_line(error)}); fix the rows") from None
     return [(where, number, {name: value for name, value in row.items() if value is not None})
             for number, row in enumerate(table.to_list(), start=1)]

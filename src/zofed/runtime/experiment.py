@@ -32,7 +32,7 @@ from zofed.data import (
 )
 from zofed.data.partition import Partition, partition_dataset
 from zofed.data.sources import DataSource
-from zofed.data.splits import choose_splits, to_table
+from zofed.data.splits import choose_splits, count, to_table
 from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
 from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
@@ -92,9 +92,11 @@ def builtin_size(limit: int | None, val_size: int | float, test_size: int | floa
     plus the held-out ones (a fraction of the whole)."""
     if limit is None:
         return builtin.DEFAULT_SIZE
-    sizes = (val_size, test_size)
-    fixed = limit + sum(int(s) for s in sizes if not (isinstance(s, float) and s < 1))
-    share = sum(s for s in sizes if isinstance(s, float) and s < 1)
+    sizes = {"val_size": val_size, "test_size": test_size}
+    fraction = lambda size: isinstance(size, float) and size < 1  # noqa: E731
+    # count() refuses what is neither a fraction nor a whole count (1.5, inf) in one line
+    fixed = limit + sum(count(size, 0, name) for name, size in sizes.items() if not fraction(size))
+    share = sum(size for size in sizes.values() if fraction(size))
     return math.ceil(fixed / (1 - share)) if share < 1 else fixed
 
 
