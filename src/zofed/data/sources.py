@@ -2,11 +2,14 @@
 
 A source is a local .json/.jsonl/.csv/.parquet file, a directory whose files `datasets` maps to
 splits by name (train/validation/test...), or a hub dataset id with an optional config name. Each
-file is read once, by `datasets`; the checks run on the Arrow data it returns (UTF-8, nesting
-depth, characters a row, each field's type and presence) and cast the task's columns to their
-`datasets.Features`. A bad row stops the load with one line naming the source, the row number and
-the field; where a local file is at fault (not UTF-8, invalid or too deeply nested JSON, a huge
-line), that file is read a second time, on this failing path only, to name its line.
+CSV or Parquet file is read once, by `datasets`; the checks run on the Arrow data it returns
+(UTF-8, nesting depth, characters a row, each field's type and presence) and cast the task's
+columns to their `datasets.Features`. A bad row stops the load with one line naming the source, the
+row number and the field; where a local file is at fault (not UTF-8, a huge line), that file is
+read a second time, on this failing path only, to name its line. A JSON file is the exception:
+it is parsed by Python's json first, because pyarrow's JSON reader (which `datasets` uses) can
+crash the process with a segmentation fault on rows that are not objects (the fuzz test in
+tests/test_malformed_input.py found one); that pass also names a bad line exactly.
 """
 
 from __future__ import annotations
@@ -174,6 +177,8 @@ def load_tables(source: DataSource) -> dict[str, object]:
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
+        if builder == "json":
+            _check_json(path)  # pyarrow's JSON reader can crash the process on rows that are not objects
         options = {"data_files": str(path)}
         if builder == "csv":
             # Only an empty cell is missing: pandas' default would also read "NA" or "null" as missing.
@@ -183,6 +188,9 @@ def load_tables(source: DataSource) -> dict[str, object]:
         # datasets would also read .txt or image files as rows; a task's rows come in these formats only.
         if not any(file.suffix.lower() in BUILDERS for file in path.rglob("*") if file.is_file()):
             raise ZofedError(f"data directory '{source.path}' has no .json, .jsonl, .csv or .parquet file; point data.path at your data")
+        for file in sorted(path.rglob("*")):  # as for a single file: pyarrow's JSON reader may crash on bad rows
+            if file.is_file() and file.suffix.lower() in (".json", ".jsonl"):
+                _check_json(file)
         return _local(source, path, str(path), {})
     if _looks_like_path(source.path):
         # the absolute path tried: a relative one was resolved against the config file's directory
