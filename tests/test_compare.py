@@ -52,6 +52,22 @@ def test_every_file_with_its_schema(finished):
     assert "| `fedmezo` |" in table and "| `fedkseed` |" in table and "±" in table
 
 
+def test_the_table_shows_every_metric_before_and_after(finished):
+    out, document = finished
+    assert document["metrics"] == ["loss", "exact_match"]  # the built-in task's default set
+    header, _, *rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    titles = [cell.strip() for cell in header.strip("|").split("|")]
+    assert titles[1:3] == ["test loss, before → after", "test exact_match, before → after"]
+    for row in rows:
+        algorithm = row.split("`")[1]
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        for column, metric in ((1, "loss"), (2, "exact_match")):
+            before, after = (document["aggregate"][algorithm][f"{when}_test_{metric}"] for when in ("initial", "final"))
+            fmt = "{:.4f}" if metric == "loss" else "{:.3f}"
+            assert cells[column] == (f"{fmt.format(before['mean'])} ± {fmt.format(before['std'])} → "
+                                     f"{fmt.format(after['mean'])} ± {fmt.format(after['std'])}")
+
+
 def test_algorithms_see_identical_partitions_sampling_and_evaluation(finished):
     _, document = finished
     for seed in (0, 1):

@@ -149,7 +149,8 @@ def test_tensorboard_holds_the_start_the_final_test_and_the_config(tracked_run):
     events = _events(tracked_run.run_dir)
     summary = json.loads((tracked_run.run_dir / "summary.json").read_text())
     assert events["loss/test"] == [(0, pytest.approx(summary["initial_test_loss"])), (2, pytest.approx(summary["final_test_loss"]))]
-    assert [step for step, _ in events["accuracy/test"]] == [0, 2]
+    assert events["test/exact_match"] == [(0, pytest.approx(summary["initial_test_exact_match"])),
+                                          (2, pytest.approx(summary["final_test_exact_match"]))]
     accumulator = EventAccumulator(str(tracked_run.run_dir), size_guidance={"tensors": 0})
     accumulator.Reload()
     [text] = accumulator.Tensors("config/text_summary")

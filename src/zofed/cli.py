@@ -155,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", choices=("final", "best"), default="final")
     evaluate.add_argument("--examples", type=int, default=128, help="evaluate at most this many examples")
     evaluate.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the run's device)")
+    evaluate.add_argument("--metrics", default=None,
+                          help="comma-separated, of loss, exact_match, rouge_l, gsm8k_answer (default: the run's "
+                               "eval.metrics on its own task, else the task's default)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     evaluate.set_defaults(handler=_eval)
 
     _add_export(commands)
@@ -365,10 +369,15 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from zofed.runtime.evaluate import evaluate_run
+    from zofed.runtime.evaluate import evaluate_run, metrics_table
 
-    result = evaluate_run(Path(args.run_dir), args.task, args.data, args.weights, args.examples, args.device)
-    print(json.dumps(result, indent=2))
+    metrics = None
+    if args.metrics is not None:
+        metrics = list(dict.fromkeys(name.strip() for name in args.metrics.split(",") if name.strip()))
+        if not metrics:
+            raise ZofedError("--metrics names no metric; give some of loss, exact_match, rouge_l, gsm8k_answer")
+    result = evaluate_run(Path(args.run_dir), args.task, args.data, args.weights, args.examples, args.device, metrics)
+    print(json.dumps(result, indent=2) if args.json else metrics_table(result), end="\n" if args.json else "")
     return 0
 
 

@@ -40,10 +40,9 @@ from zofed.runtime.experiment import json_digest  # noqa: E402
 from zofed.runtime.driver import Budget, run_experiment  # noqa: E402
 
 BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
-# Summary fields averaged over seeds per algorithm, in the order the table shows them.
+# Summary fields averaged over seeds per algorithm, in the order the table shows them after the metrics
+# (each evaluated metric's before -> after, from initial_test_<metric> and final_test_<metric>).
 TABLE_FIELDS = (
-    ("final_test_loss", "final test loss", "{:.4f}"),
-    ("test_accuracy", "test accuracy", "{:.3f}"),
     ("bytes_up_per_client_round", "uplink B / client / round", "{:,.0f}"),
     ("bytes_down_per_client_round", "downlink B / client / round", "{:,.0f}"),
     ("peak_rss_mb", "peak client RSS (MB)", "{:,.0f}"),
@@ -51,6 +50,8 @@ TABLE_FIELDS = (
     ("rounds_run", "rounds", "{:.0f}"),
     ("wall_s", "wall time (s)", "{:,.0f}"),
 )
+METRIC_FORMATS = {"loss": "{:.4f}"}  # the others are shares in [0, 1]: "{:.3f}"
+LEGACY_FIELDS = ("test_accuracy",)  # averaged too: earlier benchmark scripts read it from the aggregate
 
 
 @dataclass(frozen=True)
@@ -170,10 +171,13 @@ def collect(run: CompareRun) -> dict:
 def build_results(name: str, config_path, overrides, budget: Budget | None, results: list[dict]) -> dict:
     check_same_conditions(results)
     algorithms = list(dict.fromkeys(r["algorithm"] for r in results))
+    metrics = compared_metrics(results)
+    fields = [f"{when}_test_{name}" for name in metrics for when in ("initial", "final")]
+    fields += [field for field, _, _ in TABLE_FIELDS] + [field for field in LEGACY_FIELDS if field not in fields]
     aggregate = {}
     for algorithm in algorithms:
         runs = [r for r in results if r["algorithm"] == algorithm]
-        aggregate[algorithm] = {field: _mean_std([r["summary"].get(field) for r in runs]) for field, _, _ in TABLE_FIELDS}
+        aggregate[algorithm] = {field: _mean_std([r["summary"].get(field) for r in runs]) for field in fields}
     return {
         "name": name,
         "config": str(config_path),
@@ -182,9 +186,16 @@ def build_results(name: str, config_path, overrides, budget: Budget | None, resu
         "machine": describe_machine(),
         "algorithms": algorithms,
         "seeds": sorted({r["seed"] for r in results}),
+        "metrics": metrics,
         "runs": results,
         "aggregate": aggregate,
     }
+
+
+def compared_metrics(results: list[dict]) -> list[str]:
+    """The metrics the runs evaluated before and after training, in the runs' order (summary keys final_test_<metric>)."""
+    keys = dict.fromkeys(key for r in results for key in r["summary"] if key.startswith("final_test_"))
+    return [key.removeprefix("final_test_") for key in keys]
 
 
 def check_same_conditions(results: list[dict]) -> None:
@@ -213,29 +224,34 @@ def _differ(seed: int, key: str) -> None:
 def results_table(document: dict) -> str:
     seeds = document["seeds"]
     budget = document["budget"]
+    metrics = document.get("metrics") or compared_metrics(document["runs"])
+    columns = [(f"test {name}, before → after", (f"initial_test_{name}", f"final_test_{name}"),
+                METRIC_FORMATS.get(name, "{:.3f}")) for name in metrics]
+    columns += [(title, (field,), fmt) for field, title, fmt in TABLE_FIELDS]
     lines = [
         f"# {document['name']}: {', '.join(document['algorithms'])}",
         "",
         f"Config `{document['config']}` {' '.join(document['overrides'])}; seeds {seeds} (mean ± std over seeds); "
         + ("equal rounds." if budget is None else f"budget {budget['kind']} = {budget['value']:g} per run."),
         "",
-        "| algorithm | " + " | ".join(title for _, title, _ in TABLE_FIELDS) + " |",
-        "|---|" + "---|" * len(TABLE_FIELDS),
+        "| algorithm | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for algorithm in document["algorithms"]:
-        cells = []
-        for field, _, fmt in TABLE_FIELDS:
-            stats = document["aggregate"][algorithm][field]
-            if stats is None:
-                cells.append("–")
-            elif stats["n"] > 1:
-                cells.append(f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}")
-            else:
-                cells.append(fmt.format(stats["mean"]))
+        stats = document["aggregate"][algorithm]
+        cells = [" → ".join(_cell(stats.get(field), fmt) for field in fields) for _, fields, fmt in columns]
         lines.append(f"| `{algorithm}` | " + " | ".join(cells) + " |")
     machine = document["machine"]
     lines += ["", f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}.", ""]
     return "\n".join(lines)
+
+
+def _cell(stats: dict | None, fmt: str) -> str:
+    if stats is None:
+        return "–"
+    if stats["n"] > 1:
+        return f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}"
+    return fmt.format(stats["mean"])
 
 
 def plot_compare(document: dict, out: Path) -> None:

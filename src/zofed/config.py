@@ -101,9 +101,24 @@ class EvalConfig(Section):
     every: int = Field(1, ge=1, description="evaluate validation loss every k rounds")
     val_examples: int = Field(64, ge=1)
     test_examples: int = Field(128, ge=1)
-    accuracy_examples: int = Field(64, ge=0)
+    accuracy_examples: int = Field(64, ge=0, description="test examples scored by the generation metrics")
     max_new_tokens: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
+    # Scored before and after training (eval.py); None: the task's default set (loss and its own metric).
+    metrics: tuple[Literal["loss", "exact_match", "rouge_l", "gsm8k_answer"], ...] | None = Field(None, min_length=1)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _listed(cls, value):
+        # `eval.metrics=loss,rouge_l` on the command line arrives as one string
+        return tuple(name.strip() for name in value.split(",")) if isinstance(value, str) else value
+
+    @field_validator("metrics")
+    @classmethod
+    def _once_each(cls, value):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a metric twice; name each once")
+        return value
 
 
 class FlowerConfig(Section):

@@ -259,7 +259,7 @@ class Tracking:
                 sink.close()
 
     def final(self, step: int, evaluation: dict) -> None:
-        """The after-training test loss and accuracy, at the last round's step (that round logged the
+        """The after-training test metrics, at the last round's step (that round logged the
         same model's validation loss)."""
         self._evaluation(step, {key: value for key, value in evaluation.items() if key != "eval_loss"})
 
@@ -273,7 +273,9 @@ class Tracking:
                 sink.evaluation(step, values)
 
 
-EVALUATION_TAGS = {"eval_loss": "loss/validation", "test_loss": "loss/test", "test_accuracy": "accuracy/test"}
+# The evaluation's keys (driver.evaluate_all: test_<metric>) and their tags; the generation metrics under test/.
+EVALUATION_TAGS = {"eval_loss": "loss/validation", "test_loss": "loss/test", "test_exact_match": "test/exact_match",
+                   "test_rouge_l": "test/rouge_l", "test_gsm8k_answer": "test/gsm8k_answer"}
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from .helpers import final_weights, tiny_config
 
 SUMMARY_KEYS = {
     "algorithm", "rounds", "initial_eval_loss", "final_eval_loss", "initial_test_loss", "final_test_loss",
-    "test_accuracy", "bytes_up", "bytes_down", "forward_passes", "peak_rss_mb", "wall_s",
+    "initial_test_exact_match", "final_test_exact_match", "test_accuracy", "metrics", "bytes_up", "bytes_down", "forward_passes", "peak_rss_mb", "wall_s",
 }
 
 
@@ -47,13 +47,21 @@ def test_metrics_lines_and_ledger(finished_run):
 
 def test_eval_command_scores_a_finished_run(finished_run, capsys, tmp_path):
     config, summary = finished_run
-    assert main(["eval", str(config.run_dir), "--examples", "8"]) == 0  # the run's own task (builtin) by default
+    assert main(["eval", str(config.run_dir), "--examples", "8", "--json"]) == 0  # the run's own task (builtin) by default
     result = json.loads(capsys.readouterr().out)
-    assert result["examples"] == 8 and result["loss"] > 0 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["examples"] == 8 and list(result["metrics"]) == ["loss", "exact_match"]  # the task's default metrics
+    assert result["metrics"]["loss"] > 0 and 0.0 <= result["metrics"]["exact_match"] <= 1.0
     data = tmp_path / "gsm.jsonl"
     data.write_text(json.dumps({"question": "What is 2 plus 2?", "answer": "2+2=4\n#### 4"}) + "\n")
-    assert main(["eval", str(config.run_dir), "--task", "gsm8k", "--data", str(data), "--weights", "best"]) == 0
-    assert json.loads(capsys.readouterr().out)["examples"] == 1
+    assert main(["eval", str(config.run_dir), "--task", "gsm8k", "--data", str(data), "--weights", "best",
+                 "--metrics", "gsm8k_answer,rouge_l,loss"]) == 0
+    table = capsys.readouterr().out
+    assert "task gsm8k, 1 examples" in table and "| metric | value |" in table
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "metric" not in line]
+    assert [name.strip() for name, _ in rows] == ["gsm8k_answer", "rouge_l", "loss"]  # in the order asked
+    assert all(0.0 <= float(value) for _, value in rows)
+    assert main(["eval", str(config.run_dir), "--metrics", "rouge_l,bleu"]) == 2
+    assert "unknown metric 'bleu'" in capsys.readouterr().err
 
 
 def test_existing_run_directory_needs_resume_or_overwrite(finished_run):

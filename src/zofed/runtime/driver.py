@@ -27,7 +27,9 @@ from zofed.algorithms.base import state_on
 from zofed.atomic import write_atomic
 from zofed.checkpoint import Checkpoint, save_checkpoint, save_weights
 from zofed.config import RunConfig
-from zofed.eval import evaluate_loss, exact_match_accuracy
+from zofed.data import get_task
+from zofed.eval import (GENERATION_METRICS, default_max_new_tokens, evaluate_loss, generate_answers, resolve_metrics,
+                        score_generations)
 from zofed.metrics import peak_of
 from zofed.runtime.client import KeptStore
 from zofed.runtime.prepare import prepared
@@ -36,8 +38,6 @@ from zofed.runtime.experiment import Experiment, build_experiment, data_fingerpr
 from zofed.rundir import open_run_dir, start_run_dir
 from zofed.status import phase
 from zofed.tracking import check_tracking, open_tracking
-
-DEFAULT_MAX_NEW_TOKENS = 16
 
 
 # (experiment, algorithm, state, round, kept models) -> (new state, the round's metrics row)
@@ -90,6 +90,7 @@ def run_experiment(
     session_started = time.perf_counter()
     paths = RunPaths(config)
     check_tracking(config.tracking)  # before the run directory is touched: a missing W&B leaves nothing behind
+    resolve_metrics(get_task(config.task), config.eval.metrics)  # likewise: a metric the task cannot score
     checkpoint = open_run_dir(paths.root, resume=resume, overwrite=overwrite)
     config = prepared(config, resume=checkpoint is not None)
     with phase("reading and splitting the data", show_progress):
@@ -171,27 +172,33 @@ def with_evaluation(experiment: Experiment, row: dict) -> dict:
 
 
 def evaluate_all(experiment: Experiment, when: str = "", live: bool = True) -> dict:
-    """Validation and test loss plus exact-match accuracy (for tasks with short answers), and the
-    seconds it took (the progress ETA counts the final evaluation with it). `when` names it in the status line."""
+    """Validation loss and every metric of `eval.metrics` on the test examples (`test_<metric>`), and the
+    seconds it took (the progress ETA counts the final evaluation with it). `when` names it in the status line.
+
+    Generation metrics score the first `eval.accuracy_examples` test examples; with none (or none with an
+    answer, for answer metrics) they are None."""
     config, task = experiment.config, experiment.data.task
+    metrics = resolve_metrics(task, config.eval.metrics)
     started = time.perf_counter()
-    accuracy = None
     with phase(f"evaluating {when}".strip() + " (validation and test loss)", live):
-        eval_loss = _validation_loss(experiment)
-        test_loss = evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id, config.eval.batch_size)
-    if task.short_answers and experiment.accuracy_examples:
-        with phase(f"generating answers for test accuracy {when}".strip() + f" ({len(experiment.accuracy_examples)} examples)", live):
-            accuracy = exact_match_accuracy(
-                experiment.model,
-                experiment.loaded.tokenizer,
-                experiment.accuracy_examples,
-                task.extract_answer,
-                experiment.max_length,
-                config.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                config.eval.batch_size,
-                config.data.system_prompt,
-            )
-    return {"eval_loss": eval_loss, "test_loss": test_loss, "test_accuracy": accuracy, "seconds": time.perf_counter() - started}
+        result = {"eval_loss": _validation_loss(experiment)}
+        if "loss" in metrics:
+            result["test_loss"] = evaluate_loss(experiment.model, experiment.test_tokens, experiment.pad_token_id,
+                                                config.eval.batch_size)
+    generated = [name for name in metrics if name in GENERATION_METRICS]
+    examples = experiment.accuracy_examples
+    scores: dict[str, float] = {}
+    if generated and examples:
+        with phase(f"generating answers {when}".strip() + f" for {', '.join(generated)} ({len(examples)} examples)",
+                   live) as progress:
+            texts = generate_answers(experiment.model, experiment.loaded.tokenizer, examples, experiment.max_length,
+                                     config.eval.max_new_tokens or default_max_new_tokens(metrics),
+                                     config.eval.batch_size, config.data.system_prompt, progress)
+        scores = score_generations(generated, examples, texts, task.extract_answer)
+    for name in generated:
+        value = scores.get(name)
+        result[f"test_{name}"] = value if value is not None and math.isfinite(value) else None
+    return result | {"seconds": time.perf_counter() - started}
 
 
 def _validation_loss(experiment: Experiment) -> float:
@@ -228,13 +235,16 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
         "rounds": config.rounds,
         "rounds_run": len(history),
         "clients": config.clients,
+        "metrics": list(resolve_metrics(get_task(config.task), config.eval.metrics)),
         "initial_eval_loss": initial["eval_loss"],
         "final_eval_loss": final["eval_loss"],
         "best_eval_loss": extra["best_eval_loss"],
-        "initial_test_loss": initial["test_loss"],
-        "final_test_loss": final["test_loss"],
-        "initial_test_accuracy": initial["test_accuracy"],
-        "test_accuracy": final["test_accuracy"],
+        # every evaluated metric before and after training: initial_test_<metric>, final_test_<metric>
+        **{f"{when}_{key}": evaluation.get(key) for key in _metric_keys(initial, final)
+           for when, evaluation in (("initial", initial), ("final", final))},
+        # the answer accuracy under the name earlier summaries used (exact_match or gsm8k_answer)
+        "initial_test_accuracy": _accuracy(initial),
+        "test_accuracy": _accuracy(final),
         "bytes_up": sum(row["bytes_up"] for row in history),
         "bytes_down": sum(row["bytes_down"] for row in history),
         "forward_passes": sum(row["forward_passes"] for row in history),
@@ -245,6 +255,16 @@ def _summary(config: RunConfig, extra: dict, final: dict, wall_s: float) -> dict
         "client_reported": sorted({key for row in history for key in row.get("client_reported", ())}),
         "wall_s": wall_s,
     }
+
+
+def _metric_keys(initial: dict, final: dict) -> list[str]:
+    """The evaluations' `test_<metric>` keys, in the order evaluated (a run before this field had test_accuracy)."""
+    return [key for key in dict.fromkeys([*initial, *final]) if key.startswith("test_") and key != "test_accuracy"]
+
+
+def _accuracy(evaluation: dict) -> float | None:
+    found = [evaluation.get(key) for key in ("test_accuracy", "test_exact_match", "test_gsm8k_answer")]
+    return next((value for value in found if value is not None), None)
 
 
 def _write_run_files(paths: RunPaths, config: RunConfig, history: list[dict]) -> None:
