@@ -194,6 +194,8 @@ def tune_each(config_path, overrides: Sequence[str], algorithms: Sequence[str], 
     studies = {algorithm: ([*overrides_read_by(algorithm, overrides), f"algorithm={algorithm}"],
                            [f"{algorithm}.lr={tune.lr_range}:log"]) for algorithm in algorithms}
     for algorithm, (own, params) in studies.items():
+        if f"{algorithm}.lr" in {override.partition("=")[0] for override in own}:
+            raise ZofedError(f"--tune sets each method's lr by tuning it; drop the override {algorithm}.lr=...")
         try:
             parse_params(config_path, own, params)
         except ZofedError as error:

@@ -420,7 +420,8 @@ def plot_trials(document: dict, path: Path) -> None:
         elif param["type"] == "int":
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set(xlabel=param["key"], ylabel="validation loss (pruned: last)", title=f"loss vs {param['key']}")
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
     for axis in axes[0]:
         axis.grid(alpha=0.3)
         axis.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))  # small changes as plain numbers
