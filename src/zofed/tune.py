@@ -84,7 +84,7 @@ def parse_params(config_path: str | Path, overrides: Sequence[str], texts: Seque
     message; the setting's type (int or float) decides the kind of range.
     """
     if not texts:
-        raise ZofedError(f"no --param given; search at least one setting, e.g. --param fedmezo.lr=1e-5:1e-2:log")
+        raise ZofedError("no --param given; search at least one setting, e.g. --param fedmezo.lr=1e-5:1e-2:log")
     overridden = {override.partition("=")[0] for override in overrides}
     params: list[Param] = []
     for text in texts:
