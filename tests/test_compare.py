@@ -101,7 +101,9 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, message, config_file, tm
 
 def test_tune_tunes_each_methods_lr_on_its_own_then_compares_at_it(config_file, tmp_path):
     out = tmp_path / "tuned"
-    document = run_compare(config_file, [*QUICK, "rounds=1"], ["fedmezo", "fedkseed"], out=out, show_progress=False,
+    # one round, no generation: the test is about the wiring, each study and run stays tiny
+    document = run_compare(config_file, [*QUICK, "rounds=1", "local.local_steps=1", "eval.accuracy_examples=0",
+                                         "tracking.tensorboard=false"], ["fedmezo", "fedkseed"], out=out, show_progress=False,
                            log=lambda line: None, tune=parse_tune(True, 1, "1e-3:1e-2"))
     for algorithm in ("fedmezo", "fedkseed"):
         tuned = document["tuned"][algorithm]
