@@ -6,7 +6,8 @@ import pytest
 
 from zofed import compare as compare_module
 from zofed.cli import main
-from zofed.compare import parse_budget, run_compare
+from zofed.compare import parse_budget, parse_tune, run_compare
+from zofed.config import load_config
 from zofed.errors import ZofedError
 
 from .runtime.helpers import CONFORMANCE_SETTINGS
@@ -102,12 +103,32 @@ def test_budget_in_uplink_bytes_stops_each_run_at_the_same_cost(config_file, tmp
     (["--algorithms", "fedmezo,nope"], "unknown algorithm 'nope'"),
     (["--algorithms", "fedmezo", "--budget", "joules=3"], "bad budget"),
     (["--algorithms", "fedmezo,fedmezo"], "lists one twice"),
+    (["--algorithms", "fedmezo", "--trials", "3"], "belong to --tune"),
+    (["--algorithms", "fedmezo", "--tune", "--lr-range", "1e-2:1e-3"], "--lr-range '1e-2:1e-3' must be LOW:HIGH"),
+    (["--algorithms", "fedmezo", "--tune", "--trials", "0"], "--trials 0"),
+    (["--algorithms", "fedmezo", "--tune", "fedmezo.lr=1e-3"], "--tune sets each method's lr"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, config_file, tmp_path, capsys):
     assert main(["compare", str(config_file), *QUICK, "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_tune_tunes_each_methods_lr_on_its_own_then_compares_at_it(config_file, tmp_path):
+    out = tmp_path / "tuned"
+    # one round, no generation: the test is about the wiring, each study and run stays tiny
+    document = run_compare(config_file, [*QUICK, "rounds=1", "local.local_steps=1", "eval.accuracy_examples=0",
+                                         "tracking.tensorboard=false"], ["fedmezo", "fedkseed"], out=out, show_progress=False,
+                           log=lambda line: None, tune=parse_tune(True, 1, "1e-3:1e-2"))
+    for algorithm in ("fedmezo", "fedkseed"):
+        tuned = document["tuned"][algorithm]
+        assert 1e-3 <= tuned["lr"] <= 1e-2 and tuned["trials"] == 1
+        study = json.loads((out / "tune" / algorithm / "results.json").read_text())
+        assert len(study["trials"]) == 1 and study["best"]["params"] == {f"{algorithm}.lr": tuned["lr"]}
+        [run] = [r for r in document["runs"] if r["algorithm"] == algorithm]
+        assert load_config(f"{run['run_dir']}/config.yaml").algorithm_settings.lr == tuned["lr"]
+    assert "lr tuned per algorithm" in (out / "results.md").read_text()
 
 
 def test_other_runtime_is_refused_not_run_locally(config_file, tmp_path, capsys):

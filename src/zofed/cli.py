@@ -123,7 +123,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="KIND=AMOUNT per run: rounds, bytes (uplink), forward_passes or wall_s (default: the config's rounds)")
     compare.add_argument("--out", default=None, help="output directory (default compare/<config name>)")
     compare.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    compare.add_argument("--tune", action="store_true",
+                         help="first tune each algorithm's lr on its own (zofed tune, same --trials each), then compare at the best lr")
+    compare.add_argument("--trials", type=int, default=None, help="with --tune: trials per algorithm (default 8)")
+    compare.add_argument("--lr-range", default=None, metavar="LOW:HIGH",
+                         help="with --tune: the lr range searched, on a log scale (default 1e-5:1e-2)")
     compare.set_defaults(handler=_compare)
+
+    _add_tune(commands)
 
     listing = commands.add_parser("list", help="list algorithms, models, tasks and partitioners")
     listing.set_defaults(handler=_list)
@@ -252,14 +259,51 @@ def _say_unused_sections(config) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from zofed.compare import parse_budget, run_compare
+    from zofed.compare import parse_budget, parse_tune, run_compare
 
     algorithms = [name.strip() for name in args.algorithms.split(",") if name.strip()]
     document = run_compare(
         args.config, args.overrides, algorithms, seeds=args.seeds, budget=parse_budget(args.budget),
         out=Path(args.out) if args.out else None, show_progress=not args.no_progress,
+        tune=parse_tune(args.tune, args.trials, args.lr_range),
     )
     print(Path(args.out or Path("compare") / document["name"]).joinpath("results.md").read_text())
+    return 0
+
+
+def _add_tune(commands) -> None:
+    tune = commands.add_parser(
+        "tune", help="search settings with Optuna (TPE, median pruning) and write the best config",
+        description="Run trials of CONFIG with the --param settings sampled by Optuna's TPE sampler, each an ordinary "
+                    "run under OUT/trials/, pruning a trial whose validation loss is above the median of earlier trials "
+                    "at the same round; minimises the final validation loss. Writes OUT/results.md (printed), "
+                    "results.json, trials.png and best.yaml (for `zofed run`). Rerunning the same command continues "
+                    "the study (OUT/study.journal).",
+    )
+    tune.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    tune.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], help=OVERRIDES_HELP + " (for every trial)")
+    tune.add_argument("--param", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
+                      help="a setting to search, repeatable, e.g. fedmezo.lr=1e-5:1e-2:log or local.local_steps=5:30 "
+                           "(an integer setting takes integers)")
+    tune.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) the study holds at the end")
+    tune.add_argument("--out", default=None, help="study directory (default tune/<config name>)")
+    tune.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    tune.set_defaults(handler=_tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from zofed.tune import BEST_FILE, print_table, run_study
+
+    try:
+        document = run_study(args.config, args.overrides, args.param, args.trials, out=Path(args.out) if args.out else None,
+                             show_progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("zofed: interrupted; rerun the same command to continue the study", file=sys.stderr)
+        return 130
+    print_table(document)
+    out = Path(document["study"]).parent
+    best = f"; the best config: `zofed run {out / BEST_FILE}`" if document["best"] else "; no trial completed, so no best config"
+    print(f"results in {out}/ (results.md, results.json, trials.png){best}", file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,10 @@ Budgets: by default every run gets the config's rounds. `--budget bytes=N` (tota
 of the run), `forward_passes=N` or `wall_s=N` stop each run before the first round that would
 start with the budget spent (the crossing round completes; `rounds` stays an upper limit).
 Bytes and forward passes are deterministic; wall time is not.
+
+`--tune` first tunes each algorithm's lr on its own (`zofed tune`, the same number of trials and
+the same lr range for each, under the same budget) in `<out>/tune/<algorithm>/`, then compares
+the runs at each algorithm's best lr: the protocol ZO papers use, as one lr suits no two methods.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from zofed.config import RunConfig, load_config, override_section, overrides_rea
 from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.experiment import json_digest  # noqa: E402
+from zofed.rundir import refuse_changed_settings  # noqa: E402
 from zofed.runtime.driver import Budget, run_experiment  # noqa: E402
 
 BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
@@ -52,6 +57,37 @@ TABLE_FIELDS = (
 )
 METRIC_FORMATS = {"loss": "{:.4f}"}  # the others are shares in [0, 1]: "{:.3f}"
 LEGACY_FIELDS = ("test_accuracy",)  # averaged too: earlier benchmark scripts read it from the aggregate
+
+
+DEFAULT_TUNE_TRIALS = 8
+DEFAULT_LR_RANGE = "1e-5:1e-2"
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """`--tune`: each algorithm's lr searched over [low, high] (log scale) in `trials` trials."""
+
+    trials: int
+    lr_range: str
+
+
+def parse_tune(tune: bool, trials: int | None, lr_range: str | None) -> TuneSpec | None:
+    if not tune:
+        if trials is not None or lr_range is not None:
+            raise ZofedError("--trials and --lr-range belong to --tune; add --tune or drop them")
+        return None
+    trials = DEFAULT_TUNE_TRIALS if trials is None else trials
+    if trials < 1:
+        raise ZofedError(f"--trials {trials} must be at least 1")
+    lr_range = DEFAULT_LR_RANGE if lr_range is None else lr_range
+    bounds = lr_range.split(":")
+    try:
+        low, high = (float(bound) for bound in bounds)
+    except ValueError:
+        low = high = math.nan
+    if not 0 < low < high < math.inf:
+        raise ZofedError(f"--lr-range '{lr_range[:40]}' must be LOW:HIGH with 0 < LOW < HIGH, e.g. {DEFAULT_LR_RANGE}")
+    return TuneSpec(trials, lr_range)
 
 
 @dataclass(frozen=True)
@@ -75,8 +111,11 @@ def parse_budget(text: str | None) -> Budget | None:
 
 
 def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Sequence[str], seeds: int,
-              out: Path) -> list[CompareRun]:
-    """Every run's validated config, built before anything runs so bad input fails with nothing written."""
+              out: Path, own: dict[str, list[str]] | None = None) -> list[CompareRun]:
+    """Every run's validated config, built before anything runs so bad input fails with nothing written.
+
+    `own`: overrides for one algorithm's runs only (its tuned lr).
+    """
     if not algorithms:
         raise ZofedError("no algorithms to compare; pass --algorithms a,b (see `zofed list`)")
     if len(set(algorithms)) != len(algorithms):
@@ -99,7 +138,8 @@ def plan_runs(config_path: str | Path, overrides: Sequence[str], algorithms: Seq
     for algorithm in algorithms:
         for offset in range(seeds):
             seed = base_seed + offset
-            config = load_config(config_path, [*overrides_read_by(algorithm, overrides), f"algorithm={algorithm}", f"seed={seed}",
+            config = load_config(config_path, [*overrides_read_by(algorithm, overrides), *(own or {}).get(algorithm, ()),
+                                               f"algorithm={algorithm}", f"seed={seed}",
                                                f"name={algorithm}-seed{seed}", f"output_dir={out / 'runs'}"])
             runs.append(CompareRun(algorithm, seed, config))
     return runs
@@ -114,15 +154,22 @@ def run_compare(
     out: Path | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    tune: TuneSpec | None = None,
 ) -> dict:
     name = load_config(config_path, overrides_read_by(None, overrides)).name
     out = Path(out) if out is not None else Path("compare") / name
     runs = plan_runs(config_path, overrides, algorithms, seeds, out)
+    tuned = {}
+    if tune is not None:
+        tuned = tune_each(config_path, overrides, algorithms, tune, out, budget, show_progress, log)
+        runs = plan_runs(config_path, overrides, algorithms, seeds, out,
+                         own={algorithm: [f"{algorithm}.lr={entry['lr']!r}"] for algorithm, entry in tuned.items()})
     results = []
     for index, run in enumerate(runs, start=1):
         label = f"[{index}/{len(runs)}] {run.algorithm} seed {run.seed}"
         summary_path = run.config.run_dir / "summary.json"
         if summary_path.is_file():
+            _refuse_reuse_with_other_settings(run)
             log(f"{label}: done before, reusing {run.config.run_dir}")
         else:
             resume = run.config.run_dir.exists()
@@ -130,7 +177,7 @@ def run_compare(
             # a run killed before its first checkpoint has nothing to resume: it starts over in its own directory
             run_experiment(run.config, resume=resume, overwrite=resume, show_progress=show_progress, budget=budget)
         results.append(collect(run))
-    document = build_results(name, config_path, overrides, budget, results)
+    document = build_results(name, config_path, overrides, budget, results) | ({"tuned": tuned} if tuned else {})
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", json.dumps(document, indent=2, allow_nan=True) + "\n")
     write_atomic(out / "results.md", results_table(document))
@@ -138,6 +185,48 @@ def run_compare(
     log(f"results in {out}/ (results.json, results.md, loss_vs_round.png, loss_vs_bytes.png, "
         "loss_vs_forward_passes.png, memory.png)")
     return document
+
+
+def tune_each(config_path, overrides: Sequence[str], algorithms: Sequence[str], tune: TuneSpec, out: Path,
+              budget: Budget | None, show_progress: bool, log: Callable[[str], None]) -> dict[str, dict]:
+    """Each algorithm's best lr from its own study (`<out>/tune/<algorithm>/`), all studies checked before any runs."""
+    from zofed.tune import parse_params, run_study
+
+    studies = {algorithm: ([*overrides_read_by(algorithm, overrides), f"algorithm={algorithm}"],
+                           [f"{algorithm}.lr={tune.lr_range}:log"]) for algorithm in algorithms}
+    for algorithm, (own, params) in studies.items():
+        if f"{algorithm}.lr" in {override.partition("=")[0] for override in own}:
+            raise ZofedError(f"--tune sets each method's lr by tuning it; drop the override {algorithm}.lr=...")
+        try:
+            parse_params(config_path, own, params)
+        except ZofedError as error:
+            raise ZofedError(f"--tune: {error}") from None
+    tuned = {}
+    for index, (algorithm, (own, params)) in enumerate(studies.items(), start=1):
+        study_dir = out / "tune" / algorithm
+        log(f"[tune {index}/{len(studies)}] {algorithm}: {tune.trials} trials of {params[0]} in {study_dir}")
+        document = run_study(config_path, own, params, tune.trials, out=study_dir, show_progress=show_progress,
+                             budget=budget, log=log)
+        best = document["best"]
+        if best is None:
+            raise ZofedError(f"--tune: no trial of {algorithm} reached a finite validation loss with lr in {tune.lr_range} "
+                             f"(see {study_dir}/results.md); try a lower --lr-range")
+        tuned[algorithm] = {"lr": best["params"][f"{algorithm}.lr"], "validation_loss": best["value"],
+                            "trials": tune.trials, "lr_range": tune.lr_range, "study": str(study_dir)}
+        log(f"[tune {index}/{len(studies)}] {algorithm}: best lr {tuned[algorithm]['lr']:.4g} "
+            f"(validation loss {best['value']:.5f})")
+    return tuned
+
+
+def _refuse_reuse_with_other_settings(run: CompareRun) -> None:
+    """A finished run is reused only if it ran with this comparison's settings (a study given more trials may
+    have found another lr since)."""
+    try:
+        refuse_changed_settings(run.config.run_dir, run.config.to_dict())
+    except ZofedError:
+        raise ZofedError(f"the finished run {run.config.run_dir} ran with other settings than this comparison gives it "
+                         "(a changed override, or a new tuned lr); delete that directory to run it again, or choose "
+                         "another --out") from None
 
 
 def collect(run: CompareRun) -> dict:
@@ -237,6 +326,10 @@ def results_table(document: dict) -> str:
         "| algorithm | " + " | ".join(title for title, _, _ in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
+    if document.get("tuned"):
+        lines[4:4] = ["lr tuned per algorithm before comparing (`zofed tune`, TPE with median pruning on the validation "
+                      "loss): " + "; ".join(f"`{algorithm}` {entry['lr']:.3g} ({entry['trials']} trials in {entry['lr_range']})"
+                                            for algorithm, entry in document["tuned"].items()) + ".", ""]
     for algorithm in document["algorithms"]:
         stats = document["aggregate"][algorithm]
         cells = [" → ".join(_cell(stats.get(field), fmt) for field in fields) for _, fields, fmt in columns]

@@ -42,6 +42,8 @@ from zofed.tracking import check_tracking, open_tracking
 
 # (experiment, algorithm, state, round, kept models) -> (new state, the round's metrics row)
 RoundFn = Callable[[Experiment, Algorithm, ServerState, int, KeptStore], tuple[ServerState, dict]]
+# Sees each round's row once it is recorded (checkpointed); a true return stops the run there.
+RoundHook = Callable[[dict], bool]
 
 
 class RunPaths:
@@ -80,8 +82,11 @@ def run_experiment(
     stop_after_round: int | None = None,
     budget: Budget | None = None,
     round_fn: RoundFn | None = None,
+    on_round: RoundHook | None = None,
 ) -> dict | None:
-    """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`.
+    """Run (or resume) a config; returns the summary, or None when stopped early by `stop_after_round`
+    or by `on_round` (`zofed tune` prunes a trial on its validation loss this way; the stopped run
+    keeps its rounds and checkpoint, like a killed one).
 
     `round_fn` carries a round's messages to the clients and back: `run_round` in this process
     by default, or another runtime's transport (Flower) around the same steps.
@@ -125,6 +130,8 @@ def run_experiment(
                 extra = _record_round(paths, state, row, extra, clock.elapsed())
                 tracking.round(row)
                 if stop_after_round is not None and round >= stop_after_round:
+                    return None
+                if on_round is not None and on_round(row):
                     return None
             tracking.end_rounds()
             final = evaluate_all(experiment, "after training", show_progress)
