@@ -35,7 +35,7 @@ import yaml
 
 from zofed.config import load_config
 from zofed.machine import describe_machine
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import round_rows, run_experiment
 
 ALGORITHMS = ("fedmezo", "fedspzo")
 
@@ -50,7 +50,7 @@ def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: 
         summary = json.loads((config.run_dir / "summary.json").read_text())
     else:
         summary = run_experiment(config, overwrite=True, show_progress=False)
-    history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = round_rows(config.run_dir)
     totals = {"layer_forwards": 0, "forward_passes": 0, "train_s": 0.0, "wall_s": 0.0}
     curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], **totals}]
     for row in history:

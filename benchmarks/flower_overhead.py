@@ -33,7 +33,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
     from zofed.runtime.flower.deployment import run_flower
     from zofed.runtime.flower.loopback import LoopbackFederation
     from zofed.runtime.flower.simulation import run_flower_sim
-    from zofed.runtime.driver import run_experiment
+    from zofed.runtime.driver import round_rows, run_experiment
 
     results, weights = {}, {}
     load_before = os.getloadavg()
@@ -53,7 +53,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
                 summary = run_flower(config, show_progress=False)
             finally:
                 federation.stop_all()
-        rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = round_rows(config.run_dir)
         weights[runtime] = load_file(str(config.run_dir / "final.safetensors"))
         results[runtime] = describe(rows, summary, parallel_clients=runtime == "flower" or config.flower.sim_workers > 1)
     local_round = results["local"]["round_s_median_after_first"]

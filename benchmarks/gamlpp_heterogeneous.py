@@ -32,7 +32,7 @@ import yaml
 
 from zofed.compare import parse_budget, run_compare
 from zofed.machine import describe_machine
-from zofed.runtime.driver import Budget
+from zofed.runtime.driver import Budget, round_rows
 
 from repo_paths import from_repo_root
 
@@ -57,7 +57,7 @@ def reusable(run_dir: Path, budget: Budget | None) -> bool:
         return False
     if budget is None:
         return True
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = round_rows(run_dir)
     return budget.spent(history[:-1]) < budget.value
 
 

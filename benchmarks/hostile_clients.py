@@ -99,6 +99,7 @@ def play_flower(attack: list[str], extra: list[str], args, out: Path, name: str,
     """The case as a `flwr run` on the simulation engine; the attack is made by the client app, not the server."""
     from zofed.config import load_config
     from zofed.runtime.flower.simulation import run_flower_sim
+    from zofed.runtime.driver import round_rows
 
     config = load_config(args.config, overrides(args) + attack + extra)
     os.environ[FAULTS_ENV] = config.faults.model_dump_json()  # the hostile node's own orders, read by its workers
@@ -107,7 +108,7 @@ def play_flower(attack: list[str], extra: list[str], args, out: Path, name: str,
         "runtime=flower-sim", f"name={name}", f"output_dir={out}", "flower.connect_timeout_s=1200"])
     started = time.perf_counter()
     summary = run_flower_sim(config, show_progress=False, client_app="benchmarks.hostile_client_app:app")
-    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(config.run_dir)
     loss = summary["final_test_loss"]
     result = {"final_test_loss": loss, "rejected_replies": sum(len(row["rejected"]) for row in rows),
               "wall_s": round_s(time.perf_counter() - started)}

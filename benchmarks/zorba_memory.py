@@ -104,7 +104,7 @@ def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> di
     """The client's round in this (fresh) process, from the downlink's bytes as they would arrive;
     its kept copy (if it keeps one) in a file beside them."""
     from zofed.algorithms import build_algorithm
-    from zofed.algorithms.zorba import DTYPES
+    from zofed.dtypes import torch_dtype
     from zofed.config import parse_config
     from zofed.runtime.client import KeptFile
     from zofed.runtime.experiment import build_experiment
@@ -114,7 +114,7 @@ def client_peak(config_json: str, client: int, downlink: Path, plan: dict) -> di
     experiment = build_experiment(config)
     method = build_algorithm(config.algorithm, config.algorithm_settings)
     lower = plan.pop("lower", None)
-    dtype = DTYPES[config.algorithm_settings.inactive_dtype] if lower is not None else None
+    dtype = torch_dtype(config.algorithm_settings.inactive_dtype) if lower is not None else None
     outbox = [downlink.read_bytes()]
     gc.collect()
     _, peak = client_round_peak(experiment, method, outbox, client, lower, dtype, KeptFile(kept_path(downlink)))

@@ -84,6 +84,26 @@ def test_list_says_each_methods_weighting_and_basis(capsys):
     assert "task-alignment loss is not implemented" in out
 
 
+HEAVY = ("torch", "transformers", "peft", "flwr", "datasets")
+
+
+def heavy_imports(code: str) -> list[str]:
+    """The heavy libraries a fresh interpreter has imported after running `code` (zofed.cli's main is `main`)."""
+    probe = (f"import sys\nfrom zofed.cli import main\n{code}\n"
+             f"print(sorted({{name.split('.')[0] for name in sys.modules}} & {set(HEAVY)!r}), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return eval(result.stderr.strip().splitlines()[-1])
+
+
+def test_list_and_config_show_import_no_heavy_library():
+    # `zofed list` prints the registries (under a second): the import set, not the time, is what is checked
+    assert heavy_imports('main(["list"])') == []
+    assert heavy_imports(f'main(["config", "show", {str(QUICKSTART)!r}])') == []
+    # the probe sees an import: running a method's round code does load torch
+    assert "torch" in heavy_imports('from zofed.zo import normal_table\nnormal_table(1024)')
+
+
 def test_data_prints_per_client_sizes_and_labels(capsys):
     assert main(["data", str(QUICKSTART), "clients=3", "partition.method=meta"]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from zofed.errors import ZofedError
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import read_metrics, round_rows, run_experiment
 from zofed.tracking import loss_text, scalars
 
 from .runtime.helpers import tiny_config
@@ -22,7 +22,18 @@ def _events(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 
 def _rows(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return round_rows(run_dir)
+
+
+def _event_files(run_dir) -> list:
+    return sorted(run_dir.rglob("events.out.tfevents.*"))
+
+
+def _assert_no_empty_event_file(run_dir) -> None:
+    for path in _event_files(run_dir):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        assert accumulator.Tags()["scalars"], path  # a file holds values, or is not written
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +64,10 @@ def test_resumed_run_logs_each_round_once(tmp_path):
     assert run_experiment(config, show_progress=False, stop_after_round=2) is None
     run_experiment(config, resume=True, show_progress=False)
     assert [step for step, _ in _events(config.run_dir)["loss/train"]] == [1, 2, 3]
+    assert [step for step, _ in _events(config.run_dir)["loss/validation"]] == [0, 1, 2, 3]  # the steps continue
+    _assert_no_empty_event_file(config.run_dir)
+    assert [(row["event"], row["round"]) for row in read_metrics(config.run_dir)] == [
+        ("before", 0), ("round", 1), ("round", 2), ("round", 3), ("final", 3)]
     assert [value for _, value in _events(config.run_dir)["lr"]] == pytest.approx([5e-3] * 3)  # FedAvg: its settings' lr
 
 
@@ -163,12 +178,39 @@ def test_tensorboard_holds_the_start_the_final_test_and_the_config(tracked_run):
 def test_resuming_a_finished_run_leaves_no_empty_event_file(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "rounds=1", "local.local_steps=1", "eval.accuracy_examples=0")
     run_experiment(config, show_progress=False)
-    before = set(config.run_dir.glob("events.out.tfevents.*"))
     run_experiment(config, resume=True, show_progress=False)
-    for new in set(config.run_dir.glob("events.out.tfevents.*")) - before:
-        assert EventAccumulator(str(new)).Reload().Tags()["scalars"], new  # a new file holds values, or is not written
+    _assert_no_empty_event_file(config.run_dir)
     steps = [step for step, _ in _events(config.run_dir)["loss/validation"]]
     assert steps == [0, 1]  # one run: the resume added nothing twice
+    # metrics.jsonl is rebuilt from the checkpoint: one final row, the resumed session's
+    assert [row["event"] for row in read_metrics(config.run_dir)] == ["before", "round", "final"]
+
+
+def test_metrics_jsonl_holds_the_start_every_round_and_the_final_evaluation(tracked_run):
+    rows = read_metrics(tracked_run.run_dir)
+    summary = json.loads((tracked_run.run_dir / "summary.json").read_text())
+    assert [(row["event"], row["round"]) for row in rows] == [("before", 0), ("round", 1), ("round", 2), ("final", 2)]
+    before, final = rows[0], rows[-1]
+    assert (before["eval_loss"], before["test_loss"], before["test_accuracy"]) == (
+        summary["initial_eval_loss"], summary["initial_test_loss"], summary["initial_test_accuracy"])
+    assert (final["eval_loss"], final["test_loss"], final["test_accuracy"]) == (
+        summary["final_eval_loss"], summary["final_test_loss"], summary["test_accuracy"])
+    times = [row["time"] for row in rows]
+    assert times == sorted(times) and times[0] > 1.7e9  # wall clock, in the order recorded
+
+
+def test_tensorboard_holds_the_config_as_hparams_in_the_runs_own_event_file(tracked_run):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    assert {path.parent for path in _event_files(tracked_run.run_dir)} == {tracked_run.run_dir}  # no nested run
+    accumulator = EventAccumulator(str(tracked_run.run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert {metric.name.tag for metric in experiment.metric_infos} == {"loss/validation", "loss/test", "accuracy/test"}
+    assert start.hparams["algorithm"].string_value == "fedmezo"
+    assert start.hparams["rounds"].number_value == 2 and start.hparams["local.local_steps"].number_value == 2
 
 
 def test_a_loss_that_barely_moves_gets_one_line_naming_what_to_try(tmp_path, capsys):

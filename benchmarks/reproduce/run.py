@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from zofed.compare import run_compare  # noqa: E402
 from zofed.config import load_config  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
-from zofed.runtime.driver import run_experiment  # noqa: E402
+from zofed.runtime.driver import round_rows, run_experiment  # noqa: E402
 
 from repo_paths import from_repo_root  # noqa: E402
 
@@ -91,7 +91,7 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
             print(f"running lr_strategy={strategy} in {config.run_dir}", file=sys.stderr, flush=True)
             run_experiment(config, resume=config.run_dir.exists(), overwrite=config.run_dir.exists(), show_progress=False)
         summary = json.loads((config.run_dir / "summary.json").read_text())
-        history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+        history = round_rows(config.run_dir)
         curve = [{"round": 0, "eval_loss": summary["initial_eval_loss"], "wall_s": 0.0}]
         for row in history:
             curve.append({"round": row["round"], "eval_loss": row["eval_loss"], "train_loss": row["train_loss"],
@@ -138,7 +138,7 @@ def fedkseed_bytes(args: argparse.Namespace, out: Path) -> dict:
     # later rounds are the steady state the seed methods are designed for.
     rounds = {}
     for run in document["runs"]:
-        rows = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        rows = round_rows(Path(run["run_dir"]))
         rounds[run["algorithm"]] = [{"round": row["round"], "up": row["bytes_up"] / len(row["clients"]),
                                      "down": row["bytes_down"] / len(row["clients"]),
                                      "up_by_kind": row["bytes_up_by_kind"], "down_by_kind": row["bytes_down_by_kind"]}

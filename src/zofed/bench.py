@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 
 from zofed.device import peak_device_memory_mb, reset_peak_device_memory, resolve_device, timed
+from zofed.dtypes import torch_dtype
 from zofed.llm import LoadedModel, LoraSettings, apply_lora, load_model, trainable_view
-from zofed.llm.models import DTYPES
 from zofed.llm.shapes import build_shape, shape_name
 from zofed.metrics import peak_rss_mb, reset_peak_rss
 from zofed.zo import GaussianDirections, PoolDirections, Scratch, zo_step
@@ -75,7 +75,7 @@ def load_bench_model(model_name: str, dtype: str, device: torch.device) -> Loade
     if shape is None:
         return load_model(model_name, dtype, device)
     started = time.perf_counter()
-    model = build_shape(shape, DTYPES[dtype], device)
+    model = build_shape(shape, torch_dtype(dtype), device)
     return LoadedModel(model, None, model_name, model.config.num_hidden_layers, time.perf_counter() - started)
 
 

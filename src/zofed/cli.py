@@ -482,7 +482,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _bench_step(args: argparse.Namespace) -> int:
     from zofed.bench import bench_step, step_line
     from zofed.device import describe_device, resolve_device
-    from zofed.llm.models import DTYPES
+    from zofed.dtypes import DTYPES
     from zofed.llm.shapes import LADDER, SHAPE_PREFIX, shape_name
     from zofed.machine import describe_machine
 

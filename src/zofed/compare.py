@@ -42,7 +42,7 @@ from zofed.errors import ZofedError  # noqa: E402
 from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.experiment import json_digest  # noqa: E402
 from zofed.rundir import refuse_changed_settings  # noqa: E402
-from zofed.runtime.driver import Budget, run_experiment  # noqa: E402
+from zofed.runtime.driver import Budget, round_rows, run_experiment  # noqa: E402
 
 BUDGET_KINDS = ("rounds", "bytes", "forward_passes", "wall_s")
 # Summary fields averaged over seeds per algorithm, in the order the table shows them after the metrics
@@ -231,7 +231,7 @@ def _refuse_reuse_with_other_settings(run: CompareRun) -> None:
 
 def collect(run: CompareRun) -> dict:
     summary = json.loads((run.config.run_dir / "summary.json").read_text())
-    history = [json.loads(line) for line in (run.config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = round_rows(run.config.run_dir)
     if summary.get("budget") is not None and history and summary["rounds_run"] != len(history):
         raise ZofedError(f"run {run.config.run_dir} is inconsistent (summary vs metrics.jsonl); delete it and run again")
     contacts = sum(len(row["clients"]) for row in history) or 1

@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import torch
-
 from zofed.errors import ZofedError
+from zofed.lazy import lazy_import
+
+torch = lazy_import("torch")  # imported on first use: `zofed list` imports the model table, which imports this, without torch
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 

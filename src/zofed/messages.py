@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-import torch
+if TYPE_CHECKING:  # annotations only: the registry imports this module without torch
+    import torch
 
 JsonScalar = Union[str, int, float, bool, None]
 JsonValue = Union[JsonScalar, list["JsonValue"], dict[str, "JsonValue"]]

@@ -128,20 +128,45 @@ class TensorBoardSink:
             self._writer.add_scalar(tag, value, row["round"], walltime=row.get("time"))
         self._writer.flush()  # a crash or a reader mid-run sees every finished round
 
-    def evaluation(self, step: int, values: dict[str, float]) -> None:
+    def evaluation(self, step: int, values: dict[str, float], walltime: float | None = None) -> None:
         """The before-training evaluation (step 0) or the final one (step = the last round)."""
         for tag, value in values.items():
-            self._writer.add_scalar(tag, value, step)
+            self._writer.add_scalar(tag, value, step, walltime=walltime)
         self._writer.flush()
 
     def config(self, document: dict) -> None:
-        # The resolved config as text (readable whole) and its flat scalars/strings as hparams (comparable)
+        # The resolved config as text, readable whole
         self._writer.add_text("config", "```yaml\n" + json.dumps(document, indent=2) + "\n```", 0)
+        self._writer.flush()
+
+    def hparams(self, document: dict, metric_tags: list[str]) -> None:
+        """The resolved config as hparams, with the final metrics: TensorBoard's HPARAMS tab compares runs.
+
+        Written into this run's own event file: `SummaryWriter.add_hparams` would open a second, nested
+        run directory for them. The metrics' values are this run's scalars under `metric_tags`.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(flat_hparams(document), {tag: 0.0 for tag in metric_tags}):
+            self._writer.file_writer.add_summary(summary)
         self._writer.flush()
 
     def close(self) -> None:
         if self._writer_or_none is not None:
             self._writer_or_none.close()
+
+
+def flat_hparams(document: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
+    """A nested config as dotted keys with the values hparams take: numbers, strings and booleans
+    as they are, anything else (lists, null) as its JSON text."""
+    flat: dict[str, float | int | str | bool] = {}
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return flat
 
 
 class WandbSink:
@@ -157,7 +182,7 @@ class WandbSink:
     def round(self, row: dict, values: dict[str, float]) -> None:
         self._run.log(values, step=row["round"])
 
-    def evaluation(self, step: int, values: dict[str, float]) -> None:
+    def evaluation(self, step: int, values: dict[str, float], walltime: float | None = None) -> None:
         self._run.log(values, step=step)
 
     def close(self) -> None:
@@ -258,19 +283,25 @@ class Tracking:
             if isinstance(sink, ProgressBar):
                 sink.close()
 
-    def final(self, step: int, evaluation: dict) -> None:
+    def final(self, step: int, evaluation: dict, config_document: dict | None = None) -> None:
         """The after-training test metrics, at the last round's step (that round logged the
-        same model's validation loss)."""
-        self._evaluation(step, {key: value for key, value in evaluation.items() if key != "eval_loss"})
+        same model's validation loss), and the config as hparams with the final metrics."""
+        values = self._evaluation(step, {key: value for key, value in evaluation.items() if key != "eval_loss"})
+        if config_document is None:
+            return
+        tags = [tag for tag in EVALUATION_TAGS.values() if tag in values or tag == "loss/validation"]
+        for sink in self.sinks:
+            if hasattr(sink, "hparams"):
+                sink.hparams(config_document, tags)
 
-    def _evaluation(self, step: int, evaluation: dict) -> None:
+    def _evaluation(self, step: int, evaluation: dict) -> dict[str, float]:
         values = {tag: float(evaluation[key]) for key, tag in EVALUATION_TAGS.items()
                   if evaluation.get(key) is not None and math.isfinite(float(evaluation[key]))}
-        if not values:
-            return
-        for sink in self.sinks:
-            if hasattr(sink, "evaluation"):
-                sink.evaluation(step, values)
+        if values:
+            for sink in self.sinks:
+                if hasattr(sink, "evaluation"):
+                    sink.evaluation(step, values, evaluation.get("time"))
+        return values
 
 
 # The evaluation's keys (driver.evaluate_all: test_<metric>) and their tags; the generation metrics under test/.

@@ -154,7 +154,7 @@ def test_failed_smollm2_conversion_leaves_no_cache(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", broken)
+    monkeypatch.setattr(models.transformers.AutoTokenizer, "from_pretrained", broken)
     with pytest.raises(OSError, match="disk full"):
         load_tokenizer("smollm2")
     assert list((tmp_path / "tokenizers").iterdir()) == []

@@ -23,7 +23,8 @@ TIMING = {"seconds", "time", "peak_rss_mb", "peak_device_mb"}
 
 def without_timings(row: dict) -> dict:
     row = {k: v for k, v in row.items() if k not in TIMING}
-    row["per_client"] = [{k: v for k, v in c.items() if k not in TIMING} for c in row["per_client"]]
+    if "per_client" in row:  # a round row, not the before-training or final evaluation's
+        row["per_client"] = [{k: v for k, v in c.items() if k not in TIMING} for c in row["per_client"]]
     return row
 
 

@@ -1,6 +1,5 @@
 """Runs on a chosen device: metrics carry peak device memory where there is one; the CPU path is unchanged."""
 
-import json
 import math
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 from zofed.algorithms import ALGORITHMS
 from zofed.cli import main
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import round_rows, run_experiment
 
 from .helpers import final_weights, tiny_config
 
@@ -22,7 +21,7 @@ def test_a_run_on_device_auto_here_reports_no_device_memory(tmp_path, capsys):
     summary = run_experiment(config, show_progress=False)
     assert summary["peak_device_mb"] is None and summary["peak_rss_mb"] > 0
     assert math.isfinite(summary["final_eval_loss"])
-    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(config.run_dir)
     assert all("peak_device_mb" in client for row in rows for client in row["per_client"])
     # eval may move a run to another device; one that does not exist is one line, exit code 2
     assert main(["eval", str(config.run_dir), "--task", "builtin", "--examples", "4", "--device", "cpu"]) == 0

@@ -7,7 +7,7 @@ import torch
 
 from zofed.cli import main
 from zofed.errors import ZofedError
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import round_rows, run_experiment
 
 from .helpers import final_weights, tiny_config
 
@@ -35,7 +35,7 @@ def test_run_directory_has_every_output(finished_run):
 
 def test_metrics_lines_and_ledger(finished_run):
     config, summary = finished_run
-    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(config.run_dir)
     assert [row["round"] for row in rows] == [1, 2]
     for row in rows:
         assert len(row["clients"]) == 2 and len(row["per_client"]) == 2
@@ -73,7 +73,7 @@ def test_existing_run_directory_needs_resume_or_overwrite(finished_run):
 def test_byte_ledger_matches_the_codec_for_seed_uploads(tmp_path):
     config = tiny_config(tmp_path, "fedmezo", "rounds=1", "fedmezo.upload=seeds")
     run_experiment(config, show_progress=False)
-    [row] = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    [row] = round_rows(config.run_dir)
     for client in row["per_client"]:
         # 20 local steps: 20 int64 seeds + 20 float32 scalars, plus a small JSON header and metrics.
         assert 20 * 12 < client["bytes_up"] < 1024
@@ -96,8 +96,8 @@ def test_replay_downlink_matches_weights_downlink_and_resumes_bit_identically(tm
     a, b = final_weights(by_weights), final_weights(by_replay)
     assert all(torch.equal(a[name], b[name]) for name in a)
 
-    rows = [json.loads(line) for line in (by_replay.run_dir / "metrics.jsonl").read_text().splitlines()]
-    weight_rows = [json.loads(line) for line in (by_weights.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(by_replay.run_dir)
+    weight_rows = round_rows(by_weights.run_dir)
     assert rows[0]["bytes_down_by_kind"]["records"] == 0  # nobody holds a model yet: weights
     replayed = [row for row in rows[1:] if row["bytes_down_by_kind"]["records"] > 0]
     assert replayed and all(row["bytes_down"] < weight_row["bytes_down"] for row, weight_row in zip(rows[1:], weight_rows[1:]))
@@ -107,5 +107,5 @@ def test_replay_downlink_matches_weights_downlink_and_resumes_bit_identically(tm
     run_experiment(cut, resume=True, show_progress=False)
     c = final_weights(cut)
     assert all(torch.equal(b[name], c[name]) for name in b)
-    resumed_rows = [json.loads(line) for line in (cut.run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed_rows = round_rows(cut.run_dir)
     assert [row["bytes_down"] for row in resumed_rows] == [row["bytes_down"] for row in rows]

@@ -1,6 +1,5 @@
 """Injected faults in the in-process runtime: lost replies, hostile clients, and the defences."""
 
-import json
 
 import pytest
 import torch
@@ -9,13 +8,13 @@ import zofed.runtime.driver as driver
 import zofed.runtime.round as round_body
 from zofed.errors import ZofedError
 from zofed.runtime.client import receive_model_
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import round_rows, run_experiment
 
 from .helpers import tiny_config
 
 
 def rows(config):
-    return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return round_rows(config.run_dir)
 
 
 def test_thirty_percent_lost_replies_finish_and_are_recorded_with_replay_catch_up(tmp_path):

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from zofed.runtime.driver import run_experiment, run_round
+from zofed.runtime.driver import round_rows, run_experiment, run_round
 from zofed.runtime.round import InProcessTransport
 
 from .helpers import final_weights, tiny_config
@@ -43,7 +43,7 @@ def run_with(config, plan, silent: bool) -> list[dict]:
 
 
 def rows_of(config) -> list[dict]:
-    return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return round_rows(config.run_dir)
 
 
 def assert_rejected_as_planned(rows, plan) -> None:

@@ -1,7 +1,6 @@
 """1,000 clients in the local runtime: memory and per-round work follow the sampled clients, not the total."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import zofed.runtime.driver as driver
 import zofed.runtime.round as round_body
 from zofed.checkpoint import load_latest_checkpoint
 from zofed.runtime.client import KeptStore
+from zofed.runtime.driver import round_rows
 
 from .helpers import tiny_config
 
@@ -63,8 +63,7 @@ def test_a_round_touches_only_its_sampled_clients(tmp_path, monkeypatch, clients
 
     contacts = rounds * sampled
     assert counts == {"client_round": contacts, "encode_with_sizes": contacts, "client": contacts}
-    seen = {client for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()
-            for client in json.loads(line)["clients"]}
+    seen = {client for row in round_rows(config.run_dir) for client in row["clients"]}
     assert {int(path.name) for path in (config.run_dir / "clients").iterdir()} == seen
     checkpoint = load_latest_checkpoint(config.run_dir / "checkpoints")
     # the copies live with the clients, not in every checkpoint

@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
+from zofed.lazy import lazy_import
 from zofed.messages import JsonValue, Message
 from zofed.zo.directions import DirectionSampler, make_directions, require_same_stream
 from zofed.zo.seeds import mix_seed
 from zofed.zo.step import Estimator, forward_passes
 
-Batch = Mapping[str, torch.Tensor]
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
+
+Batch = Mapping[str, "torch.Tensor"]  # a string: naming the type must not import torch
 LAYER_NAME = re.compile(r"\.(?:layers|h)\.(\d+)\.")
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from zofed.algorithms.base import (
@@ -40,6 +40,9 @@ from zofed.algorithms.settings import ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
 from zofed.zo import Scratch, mix_seed, perturb_, two_point, zo_step
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 ROUND_STREAM = 0xDEC0
 

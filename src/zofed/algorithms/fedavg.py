@@ -13,7 +13,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from zofed.algorithms.base import (
@@ -29,8 +28,11 @@ from zofed.algorithms.base import (
 )
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
+from zofed.lazy import lazy_import
 from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
+
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
 
 
 class FedAvgSettings(Settings):

@@ -33,9 +33,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from zofed.algorithms.base import (
@@ -53,6 +53,9 @@ from zofed.algorithms.settings import ZOClientConfig
 from zofed.algorithms.weighting import client_shares
 from zofed.messages import Message
 from zofed.zo import Scratch, mix_seed, replay_, zo_step
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 CANDIDATE_STREAM = 0xC5EED
 

@@ -51,7 +51,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from zofed.algorithms.base import (
@@ -71,9 +70,12 @@ from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_messa
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
 from zofed.algorithms.settings import PositiveFloat, ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
+from zofed.lazy import lazy_import
 from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
 from zofed.zo import Scratch, mix_seed, replay_, zo_step
+
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
 
 LrStrategy = Literal["frozen", "random", "round-wise", "five-round", "model-diff"]
 HISTORY_LENGTH = 5

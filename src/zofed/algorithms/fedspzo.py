@@ -58,8 +58,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field, model_validator
 
 from zofed.algorithms.base import (
@@ -81,6 +81,9 @@ from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.zo import Estimator, Scratch, forward_passes, mix_seed, perturb_, replay_, two_point
 from zofed.zo.blocks import from_ranges, range_indices, to_ranges
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 BLOCK_1, BLOCK_2 = 1, 2
 

@@ -30,9 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from zofed.algorithms.base import (
@@ -50,6 +49,9 @@ from zofed.algorithms.settings import ZOSettings, ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
 from zofed.zo import ESTIMATOR_HELP, Estimator, Scratch, mix_seed, perturb_, replay_, two_point, zo_step
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 Upload = Literal["delta", "seeds"]
 

@@ -50,7 +50,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 
-import torch
 from pydantic import Field
 
 from zofed.algorithms.base import (
@@ -67,10 +66,14 @@ from zofed.algorithms.base import (
 from zofed.algorithms.serverstep import optimizer_step
 from zofed.algorithms.settings import ZOClientConfig, ZOSettings
 from zofed.algorithms.weighting import client_shares
+from zofed.lazy import lazy_import
 from zofed.messages import Message
 from zofed.serveropt import ServerOptimizerSettings, build_server_optimizer
 from zofed.zo import DirectionSampler, Scratch, mix_seed, replay_, zo_step
+from zofed.zo.perturb import no_grad
 from zofed.zo.scaled import ScaledDirections
+
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
 
 
 class GamLppSettings(ZOSettings):
@@ -104,7 +107,7 @@ def personal_scales(
     return [math.sqrt((1.0 - mix) + mix * size * r / total) for r in raw]
 
 
-@torch.no_grad()
+@no_grad
 def round_energies(
     tensors: Sequence[torch.Tensor],
     seeds: Sequence[int],

@@ -8,12 +8,14 @@ checkpoint holds all of it and resume is bit-identical.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import torch
+from typing import TYPE_CHECKING
 
 from zofed.algorithms.base import ServerState
 from zofed.serveropt import Transform, server_step
 from zofed.serveropt.transforms import INFO_KEY
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 
 def pseudo_gradient(old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

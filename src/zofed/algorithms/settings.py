@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field
 
 from zofed.algorithms.base import ServerState, Settings, client_directions, server_device
@@ -22,6 +21,9 @@ from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting
 from zofed.messages import JsonValue
 from zofed.zo import (DEFAULT_POOL_SIZE, ESTIMATOR_HELP, STEP_LOSS_HELP, DirectionSampler, Estimator, StepLoss,
                       make_directions)
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 DirectionsName = Literal["gaussian", "pool"]

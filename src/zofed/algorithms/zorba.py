@@ -66,10 +66,9 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zofed.algorithms import zorba_solver
@@ -92,11 +91,14 @@ from zofed.algorithms.base import (
 )
 from zofed.algorithms.downlink import Downlink, DownlinkSettings, apply_round, model_message
 from zofed.algorithms.settings import PositiveFloat, ZOClientConfig
-from zofed.dtypes import DTYPES
+from zofed.dtypes import torch_dtype
 from zofed.errors import ZofedError
 from zofed.messages import Message
 from zofed.zo import Scratch, mix_seed, perturb_, two_point
 from zofed.zo.blocks import range_indices, to_ranges
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 # Fractions of the layers each client's memory can hold in full precision, cycled over clients: "mixed" is a phone / laptop / workstation spread, "constrained" small devices only.
 DEVICE_PROFILES: dict[str, tuple[float, ...]] = {
@@ -219,7 +221,7 @@ class Zorba:
         active = current_plan(state.info)["active"]
         config = {**s.client_config(state), "inactive_dtype": s.inactive_dtype}
         return [model_message(state, round, client, {**config, "active": active[client]}, s,
-                              weights=client_precision(state.weights, active[client], DTYPES[s.inactive_dtype]))
+                              weights=client_precision(state.weights, active[client], torch_dtype(s.inactive_dtype)))
                 for client in clients]
 
     def train(self, message: Message, env: ClientEnv) -> Message:
@@ -239,7 +241,7 @@ class Zorba:
         inactive = [layer for layer in range(model.num_layers) if layer not in by_layer]
         scratch = Scratch()
         seeds, grads, losses, skipped = [], [], [], 0
-        with model.lowered(inactive, DTYPES[str(config["inactive_dtype"])]):
+        with model.lowered(inactive, torch_dtype(str(config["inactive_dtype"]))):
             for step, batch in enumerate(env.batches):
                 seed = mix_seed(env.seed, step)
                 g, loss = two_point(env.tensors, partial(env.loss, batch), seed, zo.mu, zo.directions, scratch,
@@ -341,7 +343,7 @@ def profile_probes(settings: ZorbaSettings, model: PrepareEnv) -> Iterator[Probe
         # The message is yielded unnamed, so its low-precision copies go once the runtime encoded it.
         state = ServerState(weights=model.weights, info={"plans": [{"round": 1, "active": [list(range(active))]}]})
         yield Probe(Zorba(settings).configure(state, 1, [0])[0], lowered=tuple(range(active, layers)),
-                    dtype=DTYPES[settings.inactive_dtype])
+                    dtype=torch_dtype(settings.inactive_dtype))
 
 
 def fit_profile(settings: ZorbaSettings, model: PrepareEnv, results: Sequence[ProbeResult]) -> MemoryProfile:
@@ -351,7 +353,7 @@ def fit_profile(settings: ZorbaSettings, model: PrepareEnv, results: Sequence[Pr
     base is the upper envelope max_k(peak_k − Σ_{l<k} m_l), so the model never under-predicts a
     measured point."""
     _profiled_layers(model)
-    low = DTYPES[settings.inactive_dtype]
+    low = torch_dtype(settings.inactive_dtype)
     block_params = _block_params(model)
     saved_bytes = [float(sum(tensor.numel() * (tensor.element_size() - low.itemsize)
                              for tensor in [*layer.parameters(), *layer.buffers()] if tensor.is_floating_point()))

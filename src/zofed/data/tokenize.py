@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from zofed.data.examples import Example
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 # transformers returns an assistant-token mask only for templates that mark assistant text this way.
@@ -148,6 +150,8 @@ def encode_conversation(
 
 def collate(batch: list[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and labels (IGNORE at padding)."""
+    import torch  # here: `zofed list` reads the task table in this package without torch
+
     width = max(len(example.input_ids) for example in batch)
     input_ids = [ex.input_ids + [pad_token_id] * (width - len(ex.input_ids)) for ex in batch]
     labels = [ex.labels + [IGNORE] * (width - len(ex.labels)) for ex in batch]

@@ -10,7 +10,19 @@ from zofed.llm.models import (
     load_model,
     load_tokenizer,
 )
-from zofed.llm.views import LoraSettings, TrainableView, apply_lora, layer_index, trainable_view
+
+# views.py imports peft (and with it torch and transformers): it loads when one of its names is first
+# asked for, so `zofed list` can read BUILTIN_MODELS from this package without them.
+_FROM_VIEWS = ("LoraSettings", "TrainableView", "apply_lora", "layer_index", "trainable_view")
+
+
+def __getattr__(name: str):
+    if name in _FROM_VIEWS:
+        from zofed.llm import views
+
+        return getattr(views, name)
+    raise AttributeError(f"module 'zofed.llm' has no attribute '{name}'")
+
 
 __all__ = [
     "BUILTIN_MODELS",

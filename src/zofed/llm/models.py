@@ -17,20 +17,27 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
+from typing import TYPE_CHECKING, Any
 
 from zofed.device import check_dtype, resolve_device
-from zofed.dtypes import DTYPES
+from zofed.dtypes import DTYPES, torch_dtype
 from zofed.status import phase
 from zofed.errors import ZofedError
+from zofed.lazy import lazy_import
 from zofed.llm.shapes import build_shape, shape_name
 
-# Loading prints a per-tensor progress bar; a run has its own progress display.
-hf_logging.disable_progress_bar()
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def _quiet(transformers) -> None:
+    # Loading prints a per-tensor progress bar; a run has its own progress display.
+    transformers.utils.logging.disable_progress_bar()
+
+
+# Imported on first use: `zofed list` reads BUILTIN_MODELS without loading torch or transformers.
+torch = lazy_import("torch")
+transformers = lazy_import("transformers", on_load=_quiet)
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"
@@ -151,7 +158,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def _torch_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ZofedError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return torch_dtype(dtype)
 
 
 def _prepare(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None) -> None:
@@ -171,15 +178,15 @@ def _prepare(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None) 
 
 
 def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(_cached(cache_dir() / "tokenizers" / "smollm2", _convert_gguf_tokenizer))
+    return transformers.AutoTokenizer.from_pretrained(_cached(cache_dir() / "tokenizers" / "smollm2", _convert_gguf_tokenizer))
 
 
 def _smollm2_model(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(_smollm2_directory(), dtype=dtype)
+    return transformers.AutoModelForCausalLM.from_pretrained(_smollm2_directory(), dtype=dtype)
 
 
 def _tiny_llama(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch.nn.Module:
-    config = LlamaConfig(
+    config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -194,7 +201,7 @@ def _tiny_llama(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> torch
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_LLAMA_SEED)  # the same random weights in every process
-        model = LlamaForCausalLM(config)
+        model = transformers.LlamaForCausalLM(config)
     return model.to(dtype)  # built in fp32 and cast, so bf16 weights are the rounded fp32 ones
 
 
@@ -245,12 +252,12 @@ def _gguf_location() -> tuple[Path, str]:
 
 def _convert_gguf_tokenizer(staging: Path) -> None:
     directory, filename = _gguf_location()
-    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
+    transformers.AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
 
 
 def _convert_gguf_model(staging: Path) -> None:
     directory, filename = _gguf_location()
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
     # The weights are already de-quantised fp32, but save_pretrained refuses while the GGUF
     # quantizer is attached, and a quantization_config left in config.json would make the
     # cached copy reload through the GGUF path.
@@ -310,12 +317,12 @@ def _pretrained_arguments(name: str) -> tuple[str, dict[str, Any]]:
 
 def _pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
     source, extra = _pretrained_arguments(name)
-    return _from_pretrained(AutoTokenizer.from_pretrained, name, source, extra)
+    return _from_pretrained(transformers.AutoTokenizer.from_pretrained, name, source, extra)
 
 
 def _pretrained_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
     source, extra = _pretrained_arguments(name)
-    return _from_pretrained(AutoModelForCausalLM.from_pretrained, name, source, {**extra, "dtype": dtype})
+    return _from_pretrained(transformers.AutoModelForCausalLM.from_pretrained, name, source, {**extra, "dtype": dtype})
 
 
 def _from_pretrained(load: Callable[..., Any], name: str, source: str, extra: dict[str, Any]) -> Any:

@@ -15,10 +15,13 @@ any tokenizer, which is what the GPU check uses on machines without GGUF support
 
 from __future__ import annotations
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from typing import TYPE_CHECKING
 
 from zofed.errors import ZofedError
+
+if TYPE_CHECKING:  # torch and transformers are imported where a shape is built: `zofed list` reads SHAPES alone
+    import torch
+    from transformers import PretrainedConfig
 
 SHAPE_PREFIX = "shape:"
 SHAPE_SEED = 0
@@ -60,18 +63,24 @@ def shape_name(model: str) -> str | None:
 
 
 def shape_config(name: str, **overrides) -> PretrainedConfig:
+    from transformers import AutoConfig
+
     values = {**SHAPES[name], **overrides}
     return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
-def build_shape(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+def build_shape(name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
                 **overrides) -> torch.nn.Module:
     """A causal LM of shape `name` in eval mode, with fixed random weights, built directly on `device`.
 
     Built on the device in its dtype, so an 8B shape never passes through host memory in fp32;
     the weights are then the same in every process on one device, not across devices (they are
-    stand-ins for timing and memory, not a model to compare).
+    stand-ins for timing and memory, not a model to compare). `dtype` None: float32.
     """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if dtype is None else dtype
     if name not in SHAPES:
         raise ZofedError(f"unknown model shape '{name}'; use one of: {', '.join(SHAPES)}")
     device = torch.device(device)
@@ -85,6 +94,9 @@ def build_shape(name: str, dtype: torch.dtype = torch.float32, device: torch.dev
 
 def shape_parameters(name: str) -> int:
     """Parameter count of a shape, without building it (on the meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(shape_config(name))
     return sum(param.numel() for param in model.parameters())

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -53,6 +54,28 @@ class RunPaths:
         self.metrics = self.root / "metrics.jsonl"
         self.summary = self.root / "summary.json"
         self.clients = self.root / "clients"  # the simulated clients' kept models
+
+
+# metrics.jsonl holds one row per event, in order: the before-training evaluation ("before", round 0),
+# each round ("round"), the after-training evaluation ("final", round = the rounds run). Every row has
+# `time`, the wall clock (Unix seconds) when it was recorded.
+EVENT_BEFORE, EVENT_ROUND, EVENT_FINAL = "before", "round", "final"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every row of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def round_rows(run_dir: Path) -> list[dict]:
+    """The round rows of a run's metrics.jsonl, without the before-training and final evaluations
+    (a row without `event` comes from a run written before the field existed: a round)."""
+    return [row for row in read_metrics(run_dir) if row.get("event", EVENT_ROUND) == EVENT_ROUND]
+
+
+def evaluation_row(event: str, round: int, evaluation: dict) -> dict:
+    """metrics.jsonl's row of the before-training (`round` 0) or final evaluation (`round` the rounds run)."""
+    return {"event": event, "round": round, **evaluation}
 
 
 @dataclass(frozen=True)
@@ -116,7 +139,7 @@ def run_experiment(
             extra = {"history": [], "initial": evaluate_all(experiment, "before training", show_progress),
                      "elapsed_s": 0.0, "best_eval_loss": None,
                      "data_hashes": data_hashes}  # compared on --resume
-        _write_run_files(paths, config, extra["history"])
+        _write_run_files(paths, config, extra)
         clock = _Clock(extra["elapsed_s"], session_started)
 
         with open_tracking(config, paths.root, first_round, show_progress, extra["initial"], extra["history"]) as tracking:
@@ -126,7 +149,7 @@ def run_experiment(
                 if budget is not None and budget.spent(extra["history"]) >= budget.value:
                     break
                 state, row = round_fn(experiment, algorithm, state, round, kept)
-                row = {**row, "time": time.time()}  # wall clock (Unix seconds) at the round's end
+                row = {"event": EVENT_ROUND, **row, "time": time.time()}  # wall clock (Unix seconds) at the round's end
                 extra = _record_round(paths, state, row, extra, clock.elapsed())
                 tracking.round(row)
                 if stop_after_round is not None and round >= stop_after_round:
@@ -135,7 +158,9 @@ def run_experiment(
                     return None
             tracking.end_rounds()
             final = evaluate_all(experiment, "after training", show_progress)
-            tracking.final(len(extra["history"]) and extra["history"][-1]["round"], final)
+            last_round = len(extra["history"]) and extra["history"][-1]["round"]
+            _append_row(paths, evaluation_row(EVENT_FINAL, last_round, final))
+            tracking.final(last_round, final, config.to_dict())
 
         save_weights(paths.root / "final.safetensors", dict(state.weights))
         summary = _summary(config, extra, final, clock.elapsed()) | {
@@ -205,7 +230,7 @@ def evaluate_all(experiment: Experiment, when: str = "", live: bool = True) -> d
     for name in generated:
         value = scores.get(name)
         result[f"test_{name}"] = value if value is not None and math.isfinite(value) else None
-    return result | {"seconds": time.perf_counter() - started}
+    return result | {"seconds": time.perf_counter() - started, "time": time.time()}
 
 
 def _validation_loss(experiment: Experiment) -> float:
@@ -220,8 +245,7 @@ def _record_round(paths: RunPaths, state: ServerState, row: dict, extra: dict, e
     if row["eval_loss"] is not None and math.isfinite(row["eval_loss"]) and (best is None or row["eval_loss"] < best):
         best = row["eval_loss"]
         save_weights(paths.root / "best.safetensors", dict(state.weights))
-    with open(paths.metrics, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    _append_row(paths, row)
     extra = {
         **extra,
         "history": extra["history"] + [row],
@@ -274,11 +298,17 @@ def _accuracy(evaluation: dict) -> float | None:
     return next((value for value in found if value is not None), None)
 
 
-def _write_run_files(paths: RunPaths, config: RunConfig, history: list[dict]) -> None:
+def _write_run_files(paths: RunPaths, config: RunConfig, extra: dict) -> None:
     paths.summary.unlink(missing_ok=True)
     write_atomic(paths.root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    # On resume the metrics file is rebuilt from the checkpoint, dropping any round written after it.
-    write_atomic(paths.metrics, "".join(json.dumps(row) + "\n" for row in history))
+    # On resume the metrics file is rebuilt from the checkpoint, dropping any round (and final row) written after it.
+    rows = [evaluation_row(EVENT_BEFORE, 0, extra["initial"]), *extra["history"]]
+    write_atomic(paths.metrics, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _append_row(paths: RunPaths, row: dict) -> None:
+    with open(paths.metrics, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 def _write_json(path, document: dict) -> None:

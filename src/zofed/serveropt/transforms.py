@@ -7,10 +7,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-Params = Mapping[str, torch.Tensor]
+from zofed.lazy import lazy_import
+
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
+
+Params = Mapping[str, "torch.Tensor"]  # a string: naming the type must not import torch
 JsonValue = Union[str, int, float, bool, None, list, dict]
 BUFFER_PREFIX = "serveropt/"
 INFO_KEY = "serveropt"

@@ -44,10 +44,12 @@ from functools import lru_cache
 from typing import ClassVar, Protocol
 
 import numpy as np
-import torch
 
 from zofed.errors import ZofedError
+from zofed.lazy import lazy_import
 from zofed.zo.seeds import mix_seed
+
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
 
 DEFAULT_POOL_SIZE = 1 << 22  # 4M values, 16 MiB: small next to any LLM
 POOL_CHUNK = 1 << 20
@@ -163,7 +165,6 @@ def _table_crc(size: int, table_seed: int, pad: int) -> int:
 # torch's native bf16/fp16 add_ rounds alpha to the tensor's dtype (0.7431 becomes 0.7422), and
 # its mixed-dtype add_ (float32 window) is ~3x slower; staging blocks through float32 computes
 # θ + scale·z exactly as the float32 server does and rounds once, at ~2x the native cost.
-_STAGED_DTYPES = (torch.bfloat16, torch.float16)
 _STAGE_BLOCK = 1 << 18  # 1 MiB of float32: stays in cache between the three passes over a block
 
 
@@ -210,9 +211,10 @@ class PoolDirections:
             tensor.add_(self.fill_(scratch, seed, index), alpha=scale)
             return
         table, flat = self.table(tensor.device), tensor.view(-1)
+        staged = tensor.dtype in (torch.bfloat16, torch.float16)
         for start, offset, length, sign in self.windows(flat.numel(), seed, index):
             window, target = table[offset : offset + length], flat[start : start + length]
-            if tensor.dtype in _STAGED_DTYPES:
+            if staged:
                 _staged_add_(target, window, scale * sign, scratch.view(-1))
             else:
                 target.add_(window, alpha=scale * sign)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-import torch
-
+from zofed.lazy import lazy_import
 from zofed.zo.directions import DirectionSampler
+
+torch = lazy_import("torch")  # imported on first use: the registry reads this module without torch
+
+Function = TypeVar("Function", bound=Callable)
+
+
+def no_grad(function: Function) -> Function:
+    """`@torch.no_grad()` that reads torch when `function` is called, not when its module is imported."""
+
+    @functools.wraps(function)
+    def without_grad(*args, **kwargs):
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return without_grad  # type: ignore[return-value]
 
 
 class Scratch:
@@ -23,7 +39,7 @@ class Scratch:
         return buffer[:numel].view(shape)
 
 
-@torch.no_grad()
+@no_grad
 def perturb_(
     tensors: Sequence[torch.Tensor],
     seed: int,

@@ -8,10 +8,12 @@ exactly `scale`, so the step is bit-identical to the unscaled one (tested).
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from zofed.zo.directions import DirectionSampler
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 
 class ScaledDirections:

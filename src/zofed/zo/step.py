@@ -31,13 +31,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from zofed.zo.directions import DirectionSampler
-from zofed.zo.perturb import Scratch, perturb_
+from zofed.zo.perturb import Scratch, no_grad, perturb_
+
+if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
+    import torch
 
 StepLoss = Literal["plus", "mean"]
 STEP_LOSS_HELP = "loss a step reports: plus = L+ (MeZO and the official code), mean = the estimate of L(θ)"
@@ -146,7 +148,7 @@ def _estimate(
     return g, loss_plus if step_loss == "plus" else base_loss, mu
 
 
-@torch.no_grad()
+@no_grad
 def replay_(
     tensors: Sequence[torch.Tensor],
     records: Sequence[tuple[int, float]],

@@ -13,6 +13,7 @@ from zofed.errors import ZofedError
 from zofed.runtime.flower.deployment import SUMMARY_LINE, _connection_toml, _script, flower_env, summary_from_log_line
 from zofed.runtime.flower.loopback import free_port, wait_for_port
 from zofed.runtime.flower.server_app import submitted_config
+from zofed.runtime.driver import round_rows
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -77,7 +78,7 @@ def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink_that_refuses_a_
     assert summary["rounds_run"] == 2 and summary["model"] == "tiny-llama"
     assert "quickstart round 2/2" in result.stdout  # the plain per-round lines travel with the log
     assert summary == json.loads((tmp_path / "runs" / "quickstart" / "summary.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(tmp_path / "runs" / "quickstart")
     for row in rows:
         assert row["dropped"] == [] and [client["client"] for client in row["per_client"]] == [0, 1]
     trained = [log.read_text().count("Receiving: train message") for log in sorted(tmp_path.glob("supernode-0*.log"))]

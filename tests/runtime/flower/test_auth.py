@@ -13,6 +13,7 @@ from zofed.cli import main
 from zofed.errors import ZofedError
 from zofed.runtime.flower.deployment import run_flower, superlink_command, supernode_command, write_supernode_keys
 from zofed.runtime.flower.loopback import free_port, self_signed_certificates
+from zofed.runtime.driver import round_rows
 
 from ..helpers import tiny_config
 
@@ -119,7 +120,7 @@ def test_only_registered_supernodes_join(tmp_path, deployment, capfd):
                          f"flower.root_certificates={ca}", "flower.connect_timeout_s=60")
     summary = run_flower(config, show_progress=False)
     assert summary["rounds"] == 1
-    [row] = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    [row] = round_rows(config.run_dir)
     assert row["dropped"] == [] and [client["client"] for client in row["per_client"]] == [0]
 
     # Secrets never logged: no line of either private key in any log or output of the deployment.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import round_rows, run_experiment
 
 from ..helpers import final_weights, tiny_config
 from zofed.runtime.flower.deployment import flower_env as flower_process_env
@@ -38,7 +38,7 @@ def flower_env(tmp_path, monkeypatch):
 
 
 def metrics_rows(config) -> list[dict]:
-    return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return round_rows(config.run_dir)
 
 
 def assert_same_run(reference, other) -> None:

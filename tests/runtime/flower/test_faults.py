@@ -3,7 +3,6 @@ continues after the ServerApp was killed."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from zofed.runtime.flower.deployment import run_flower
-from zofed.runtime.driver import run_experiment
+from zofed.runtime.driver import round_rows, run_experiment
 
 from ..helpers import final_weights, tiny_config
 
@@ -40,7 +39,7 @@ def test_failing_client_is_dropped_and_a_restarted_node_rejoins_on_resume(tmp_pa
 
     first = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "runtime=flower", superlink)
     run_flower(first, show_progress=False)
-    [row] = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+    [row] = round_rows(first.run_dir)
     assert row["clients"] == [0, 1] and row["dropped"] == [1]
     assert "ZofedError" in row["dropped_reasons"]["1"]  # the node-local data path it was given is refused
     assert [client["client"] for client in row["per_client"]] == [0]
@@ -51,7 +50,7 @@ def test_failing_client_is_dropped_and_a_restarted_node_rejoins_on_resume(tmp_pa
     deployment.start_supernode(1)  # the same client on a fresh node: a new node id, learnt by the server
     resumed = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=2", "runtime=flower", superlink)
     summary = run_flower(resumed, resume=True, show_progress=False)
-    rows = [json.loads(line) for line in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(resumed.run_dir)
     assert [r["round"] for r in rows] == [1, 2] and summary["rounds"] == 2
     assert rows[1]["dropped"] == [] and len(rows[1]["per_client"]) == 2
     # The resumed session re-syncs everyone with weights: no replay records in its first round.
@@ -67,8 +66,7 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
 
 
 def rows_of(config) -> list[dict]:
-    path = config.run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return round_rows(config.run_dir) if (config.run_dir / "metrics.jsonl").exists() else []
 
 
 def test_supernode_killed_mid_round_is_dropped_and_its_restart_rejoins(tmp_path, deployment):

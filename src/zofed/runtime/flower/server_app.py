@@ -31,7 +31,7 @@ from zofed.runtime.flower.deployment import SUMMARY_LINE
 from zofed.runtime.flower.nodes import Nodes
 from zofed.runtime.flower.records import pack, runtime_measurements, unpack
 from zofed.runtime.flower.wire import SocketMeter, superlink_meter
-from zofed.runtime.driver import RoundFn, run_experiment, run_round
+from zofed.runtime.driver import RoundFn, round_rows, run_experiment, run_round
 from zofed.runtime.round import Exchanged
 
 PULL_S = 0.1  # between looks for replies (Flower's deployment Grid.send_and_receive waits 3 s between looks)
@@ -100,7 +100,7 @@ def serve(grid: Grid, options: ServeOptions) -> dict | None:
 
 def _add_flower_bytes(config: RunConfig, summary: dict) -> dict:
     """The run's Flower-encoded message bytes next to the codec's, in summary.json."""
-    rows = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(config.run_dir)
     summary = {
         **summary,
         "flower_bytes_up": sum(row["flower_bytes_up"] for row in rows),
