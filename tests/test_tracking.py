@@ -191,10 +191,10 @@ def test_metrics_jsonl_holds_the_start_every_round_and_the_final_evaluation(trac
     summary = json.loads((tracked_run.run_dir / "summary.json").read_text())
     assert [(row["event"], row["round"]) for row in rows] == [("before", 0), ("round", 1), ("round", 2), ("final", 2)]
     before, final = rows[0], rows[-1]
-    assert (before["eval_loss"], before["test_loss"], before["test_accuracy"]) == (
-        summary["initial_eval_loss"], summary["initial_test_loss"], summary["initial_test_accuracy"])
-    assert (final["eval_loss"], final["test_loss"], final["test_accuracy"]) == (
-        summary["final_eval_loss"], summary["final_test_loss"], summary["test_accuracy"])
+    assert (before["eval_loss"], before["test_loss"], before["test_exact_match"]) == (
+        summary["initial_eval_loss"], summary["initial_test_loss"], summary["initial_test_exact_match"])
+    assert (final["eval_loss"], final["test_loss"], final["test_exact_match"]) == (
+        summary["final_eval_loss"], summary["final_test_loss"], summary["final_test_exact_match"])
     times = [row["time"] for row in rows]
     assert times == sorted(times) and times[0] > 1.7e9  # wall clock, in the order recorded
 
@@ -208,7 +208,7 @@ def test_tensorboard_holds_the_config_as_hparams_in_the_runs_own_event_file(trac
     content = accumulator.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert {metric.name.tag for metric in experiment.metric_infos} == {"loss/validation", "loss/test", "accuracy/test"}
+    assert {metric.name.tag for metric in experiment.metric_infos} == {"loss/validation", "loss/test", "test/exact_match"}
     assert start.hparams["algorithm"].string_value == "fedmezo"
     assert start.hparams["rounds"].number_value == 2 and start.hparams["local.local_steps"].number_value == 2
 

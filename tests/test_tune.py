@@ -13,6 +13,7 @@ from zofed import tune as tune_module
 from zofed.cli import main
 from zofed.config import load_config
 from zofed.tune import STUDY_FILE, STUDY_NAME, run_study
+from zofed.runtime.driver import round_rows
 
 TINY = {
     "name": "tiny", "model": "tiny-llama", "rounds": 2, "clients": 2, "output_dir": "runs",
@@ -116,7 +117,7 @@ def test_pruning_stops_a_trial_after_the_evaluation_that_reported_it(config_file
     [trial] = document["trials"]
     assert trial["state"] == "pruned" and list(trial["intermediate"]) == ["1"]
     run_dir = tmp_path / "p" / "trials" / "trial-000"
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1 and not (run_dir / "summary.json").exists()
+    assert len(round_rows(run_dir)) == 1 and not (run_dir / "summary.json").exists()
     assert document["best"] is None and not (tmp_path / "p" / "best.yaml").exists()
     assert "no best config" in (tmp_path / "p" / "results.md").read_text()
 
