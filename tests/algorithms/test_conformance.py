@@ -44,3 +44,23 @@ def test_loss_falls_and_a_killed_run_resumes_to_identical_weights(algorithm, tmp
     assert second["rounds"] == 3
     lines = (interrupted.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
+
+
+ZO = [name for name in ALL if "lr" in [step.fills for step in ALGORITHMS[name].prepare]]
+
+
+def test_lr_auto_covers_every_zo_method():
+    assert set(ALL) - set(ZO) == {"fedavg"}  # a new ZO method gets the range test from ZOSettings
+
+
+@pytest.mark.parametrize("algorithm", ZO)
+def test_lr_auto_resolves_to_a_grid_lr_through_the_method_own_rounds(algorithm, tmp_path):
+    from zofed.runtime.lr_probe import GRID
+    from zofed.runtime.prepare import prepared
+
+    files = {}
+    steps = FEWER_STEPS.get(algorithm)
+    config = tiny_config(tmp_path, algorithm, f"{algorithm}.lr=auto", *([f"local.local_steps={steps}"] if steps else []))
+    config = prepared(config, files=files)
+    assert config.algorithm_settings.lr in GRID
+    assert set(files) == {"lr_probe.json", "lr_probe.png"}

@@ -35,14 +35,14 @@ from zofed.eval import evaluate_loss
 from zofed.status import phase
 
 # 1-2-5 per decade, 1e-6 .. 1e-1: ZO learning rates for LLM fine-tuning live in this range.
-GRID = tuple(round(mantissa * 10.0 ** exponent, 12) for exponent in range(-6, 0) for mantissa in (1, 2, 5)) + (0.1,)
+GRID = tuple(round(mantissa * 10.0 ** exponent, 12) for exponent in range(-6, -1) for mantissa in (1, 2, 5)) + (0.1,)
 FALL = 0.002  # relative fall of the held loss a candidate needs (the held batch is fixed: no sampling noise)
 DIVERGE = 0.05  # a point this far (relative) above the start, or non-finite, is divergence
 BACKOFF = 2  # grid steps below the largest falling lr (×0.4 or ×0.5 per step: about ×0.2 in all)
 ROUNDS = 2  # probe rounds per candidate: a diverging one stops after the first
 SHARE = 0.2  # of the run's planned forward passes, which the scan's expected cost is sized to
 EXPECTED_CANDIDATES = 6  # what a scan costs typically (decades from the top, then two refinements)
-HELD_EXAMPLES = 16  # client 0's training examples the curve is measured on
+HELD_EXAMPLES, HELD_BATCHES = 4, 2  # the curve's examples of client 0: max(4, 2 local batches)
 RECORD = "lr_probe.json"
 PLOT = "lr_probe.png"
 
@@ -101,7 +101,11 @@ def probe_steps(config, forwards_per_step: int) -> int:
 
 def held_forwards(config) -> int:
     """One evaluation of the held batch in forward passes at the run's local batch size (its cost unit)."""
-    return math.ceil(HELD_EXAMPLES / config.local.batch_size)
+    return math.ceil(held_examples(config) / config.local.batch_size)
+
+
+def held_examples(config) -> int:
+    return max(HELD_EXAMPLES, HELD_BATCHES * config.local.batch_size)
 
 
 class _Client0:
@@ -201,8 +205,8 @@ def _forwards_per_step(experiment, settings, initial) -> int:
 
 
 def held_batch(experiment) -> list:
-    """The first HELD_EXAMPLES of client 0's training examples (its partition's order: fixed by the seed)."""
-    indices = list(experiment.data.client_indices[0])[:HELD_EXAMPLES]
+    """The first `held_examples` of client 0's training examples (its partition's order: fixed by the seed)."""
+    indices = list(experiment.data.client_indices[0])[: held_examples(experiment.config)]
     return [experiment.train_tokens[i] for i in indices]
 
 
