@@ -53,7 +53,10 @@ def test_lr_auto_covers_every_zo_method():
     assert set(ALL) - set(ZO) == {"fedavg"}  # a new ZO method gets the range test from ZOSettings
 
 
-@pytest.mark.parametrize("algorithm", ZO)
+# Every ZO method resolves lr: auto through the same preparation (the test above); the probe itself runs here
+# for the cheapest of each downlink shape (all 8 take ~96 s on 2 cores; these ~12 s; FedMeZO runs in
+# tests/runtime/test_lr_probe.py): DeComFL (replayed seeds), GAM-LPP (a server optimiser), ZorBA (blocks).
+@pytest.mark.parametrize("algorithm", ["decomfl", "gamlpp", "zorba"])
 def test_lr_auto_resolves_to_a_grid_lr_through_the_method_own_rounds(algorithm, tmp_path):
     from zofed.runtime.lr_probe import GRID
     from zofed.runtime.prepare import prepared

@@ -36,7 +36,7 @@ from zofed.status import phase
 
 # 1-2-5 per decade, 1e-6 .. 1e-1: ZO learning rates for LLM fine-tuning live in this range.
 GRID = tuple(round(mantissa * 10.0 ** exponent, 12) for exponent in range(-6, -1) for mantissa in (1, 2, 5)) + (0.1,)
-FALL = 0.002  # relative fall of the held loss a candidate needs (the held batch is fixed: no sampling noise)
+FALL = 1e-4  # relative fall of the held loss a candidate needs (the held batch is fixed: no sampling noise)
 DIVERGE = 0.05  # a point this far (relative) above the start, or non-finite, is divergence
 BACKOFF = 2  # grid steps below the largest falling lr (×0.4 or ×0.5 per step: about ×0.2 in all)
 ROUNDS = 2  # probe rounds per candidate: a diverging one stops after the first
