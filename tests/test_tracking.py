@@ -218,7 +218,8 @@ def test_a_loss_that_barely_moves_gets_one_line_naming_what_to_try(tmp_path, cap
     run_experiment(config, show_progress=False)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
-    assert "fedmezo.lr (now 1e-09)" in warnings[0] and "fedmezo.mu" in warnings[0] and "docs/results.md" in warnings[0]
+    assert "fedmezo.lr (now 1e-09)" in warnings[0] and "fedmezo.mu" in warnings[0]
+    assert "fedmezo.lr=auto" in warnings[0] and "zofed tune" in warnings[0]  # the fixes, named
 
 
 def test_a_loss_that_moves_gets_no_warning():
@@ -231,6 +232,9 @@ def test_a_loss_that_moves_gets_no_warning():
     assert stall_warning(2.0, moving, settings, "fedmezo") is None
     assert stall_warning(2.0, flat, settings, "fedmezo") is not None
     assert stall_warning(2.0, flat[:1], settings, "fedmezo") is None  # only after the first evaluations
+    # a backprop method has no lr: auto to offer, only the tuner
+    fedavg = stall_warning(2.0, flat, ALGORITHMS["fedavg"].settings(), "fedavg")
+    assert "zofed tune" in fedavg and "auto" not in fedavg
 
 
 def test_the_eta_counts_the_final_evaluation(monkeypatch):

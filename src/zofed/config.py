@@ -215,6 +215,10 @@ class RunConfig(Section):
             raise ValueError(f"faults are injected by runtime=local only, not runtime={self.runtime}; "
                              "remove the faults section or run with runtime=local")
         settings = self.methods.get(self.algorithm)
+        if self.runtime == "flower" and getattr(settings, "lr", None) == "auto":
+            # the probe trains on client 0's data, which a deployment's server does not hold
+            raise ValueError(f"lr: auto is resolved by runtime=local or flower-sim, not runtime=flower; run the config "
+                             f"once with runtime=local rounds=1 and give the lr its config.yaml records as {self.algorithm}.lr")
         if self.robust.aggregator != "mean" and settings is not None and not settings.shared_coordinates:
             raise ValueError(
                 f"robust.aggregator={self.robust.aggregator} needs uploads on shared coordinates, which "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import math
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,3 +43,34 @@ def plot_run(rounds: Sequence[dict], initial_eval_loss: float, path: Path, title
             figure.savefig(staging, dpi=110)
     finally:
         plt.close(figure)
+
+
+def plot_lr_probe(record: dict, title: str) -> bytes:
+    """The lr range test (runtime/lr_probe.py): each candidate's held loss after each probe round, and the pick."""
+    figure, (curves, finals) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    start = record["start_loss"]
+    for candidate in record["candidates"]:
+        points = [start] + [loss if math.isfinite(loss) else math.nan for loss in candidate["losses"]]
+        curves.plot(range(len(points)), points, marker="o", label=f"{candidate['lr']:g}")
+    curves.set(xlabel="probe round", ylabel="held loss (client 0)", title="each candidate's curve")
+    curves.legend(title="lr", fontsize=7)
+    tried = sorted(record["candidates"], key=lambda c: c["lr"])
+    last = [c["losses"][-1] if c["losses"] and math.isfinite(c["losses"][-1]) else math.nan for c in tried]
+    finals.plot([c["lr"] for c in tried], last, marker="o")
+    finals.axhline(start, color="grey", linestyle="--", label="start")
+    if record["lr"] is not None:
+        finals.axvline(record["lr"], color="tab:green", label=f"chosen {record['lr']:g}")
+    finals.set(xscale="log", xlabel="lr", ylabel="held loss after the probe", title="last point per lr")
+    finals.legend(fontsize=7)
+    for axis in (curves, finals):
+        axis.grid(alpha=0.3)
+        axis.set_ylim(top=start * 1.25)  # a diverged candidate's loss would flatten every other curve
+        axis.yaxis.set_major_formatter(ScalarFormatter(useOffset=False, useMathText=False))
+        axis.yaxis.get_major_formatter().set_scientific(False)
+    figure.suptitle(title)
+    image = io.BytesIO()
+    try:
+        figure.savefig(image, format="png", dpi=110)
+    finally:
+        plt.close(figure)
+    return image.getvalue()

@@ -39,7 +39,7 @@ CONFIG_FILE = "config.yaml"
 CHANGEABLE_ON_RESUME = frozenset({"rounds", "output_dir"})
 # What zofed writes in a run directory: all `--overwrite` may remove.
 OWN_FILES = frozenset({MARKER, LOCK, CONFIG_FILE, "metrics.jsonl", "summary.json", "report.png",
-                       "final.safetensors", "best.safetensors"})
+                       "final.safetensors", "best.safetensors", "lr_probe.json", "lr_probe.png"})
 OWN_DIRECTORIES = frozenset({"checkpoints", "clients", "wandb"})
 # TensorBoard's event files, and the staging files of atomic writes a kill left behind (atomic.py)
 OWN_PATTERNS = (re.compile(r"events\.out\.tfevents\..+"), re.compile(r"\..+\.\d+\.tmp(\..+)?"))

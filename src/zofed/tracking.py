@@ -56,10 +56,15 @@ def stall_warning(initial_eval_loss: float | None, history: list[dict], settings
     knobs = [f"{algorithm}.{key} (now {getattr(settings, key):g})" for key in ("lr", "mu")
              if isinstance(getattr(settings, key, None), (int, float))]
     advice = f"raise {' and tune '.join(knobs)}" if knobs else f"tune {algorithm}'s settings"
+    # the two tools that find the lr for the user: the range test before round 1, or a search over runs
+    # (lr: auto is the ZO methods', the ones with a perturbation scale mu)
+    tune = f"`zofed tune CONFIG --param {algorithm}.lr=1e-6:1e-2:log`"
+    finders = (f"set {algorithm}.lr=auto (a range test before round 1) or run {tune}" if hasattr(settings, "mu")
+               else f"run {tune}")
     return (f"zofed: warning: validation loss moved {change:.2%} in {STALL_EVALUATIONS} evaluations "
             f"({initial_eval_loss:.5f} -> {latest:.5f}, under the {STALL_RELATIVE_CHANGE:.1%} this warning checks): "
-            f"the learning rate is probably too small for this model and data; {advice} "
-            "(docs/results.md: the window measured on the quickstart; a ZO method's stable lr range is narrow)")
+            f"the learning rate is probably too small for this model and data; {finders}, or {advice} by hand "
+            "(a ZO method's stable lr range is narrow)")
 
 
 class Sink(Protocol):

@@ -43,3 +43,27 @@ def test_loss_falls_and_a_killed_run_resumes_to_identical_weights(algorithm, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
     assert second["rounds"] == 3
     assert [row["round"] for row in round_rows(interrupted.run_dir)] == [1, 2, 3]
+
+
+
+ZO = [name for name in ALL if "lr" in [step.fills for step in ALGORITHMS[name].prepare]]
+
+
+def test_lr_auto_covers_every_zo_method():
+    assert set(ALL) - set(ZO) == {"fedavg"}  # a new ZO method gets the range test from ZOSettings
+
+
+# Every ZO method resolves lr: auto through the same preparation (the test above); the probe itself runs here
+# for the cheapest of each downlink shape (all 8 take ~96 s on 2 cores; these ~12 s; FedMeZO runs in
+# tests/runtime/test_lr_probe.py): DeComFL (replayed seeds), GAM-LPP (a server optimiser), ZorBA (blocks).
+@pytest.mark.parametrize("algorithm", ["decomfl", "gamlpp", "zorba"])
+def test_lr_auto_resolves_to_a_grid_lr_through_the_method_own_rounds(algorithm, tmp_path):
+    from zofed.runtime.lr_probe import GRID
+    from zofed.runtime.prepare import prepared
+
+    files = {}
+    steps = FEWER_STEPS.get(algorithm)
+    config = tiny_config(tmp_path, algorithm, f"{algorithm}.lr=auto", *([f"local.local_steps={steps}"] if steps else []))
+    config = prepared(config, files=files)
+    assert config.algorithm_settings.lr in GRID
+    assert set(files) == {"lr_probe.json", "lr_probe.png"}

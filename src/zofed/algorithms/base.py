@@ -13,7 +13,7 @@ import re
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -137,6 +137,10 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    # Preparations every method with these settings runs before round 1, ahead of its entry's own
+    # (the ZO methods' `lr: auto` range test): declared once on a settings base, never per method.
+    PREPARE: ClassVar[tuple["Preparation", ...]] = ()
+
     # What a method declares to the runtime, instead of the runtime looking for fields by name:
     @property
     def shared_coordinates(self) -> bool:
@@ -230,12 +234,18 @@ class Preparation:
     measures is that process's, as on a node); `fit` turns their results, in probe order, into
     the value of settings field `fills`. The run's config.yaml records that value, `--resume`
     reuses it, and a config that gives it skips the measurement.
+
+    `in_process` instead (a probe that measures no memory, such as the lr range test): called
+    as `in_process(settings, experiment)` in the run's own process once its model is built, it
+    returns the value itself and the files the run directory keeps of it ({name: bytes});
+    `probes` and `fit` are then unused.
     """
 
     fills: str
     needed: Callable[[Settings], bool]
-    probes: Callable[[Any, PrepareEnv], Iterator[Probe]]
-    fit: Callable[[Any, PrepareEnv, Sequence[ProbeResult]], Any]
+    probes: Callable[[Any, PrepareEnv], Iterator[Probe]] | None = None
+    fit: Callable[[Any, PrepareEnv, Sequence[ProbeResult]], Any] | None = None
+    in_process: Callable[[Any, Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +264,8 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {}
 def register(entry: AlgorithmEntry) -> AlgorithmEntry:
     if entry.name in ALGORITHMS:
         raise ValueError(f"algorithm '{entry.name}' is already registered")
+    # the settings base's preparations (ZO: the lr range test) run first, then the method's own
+    entry = replace(entry, prepare=tuple(entry.settings.PREPARE) + tuple(entry.prepare))
     for step in entry.prepare:  # the runtime fills this field with what the preparation measured
         if step.fills not in entry.settings.model_fields:
             raise ValueError(f"algorithm '{entry.name}' prepares '{step.fills}', which is not one of its settings")

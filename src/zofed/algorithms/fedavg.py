@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from zofed.algorithms.base import (
     AlgorithmEntry,
@@ -44,6 +44,13 @@ class FedAvgSettings(Settings):
     server_optimizer: ServerOptimizerSettings | None = Field(
         None, description="optimiser for the pseudo-gradient θ − mean; none: the mean is the new model"
     )
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _no_auto(cls, value):
+        if value == "auto":  # the range test probes ZO steps; a backprop optimiser's lr is the user's
+            raise ValueError("lr: auto is for the zeroth-order methods only; give fedavg.lr a number such as 1e-3")
+        return value
 
 
 OPTIMIZERS = {

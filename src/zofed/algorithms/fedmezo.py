@@ -68,7 +68,7 @@ from zofed.algorithms.base import (
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
-from zofed.algorithms.settings import PositiveFloat, ZOClientConfig
+from zofed.algorithms.settings import LearningRate, PositiveFloat, ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.lazy import lazy_import
 from zofed.messages import Message
@@ -83,7 +83,7 @@ SIGNAL_RANGE = 5.0  # round-wise/five-round/model-diff: signals count within thi
 
 
 class FedMeZOSettings(DownlinkSettings):
-    lr: PositiveFloat = Field(1e-5, description="η_0, the base learning rate (paper: 1e-5)")
+    lr: LearningRate = Field(1e-5, description="η_0, the base learning rate (paper: 1e-5), or auto")
     mu: PositiveFloat = Field(1e-3, description="perturbation scale (paper: 1e-3)")
     weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
     lr_strategy: LrStrategy = "frozen"

@@ -2,8 +2,9 @@
 
 A ZO method's settings class derives from `ZOSettings` (or `DownlinkSettings`, which adds the
 replay downlink), overrides the defaults its paper publishes by redeclaring a field with the
-shared type (`lr: PositiveFloat = Field(1e-5, description=...)`), adds what is its own, and
-declares `replays_directions`. The shared fields travel to clients through `client_config`, and
+shared type (`lr: LearningRate = Field(1e-5, description=...)`), adds what is its own, and
+declares `replays_directions`. `lr: auto` is filled before round 1 by the one learning-rate range
+test every ZO method shares (`LR_PROBE`, runtime/lr_probe.py): a method is never built with "auto". The shared fields travel to clients through `client_config`, and
 a client reads them back with `ZOClientConfig.of`, so a method never spells them out itself.
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from zofed.algorithms.base import ServerState, Settings, client_directions, server_device
+from zofed.algorithms.base import Preparation, ServerState, Settings, client_directions, server_device
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting
 from zofed.messages import JsonValue
 from zofed.zo import (DEFAULT_POOL_SIZE, ESTIMATOR_HELP, STEP_LOSS_HELP, DirectionSampler, Estimator, StepLoss,
@@ -26,7 +27,18 @@ if TYPE_CHECKING:  # annotations only: importing this module (the registry does)
     import torch
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# a number, or "auto": found by the range test before round 1 (always a number once the run starts)
+LearningRate = PositiveFloat | Literal["auto"]
 DirectionsName = Literal["gaussian", "pool"]
+
+
+def _lr_range_test(settings: "ZOSettings", experiment: Any) -> tuple[float, dict[str, bytes]]:
+    from zofed.runtime.lr_probe import lr_range_test  # the runtime's: algorithms never import it at load
+
+    return lr_range_test(settings, experiment)
+
+
+LR_PROBE = Preparation(fills="lr", needed=lambda settings: settings.lr == "auto", in_process=_lr_range_test)
 
 
 @lru_cache(maxsize=8)
@@ -39,7 +51,9 @@ def _sampler(directions: str, pool_size: int) -> DirectionSampler:
 class ZOSettings(Settings):
     """The fields every ZO method has; a method overrides only the defaults its paper publishes."""
 
-    lr: PositiveFloat = Field(1e-3, description="η, the learning rate of a local ZO step")
+    PREPARE = (LR_PROBE,)
+
+    lr: LearningRate = Field(1e-3, description="η, the learning rate of a local ZO step, or auto (a range test before round 1)")
     mu: PositiveFloat = Field(1e-2, description="μ, the perturbation scale")
     directions: DirectionsName = Field("gaussian", description="direction sampler: gaussian (exact) or pool (fast, portable)")
     pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1024, description="values in the pool sampler's table")

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +33,7 @@ from zofed.eval import (GENERATION_METRICS, default_max_new_tokens, evaluate_los
                         score_generations)
 from zofed.metrics import peak_of
 from zofed.runtime.client import KeptStore
+from zofed.runtime.lr_probe import read_record
 from zofed.runtime.prepare import prepared
 from zofed.runtime.round import InProcessTransport, Transport, play_round
 from zofed.runtime.experiment import Experiment, build_experiment, data_fingerprint, prepare_data
@@ -120,15 +121,20 @@ def run_experiment(
     check_tracking(config.tracking)  # before the run directory is touched: a missing W&B leaves nothing behind
     resolve_metrics(get_task(config.task), config.eval.metrics)  # likewise: a metric the task cannot score
     checkpoint = open_run_dir(paths.root, resume=resume, overwrite=overwrite)
-    config = prepared(config, resume=checkpoint is not None)
     with phase("reading and splitting the data", show_progress):
         data = prepare_data(config)
     with phase(f"loading the model ({config.model}) and tokenising", show_progress):
         experiment = build_experiment(config, data)
+    # measured before round 1 where the config asks (lr: auto, ZorBA's memory profile); config.yaml records it
+    probe_files: dict[str, bytes] = {}  # lr: auto's record and plot, written once the directory is this run's
+    config = prepared(config, resume=checkpoint is not None, experiment=experiment, files=probe_files)
+    experiment = replace(experiment, config=config)
     algorithm = build_algorithm(config.algorithm, config.algorithm_settings)
     data_hashes = data_fingerprint(experiment)
     # held until the run ends, however it ends: a second process on the same directory refuses
     with start_run_dir(paths.root, config.to_dict(), checkpoint, data_hashes):
+        for name, content in probe_files.items():
+            write_atomic(paths.root / name, content)
         kept = KeptStore(paths.clients)
         if checkpoint is not None:
             # the server's state lives on the model's device; a checkpoint loads on the host
@@ -166,6 +172,7 @@ def run_experiment(
         summary = _summary(config, extra, final, clock.elapsed()) | {
             "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
             "data_hashes": extra["data_hashes"],
+            "lr_probe": read_record(paths.root),  # lr: auto's range test: its pick, forward passes and bytes
         }
         from zofed.report import plot_run  # matplotlib: not for a ClientApp process, which imports this module per message
 

@@ -8,6 +8,10 @@ benchmarks/zorba_memory.py uses for every method), and hands the replies and wha
 measured to the method's `fit`. The value comes back as JSON on the child's last line and is
 validated as the settings field's type.
 
+A preparation marked `in_process` (the ZO methods' `lr: auto` range test, runtime/lr_probe.py)
+measures no memory: it runs in the run's own process on the run's experiment, once its model is
+built, so nothing is loaded twice.
+
 A value the config gives is kept (nothing is measured); on `--resume` the run's own value, saved
 in its config.yaml, is reused; otherwise it is measured, and config.yaml records it.
 """
@@ -37,15 +41,28 @@ from zofed.messages import Message
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def prepared(config: RunConfig, resume: bool = False) -> RunConfig:
-    """`config` with every preparation its method needs filled: the run's own value on resume, else measured."""
+def prepared(config: RunConfig, resume: bool = False, experiment=None, files: dict[str, bytes] | None = None) -> RunConfig:
+    """`config` with every preparation its method needs filled: the run's own value on resume, else measured.
+
+    `experiment`: the run's, built from `config`, for the in-process preparations (built here where not given).
+    `files` receives what they leave for the run directory (the caller writes them once the directory is its own).
+    """
     settings = config.algorithm_settings
     for index, step in enumerate(get_algorithm(config.algorithm).prepare):
         if not step.needed(settings):
             continue
         value = _saved_value(config, step, settings) if resume else None
-        if value is None:
-            value = measure(config, index)
+        if value is None and step.in_process is not None:
+            if experiment is None:
+                from zofed.runtime.experiment import build_experiment
+                experiment = build_experiment(config)
+            # the settings filled so far (a preparation may read an earlier one's value)
+            value, made = step.in_process(settings, experiment)
+            value = _field_value(settings, step, value, "the measurement")
+            if files is not None:
+                files.update(made)
+        elif value is None:  # the child sees the values filled so far (never lr: auto)
+            value = measure(config.model_copy(update={"methods": {**config.methods, config.algorithm: settings}}), index)
         settings = settings.model_copy(update={step.fills: value})
     if settings is config.algorithm_settings:
         return config
