@@ -12,8 +12,8 @@ from optuna.storages.journal import JournalFileBackend
 from zofed import tune as tune_module
 from zofed.cli import main
 from zofed.config import load_config
-from zofed.tune import STUDY_FILE, STUDY_NAME, run_study
 from zofed.runtime.driver import round_rows
+from zofed.tune import STUDY_FILE, STUDY_NAME, run_study
 
 TINY = {
     "name": "tiny", "model": "tiny-llama", "rounds": 2, "clients": 2, "output_dir": "runs",

@@ -235,17 +235,18 @@ class Preparation:
     the value of settings field `fills`. The run's config.yaml records that value, `--resume`
     reuses it, and a config that gives it skips the measurement.
 
-    `in_process` instead (a probe that measures no memory, such as the lr range test): called
-    as `in_process(settings, experiment)` in the run's own process once its model is built, it
-    returns the value itself and the files the run directory keeps of it ({name: bytes});
-    `probes` and `fit` are then unused.
+    `in_process` instead (a probe that measures no memory, such as the lr range test): the name
+    of a measurement the runtime provides (runtime/prepare.py `IN_PROCESS`), called as
+    `(settings, experiment)` in the run's own process once its model is built; it returns the
+    value itself and the files the run directory keeps of it ({name: bytes}); `probes` and `fit`
+    are then unused. A name, not a function, because the algorithms layer never imports the runtime.
     """
 
     fills: str
     needed: Callable[[Settings], bool]
     probes: Callable[[Any, PrepareEnv], Iterator[Probe]] | None = None
     fit: Callable[[Any, PrepareEnv, Sequence[ProbeResult]], Any] | None = None
-    in_process: Callable[[Any, Any], Any] | None = None
+    in_process: str | None = None
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,8 @@ LearningRate = PositiveFloat | Literal["auto"]
 DirectionsName = Literal["gaussian", "pool"]
 
 
-def _lr_range_test(settings: "ZOSettings", experiment: Any) -> tuple[float, dict[str, bytes]]:
-    from zofed.runtime.lr_probe import lr_range_test  # the runtime's: algorithms never import it at load
-
-    return lr_range_test(settings, experiment)
-
-
-LR_PROBE = Preparation(fills="lr", needed=lambda settings: settings.lr == "auto", in_process=_lr_range_test)
+# run by the runtime in the run's own process (runtime/prepare.py IN_PROCESS names it): algorithms never import the runtime
+LR_PROBE = Preparation(fills="lr", needed=lambda settings: settings.lr == "auto", in_process="lr_range_test")
 
 
 @lru_cache(maxsize=8)

@@ -35,10 +35,15 @@ from zofed.algorithms.base import Preparation, PrepareEnv, ProbeResult, Settings
 from zofed.config import RunConfig, parse_config, read_config_file
 from zofed.errors import ZofedError
 from zofed.messages import Message
+from zofed.runtime.lr_probe import lr_range_test
 
 # glibc keeps freed memory resident after large frees unless the mmap threshold is fixed; a
 # client that lowers layers must give the full-precision copies back for its peak to fall.
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+# The in-process measurements a `Preparation.in_process` names.
+IN_PROCESS = {"lr_range_test": lr_range_test}
 
 
 def prepared(config: RunConfig, resume: bool = False, experiment=None, files: dict[str, bytes] | None = None) -> RunConfig:
@@ -57,7 +62,7 @@ def prepared(config: RunConfig, resume: bool = False, experiment=None, files: di
                 from zofed.runtime.experiment import build_experiment
                 experiment = build_experiment(config)
             # the settings filled so far (a preparation may read an earlier one's value)
-            value, made = step.in_process(settings, experiment)
+            value, made = IN_PROCESS[step.in_process](settings, experiment)
             value = _field_value(settings, step, value, "the measurement")
             if files is not None:
                 files.update(made)
