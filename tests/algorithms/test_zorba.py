@@ -206,11 +206,14 @@ def prepare_env(split=None):
 def test_the_memory_profile_is_declared_on_the_registry_entry():
     from zofed.algorithms import ALGORITHMS, get_algorithm
 
-    [step] = get_algorithm("zorba").prepare
-    assert step.fills == "memory_profile"
+    from zofed.algorithms.settings import LR_PROBE
+
+    # every ZO method's entry starts with the shared lr range test; the memory profile is ZorBA's own
+    lr_probe, step = get_algorithm("zorba").prepare
+    assert lr_probe is LR_PROBE and step.fills == "memory_profile"
     assert step.needed(build_algorithm("zorba", {"num_clients": 3}).settings)
     assert not step.needed(build_algorithm("zorba", SETTINGS).settings)
-    assert all(not entry.prepare for name, entry in ALGORITHMS.items() if name != "zorba")
+    assert all(step not in entry.prepare for name, entry in ALGORITHMS.items() if name != "zorba")
 
 
 def test_profile_probes_are_the_downlinks_configure_sends():
