@@ -132,7 +132,6 @@ class _Client0:
 def lr_range_test(settings, experiment) -> tuple[float, dict[str, bytes]]:
     """The lr `lr: auto` resolves to, and the files the run directory keeps of the probe (its record and plot)."""
     from zofed.runtime.client import KeptStore
-    from zofed.runtime.round import InProcessTransport, play_round
 
     config = experiment.config
     initial = experiment.view.state_dict(experiment.device)
@@ -155,9 +154,7 @@ def lr_range_test(settings, experiment) -> tuple[float, dict[str, bytes]]:
         with tempfile.TemporaryDirectory(prefix="zofed-lr-probe-") as scratch:
             kept = KeptStore(Path(scratch))
             for round in range(1, ROUNDS + 1):
-                population = _Client0(experiment, steps)
-                transport = InProcessTransport(population, algorithm, kept, FaultsConfig(), config.seed)
-                state, row = play_round(population, algorithm, state, round, transport, RobustConfig())
+                state, row = _client0_round(experiment, algorithm, state, round, steps, kept)
                 experiment.view.load_(state.weights)
                 losses.append(held_loss())
                 forwards += row["forward_passes"] + held_forwards(config)
@@ -191,17 +188,22 @@ def _forwards_per_step(experiment, settings, initial) -> int:
     """Forward passes of one local step of this method, from a one-step round 1 at the grid's smallest lr
     (a throwaway round: the scan starts again from `initial`)."""
     from zofed.runtime.client import KeptStore
-    from zofed.runtime.round import InProcessTransport, play_round
 
     algorithm = build_algorithm(experiment.config.algorithm, settings.model_copy(update={"lr": GRID[0]}))
-    population = _Client0(experiment, 1)
     with tempfile.TemporaryDirectory(prefix="zofed-lr-probe-") as scratch:
-        transport = InProcessTransport(population, algorithm, KeptStore(Path(scratch)), FaultsConfig(),
-                                       experiment.config.seed)
-        _, row = play_round(population, algorithm, algorithm.init(initial, experiment.config.seed), 1, transport,
-                            RobustConfig())
+        _, row = _client0_round(experiment, algorithm, algorithm.init(initial, experiment.config.seed), 1, 1,
+                                KeptStore(Path(scratch)))
     experiment.view.load_(initial)
     return max(1, int(row["forward_passes"]))
+
+
+def _client0_round(experiment, algorithm, state, round: int, steps: int, kept):
+    """One probe round: client 0 alone, `steps` local steps, through the method's own round body."""
+    from zofed.runtime.round import InProcessTransport, play_round
+
+    population = _Client0(experiment, steps)
+    transport = InProcessTransport(population, algorithm, kept, FaultsConfig(), experiment.config.seed)
+    return play_round(population, algorithm, state, round, transport, RobustConfig())
 
 
 def held_batch(experiment) -> list:
