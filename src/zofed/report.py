@@ -51,16 +51,18 @@ def plot_lr_probe(record: dict, title: str) -> bytes:
     start = record["start_loss"]
     for candidate in record["candidates"]:
         points = [start] + [loss if math.isfinite(loss) else math.nan for loss in candidate["losses"]]
-        curves.plot(range(len(points)), points, marker="o", label=f"{candidate['lr']:g}")
+        window = candidate.get("phase") == "window"
+        curves.plot(range(len(points)), points, marker="o", linestyle="-" if window else ":",
+                    label=f"{candidate['lr']:g}" + (" (window)" if window else ""))
     curves.set(xlabel="probe round", ylabel="held loss (client 0)", title="each candidate's curve")
     curves.legend(title="lr", fontsize=7)
-    tried = sorted(record["candidates"], key=lambda c: c["lr"])
+    tried = sorted((c for c in record["candidates"] if c.get("phase", "bracket") == "bracket"), key=lambda c: c["lr"])
     last = [c["losses"][-1] if c["losses"] and math.isfinite(c["losses"][-1]) else math.nan for c in tried]
     finals.plot([c["lr"] for c in tried], last, marker="o")
     finals.axhline(start, color="grey", linestyle="--", label="start")
     if record["lr"] is not None:
         finals.axvline(record["lr"], color="tab:green", label=f"chosen {record['lr']:g}")
-    finals.set(xscale="log", xlabel="lr", ylabel="held loss after the probe", title="last point per lr")
+    finals.set(xscale="log", xlabel="lr", ylabel="held loss after the probe", title="bracket: last point per lr")
     finals.legend(fontsize=7)
     for axis in (curves, finals):
         axis.grid(alpha=0.3)

@@ -1,27 +1,32 @@
 """`lr: auto`: a learning-rate range test on client 0's training stream before round 1.
 
 Every ZO method shares it (`LR_PROBE` in algorithms/settings.py) and runs through its own code:
-a candidate is a few probe rounds of the method itself — `configure`, client 0's `train`,
-screening and `aggregate`, the round body every runtime plays (runtime/round.py) — with that
-candidate's lr and a short local run, from the run's initial weights and on the run's own round
-seeds, so every candidate sees the same directions and batches. After each probe round the
-model's loss on a fixed held batch of client 0's training data is the candidate's curve.
+a candidate is probe rounds of the method itself — `configure`, client 0's `train`, screening and
+`aggregate`, the round body every runtime plays (runtime/round.py) — with that candidate's lr, from
+the run's initial weights and on the run's own round seeds, so every candidate sees the same
+directions and batches. After each probe round the model's loss on a fixed held batch of client 0's
+training data is a point of the candidate's curve.
 
-The pick (`pick`): the largest lr whose loss falls (its last point at least `FALL` below the
-start) without diverging (no point above the start by `DIVERGE`, none non-finite), then `BACKOFF`
-steps down the grid: a short probe sees only the first steps, and an lr at the edge of its window
-diverges later in a long run (docs/results.md: 6e-4 trains on the quickstart, 1e-3 diverges).
+Two phases, because a ZO step's noise hides divergence for the first few steps (measured: an lr
+that fell over one step diverged over the run's sixty; docs/results.md):
+- **Bracket** (short): one probe round of a few steps per candidate, coarse to fine from the top of
+  the grid (`scan_order`), finds `top`, the largest lr whose loss falls (`falls`) at all.
+- **Stability window** (long): from one grid step below `top` (the safety factor) downwards, each
+  candidate plays `WINDOW_POINTS` consecutive probe rounds of as many steps as the budget allows;
+  the first whose curve falls, never diverges and still keeps at least `KEEP` of its best fall at
+  its end (`holds`: a curve that turns back up is at its edge) is the pick.
 
-The scan is coarse to fine and from the top, so its cost stays small: the decades from the
-largest down until one falls, then the grid points between it and the decade above. A candidate
-stops at its first diverged point. The probe's budget is a share (`SHARE`) of the run's planned
-forward passes: the local steps per candidate are sized from it (`probe_steps`).
+The cost is capped: everything the probe runs counts against `BUDGET` of the run's planned forward
+passes; the bracket's steps are sized to `BRACKET_SHARE` of it, the window's to what is left over
+`WINDOWS` windows. Where the budget runs out before a window holds, the pick is the grid step below
+the last window tried, recorded as unchecked and said in one line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -38,10 +43,12 @@ from zofed.status import phase
 GRID = tuple(round(mantissa * 10.0 ** exponent, 12) for exponent in range(-6, -1) for mantissa in (1, 2, 5)) + (0.1,)
 FALL = 1e-4  # relative fall of the held loss a candidate needs (the held batch is fixed: no sampling noise)
 DIVERGE = 0.05  # a point this far (relative) above the start, or non-finite, is divergence
-BACKOFF = 2  # grid steps below the largest falling lr (×0.4 or ×0.5 per step: about ×0.2 in all)
-ROUNDS = 2  # probe rounds per candidate: a diverging one stops after the first
-SHARE = 0.2  # of the run's planned forward passes, which the scan's expected cost is sized to
-EXPECTED_CANDIDATES = 6  # what a scan costs typically (decades from the top, then two refinements)
+KEEP = 0.5  # a window's last point keeps at least this share of the best fall its curve reached
+BUDGET = 0.24  # of the run's planned forward passes: the probe's whole cost, bracket and windows (goal: <= 25%)
+BRACKET_SHARE = 0.25  # of the budget, which the bracket's steps are sized to
+BRACKET_CANDIDATES = 5  # what a bracket scan costs typically (decades from the top, then refinements)
+WINDOW_POINTS = 3  # probe rounds per stability window: its curve
+WINDOWS = 2  # windows the rest of the budget is sized for (a failing one usually stops at its first point)
 HELD_EXAMPLES, HELD_BATCHES = 4, 2  # the curve's examples of client 0: max(4, 2 local batches)
 RECORD = "lr_probe.json"
 PLOT = "lr_probe.png"
@@ -56,6 +63,8 @@ class Candidate:
     forward_passes: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    phase: str = "bracket"  # or "window"
+    local_steps: int = 1  # per probe round
 
 
 def diverged(start: float, losses: Sequence[float]) -> bool:
@@ -68,12 +77,29 @@ def falls(start: float, candidate: Candidate) -> bool:
     return bool(losses) and not diverged(start, losses) and losses[-1] <= start * (1 - FALL)
 
 
-def pick(start: float, candidates: Sequence[Candidate], grid: Sequence[float] = GRID, backoff: int = BACKOFF) -> float | None:
-    """The grid lr `backoff` steps below the largest candidate that falls; None where none falls."""
-    good = [c.lr for c in candidates if falls(start, c)]
-    if not good:
-        return None
-    return grid[max(grid.index(max(good)) - backoff, 0)]
+def holds(start: float, candidate: Candidate) -> bool:
+    """A window that falls and, at its end, still keeps KEEP of the best fall its curve reached."""
+    if not falls(start, candidate):
+        return False
+    best = min(candidate.losses)
+    return candidate.losses[-1] - best <= (1 - KEEP) * (start - best)
+
+
+def bracket_top(start: float, candidates: Sequence[Candidate]) -> float | None:
+    """The largest bracket lr that falls; None where none does."""
+    good = [c.lr for c in candidates if c.phase == "bracket" and falls(start, c)]
+    return max(good, default=None)
+
+
+def window_order(top: float, grid: Sequence[float] = GRID) -> list[float]:
+    """The stability windows' candidates: the grid below `top`, from one step below it downwards (`top`
+    itself where it is the grid's smallest)."""
+    return sorted((lr for lr in grid if lr < top), reverse=True) or [top]
+
+
+def pick(start: float, candidates: Sequence[Candidate]) -> float | None:
+    """The largest window candidate that holds; None where none does."""
+    return max((c.lr for c in candidates if c.phase == "window" and holds(start, c)), default=None)
 
 
 def scan_order(is_good, grid: Sequence[float] = GRID) -> None:
@@ -89,14 +115,17 @@ def scan_order(is_good, grid: Sequence[float] = GRID) -> None:
             return
 
 
-def probe_steps(config, forwards_per_step: int) -> int:
-    """Local steps per probe round: the scan's expected cost (EXPECTED_CANDIDATES × ROUNDS rounds plus
-    the held evaluations) at most SHARE of the run's planned forward passes; at least 1, at most the
-    run's own local steps."""
-    local = config.local
-    planned = config.rounds * config.sampled_per_round() * local.local_steps * forwards_per_step
-    per_round = SHARE * planned / (EXPECTED_CANDIDATES * ROUNDS) - held_forwards(config)
-    return max(1, min(local.local_steps, int(per_round // forwards_per_step)))
+def budget_forwards(config, forwards_per_step: int) -> int:
+    """The probe's whole budget: BUDGET of the run's planned forward passes."""
+    planned = config.rounds * config.sampled_per_round() * config.local.local_steps * forwards_per_step
+    return int(BUDGET * planned)
+
+
+def steps_for(config, forwards: float, rounds: int, forwards_per_step: int) -> int:
+    """Local steps per probe round for `rounds` probe rounds (each followed by a held evaluation) to cost
+    about `forwards`; at least 1, at most the run's own local steps."""
+    per_round = forwards / rounds - held_forwards(config)
+    return max(1, min(config.local.local_steps, int(per_round // forwards_per_step)))
 
 
 def held_forwards(config) -> int:
@@ -143,17 +172,21 @@ def lr_range_test(settings, experiment) -> tuple[float, dict[str, bytes]]:
 
     start = held_loss()
     per_step = _forwards_per_step(experiment, settings, initial)
-    steps = probe_steps(config, per_step)
+    budget = budget_forwards(config, per_step)
     candidates: list[Candidate] = []
 
-    def is_good(lr: float) -> bool:
+    def spent() -> int:  # the start's held evaluation and the one-step round that sized the probe count too
+        return held_forwards(config) + per_step + sum(c.forward_passes for c in candidates)
+
+    def trial(lr: float, rounds: int, steps: int, kind: str) -> Candidate:
+        """`rounds` consecutive probe rounds of `steps` local steps at `lr` from the initial weights."""
         algorithm = build_algorithm(config.algorithm, settings.model_copy(update={"lr": lr}))
         state = algorithm.init(initial, config.seed)
         experiment.view.load_(initial)
         losses, forwards, up, down = [], 0, 0, 0
         with tempfile.TemporaryDirectory(prefix="zofed-lr-probe-") as scratch:
             kept = KeptStore(Path(scratch))
-            for round in range(1, ROUNDS + 1):
+            for round in range(1, rounds + 1):
                 state, row = _client0_round(experiment, algorithm, state, round, steps, kept)
                 experiment.view.load_(state.weights)
                 losses.append(held_loss())
@@ -161,21 +194,41 @@ def lr_range_test(settings, experiment) -> tuple[float, dict[str, bytes]]:
                 up, down = up + row["bytes_up"], down + row["bytes_down"]
                 if diverged(start, losses):
                     break
-        candidates.append(Candidate(lr, tuple(losses), forwards, up, down))
-        return falls(start, candidates[-1])
+        candidates.append(Candidate(lr, tuple(losses), forwards, up, down, kind, steps))
+        return candidates[-1]
 
+    top, window_steps, windows = None, 0, []
+    bracket_steps = steps_for(config, BRACKET_SHARE * budget / BRACKET_CANDIDATES, 1, per_step)
+    checked = True
     try:
-        with phase(f"lr: auto: range test on client 0 ({config.algorithm}, {steps} local steps per probe round)"):
-            scan_order(is_good)
+        with phase(f"lr: auto: bracket on client 0 ({config.algorithm}, {bracket_steps} local steps per candidate)"):
+            scan_order(lambda lr: falls(start, trial(lr, 1, bracket_steps, "bracket")))
+        top = bracket_top(start, candidates)
+        window_steps = steps_for(config, (budget - spent()) / WINDOWS, WINDOW_POINTS, per_step)
+        window_cost = WINDOW_POINTS * (window_steps * per_step + held_forwards(config))
+        if top is not None:
+            with phase(f"lr: auto: stability windows below {top:g} ({WINDOW_POINTS} probe rounds of "
+                       f"{window_steps} local steps each)"):
+                for lr in window_order(top):
+                    if windows and spent() + window_cost > budget:
+                        break
+                    windows.append(trial(lr, WINDOW_POINTS, window_steps, "window"))
+                    if holds(start, windows[-1]):
+                        break
     finally:
         experiment.view.load_(initial)  # round 1 starts from the initial weights, whatever the probe did
     chosen = pick(start, candidates)
-    record = {"lr": chosen, "start_loss": start, "held_examples": len(held), "local_steps": steps,
-              "rounds_per_candidate": ROUNDS, "backoff": BACKOFF,
-              # the start's held evaluation and the one-step round that sized the probe count too
-              "forward_passes": held_forwards(config) + per_step + sum(c.forward_passes for c in candidates),
+    if chosen is None and windows:
+        chosen, checked = window_order(windows[-1].lr)[0], False
+        print(f"zofed: warning: lr: auto: no stability window held within the probe's budget ({BUDGET:.0%} of the "
+              f"run's forward passes); using {chosen:g}, one grid step below the last tried, unchecked: see "
+              f"lr_probe.png, or give {config.algorithm}.lr", file=sys.stderr, flush=True)
+    record = {"lr": chosen, "start_loss": start, "held_examples": len(held), "checked": checked,
+              "bracket_top": top, "bracket_local_steps": bracket_steps,
+              "local_steps": window_steps, "window_rounds": WINDOW_POINTS, "keep": KEEP,
+              "budget_forward_passes": budget, "forward_passes": spent(),
               "bytes_up": sum(c.bytes_up for c in candidates), "bytes_down": sum(c.bytes_down for c in candidates),
-              "candidates": [asdict(c) | {"falls": falls(start, c)} for c in candidates]}
+              "candidates": [asdict(c) | {"falls": falls(start, c), "holds": holds(start, c)} for c in candidates]}
     if chosen is None:
         tried = ", ".join(f"{c.lr:g}: {c.losses[-1]:.4g}" for c in candidates)
         raise ZofedError(f"lr: auto found no lr in {GRID[0]:g}..{GRID[-1]:g} that lowers client 0's held loss "
