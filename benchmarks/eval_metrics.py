@@ -17,6 +17,7 @@ paths relative to the repository) after each run, so a stopped benchmark keeps w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -54,6 +55,8 @@ def main() -> None:
     if not gsm8k_test.is_file():
         sys.exit(f"eval_metrics: --gsm8k-test {args.gsm8k_test} is not a file; pass GSM8K's official test.jsonl")
     document = {"commit": _commit(), "machine": describe_machine(), "load_average": {"before": list(os.getloadavg())},
+                "gsm8k_test": {"rows": sum(1 for line in gsm8k_test.open() if line.strip()),
+                               "sha256": hashlib.sha256(gsm8k_test.read_bytes()).hexdigest()},
                 "rounds": args.rounds, "examples": args.examples, "overrides": args.overrides, "runs": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for task in args.tasks.split(","):
