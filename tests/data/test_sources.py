@@ -41,6 +41,22 @@ def test_directory_trains_on_train_file_and_tests_on_test_file(tmp_path):
     assert {e.prompt for e in splits.train + splits.val} == {f"train question {i}?" for i in range(40)}
 
 
+def test_json_files_are_parsed_once_and_never_handed_to_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    from zofed.data.sources import load_tables
+
+    write_jsonl(tmp_path / "test.jsonl", gsm8k_rows("test", 3))
+    write_jsonl(tmp_path / "train.jsonl", gsm8k_rows("train", 5) + [{"question": "extra field", "answer": "#### 1", "id": 7}])
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: pytest.fail("a JSON file was read again"))
+    reads, read_text = [], Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *args, **kwargs: reads.append(self.name) or read_text(self, *args, **kwargs))
+    tables = load_tables(DataSource(path=str(tmp_path)))
+    assert sorted(reads) == ["test.jsonl", "train.jsonl"]  # each file once
+    assert {split: table.num_rows for split, table in tables.items()} == {"train": 6, "test": 3}
+    assert tables["train"]["id"] == [None] * 5 + [7]  # a field some rows lack is missing in the others, as pyarrow's reader has it
+
+
 def test_a_split_the_directory_lacks_is_refused_with_the_splits_it_has(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", gsm8k_rows("train", 4))
     write_jsonl(tmp_path / "test.jsonl", gsm8k_rows("test", 4))

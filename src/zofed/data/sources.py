@@ -7,9 +7,11 @@ CSV or Parquet file is read once, by `datasets`; the checks run on the Arrow dat
 columns to their `datasets.Features`. A bad row stops the load with one line naming the source, the
 row number and the field; where a local file is at fault (not UTF-8, a huge line), that file is
 read a second time, on this failing path only, to name its line. A JSON file is the exception:
-it is parsed by Python's json first, because pyarrow's JSON reader (which `datasets` uses) can
+it is parsed once by Python's json and its rows become the `datasets.Dataset` (`Dataset.from_dict`,
+the same Arrow data and checks), because pyarrow's JSON reader (which `load_dataset` uses) can
 crash the process with a segmentation fault on rows that are not objects (the fuzz test in
-tests/test_malformed_input.py found one); that pass also names a bad line exactly.
+tests/test_malformed_input.py found one); that parse also names a bad line exactly. A directory of
+JSON files is split by `datasets`' own file-name patterns (train/validation/test...).
 """
 
 from __future__ import annotations
@@ -177,8 +179,8 @@ def load_tables(source: DataSource) -> dict[str, object]:
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ZofedError(f"data file '{source.path}' is not .json, .jsonl, .csv or .parquet; convert it or point data.path at one")
-        if builder == "json":
-            _check_json(path)  # pyarrow's JSON reader can crash the process on rows that are not objects
+        if builder == "json":  # pyarrow's JSON reader can crash the process on rows that are not objects
+            return _json_tables(source, {"train": [path]}) or _local(source, path, builder, {"data_files": str(path)})
         options = {"data_files": str(path)}
         if builder == "csv":
             # Only an empty cell is missing: pandas' default would also read "NA" or "null" as missing.
@@ -188,9 +190,12 @@ def load_tables(source: DataSource) -> dict[str, object]:
         # datasets would also read .txt or image files as rows; a task's rows come in these formats only.
         if not any(file.suffix.lower() in BUILDERS for file in path.rglob("*") if file.is_file()):
             raise ZofedError(f"data directory '{source.path}' has no .json, .jsonl, .csv or .parquet file; point data.path at your data")
-        for file in sorted(path.rglob("*")):  # as for a single file: pyarrow's JSON reader may crash on bad rows
-            if file.is_file() and file.suffix.lower() in (".json", ".jsonl"):
-                _check_json(file)
+        files = [file for file in sorted(path.rglob("*")) if file.is_file() and file.suffix.lower() in BUILDERS]
+        if all(file.suffix.lower() in (".json", ".jsonl") for file in files):  # as for a single file
+            return _json_tables(source, _splits_of(path)) or _local(source, path, str(path), {})
+        for file in files:  # a mixed directory goes to load_dataset: its JSON rows checked first, for the same reason
+            if file.suffix.lower() in (".json", ".jsonl"):
+                _json_rows(file)
         return _local(source, path, str(path), {})
     if _looks_like_path(source.path):
         # the absolute path tried: a relative one was resolved against the config file's directory
@@ -213,6 +218,40 @@ def _local(source: DataSource, path: Path, builder: str, options: dict) -> dict[
             raise ZofedError(f"{source.describe()} could not be read ({type(cause).__name__}: {_first_line(cause)}); "
                              "fix the file") from None
     tables = dict(loaded)
+    for split, table in tables.items():
+        _check_table(replace(source, split=split), table)
+    return tables
+
+
+def _splits_of(directory: Path) -> dict[str, list[Path]]:
+    """A directory's data files by split, as `load_dataset(directory)` names them (train.jsonl is `train`,
+    test.jsonl `test`, dev.json `validation`; a directory without split names is all `train`)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(directory)), base_path=str(directory))
+    return {str(split): [Path(file) for file in files if Path(file).suffix.lower() in (".json", ".jsonl")]
+            for split, files in resolved.items()}
+
+
+def _json_tables(source: DataSource, files_by_split: dict[str, list[Path]]) -> dict[str, object] | None:
+    """Each split's JSON files, parsed once, as one in-memory Dataset; the same checks as a loaded table.
+
+    None where a field's values do not share one Arrow type: `load_dataset` then reads the (checked)
+    rows again, on this failing path only, so the field checks name the row and what is wrong with it.
+    """
+    import datasets
+    import pyarrow as pa
+
+    tables = {}
+    for split, files in files_by_split.items():
+        if not files:
+            continue
+        rows = [row for file in files for row in _json_rows(file)]
+        keys = list(dict.fromkeys(key for row in rows for key in row))  # every row's fields, as pyarrow's reader unions them
+        try:
+            tables[split] = datasets.Dataset.from_dict({key: [row.get(key) for row in rows] for key in keys})
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return None
     for split, table in tables.items():
         _check_table(replace(source, split=split), table)
     return tables
@@ -291,7 +330,7 @@ def _explain(source: DataSource) -> None:
     files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
     for file in files:
         if file.is_file() and file.suffix.lower() in (".json", ".jsonl"):
-            _check_json(file)
+            _json_rows(file)
         elif file.is_file() and file.suffix.lower() == ".csv":
             _check_utf8(file)
 
@@ -315,14 +354,15 @@ def _check_utf8(path: Path) -> None:
                              "save the file as UTF-8") from None
 
 
-def _check_json(path: Path) -> None:
+def _json_rows(path: Path) -> list[dict]:
+    """A .json list or .jsonl file's rows, each checked to be an object of bounded size and depth."""
     try:
         text = path.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         _check_utf8(path)  # names the line
         raise
     if path.suffix.lower() == ".jsonl":
-        rows = 0
+        rows = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -335,7 +375,7 @@ def _check_json(path: Path) -> None:
                 raise ZofedError(f"data file {path} line {number}: invalid JSON ({error.msg}); fix or remove the line") from None
             except RecursionError:
                 raise ZofedError(f"data file {path} line {number}: JSON nested too deeply; a row is flat text fields") from None
-            rows += 1
+            rows.append(row)
             if not isinstance(row, dict):
                 raise ZofedError(f"data file {path} line {number}: expected a JSON object, got {type(row).__name__}")
             if _text_size(row, MAX_NESTING) is None:
@@ -343,7 +383,7 @@ def _check_json(path: Path) -> None:
                                  "a row is flat text fields")
         if not rows:
             raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
-        return
+        return rows
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -360,6 +400,7 @@ def _check_json(path: Path) -> None:
                              "a row is flat text fields")
     if not document:
         raise ZofedError(f"data file {path} has no rows; give a file with at least one example")
+    return document
 
 
 def _text_features(path: Path):

@@ -4,8 +4,8 @@ Every ZO method shares it (`LR_PROBE` in algorithms/settings.py) and runs throug
 a candidate is probe rounds of the method itself — `configure`, client 0's `train`, screening and
 `aggregate`, the round body every runtime plays (runtime/round.py) — with that candidate's lr, from
 the run's initial weights and on the run's own round seeds, so every candidate sees the same
-directions and batches. After each probe round the model's loss on a fixed held batch of client 0's
-training data is a point of the candidate's curve.
+directions and batches. After each probe round the model's loss on a fixed held batch of
+held-out data (`held_batch`) is a point of the candidate's curve.
 
 Two phases, because a ZO step's noise hides divergence for the first few steps (measured: an lr
 that fell over one step diverged over the run's sixty; docs/results.md):
@@ -49,7 +49,7 @@ BRACKET_SHARE = 0.25  # of the budget, which the bracket's steps are sized to
 BRACKET_CANDIDATES = 5  # what a bracket scan costs typically (decades from the top, then refinements)
 WINDOW_POINTS = 3  # probe rounds per stability window: its curve
 WINDOWS = 2  # windows the rest of the budget is sized for (a failing one usually stops at its first point)
-HELD_EXAMPLES, HELD_BATCHES = 4, 2  # the curve's examples of client 0: max(4, 2 local batches)
+HELD_EXAMPLES, HELD_BATCHES = 8, 2  # the curve's held-out examples: max(8, 2 local batches)
 RECORD = "lr_probe.json"
 PLOT = "lr_probe.png"
 
@@ -260,8 +260,14 @@ def _client0_round(experiment, algorithm, state, round: int, steps: int, kept):
 
 
 def held_batch(experiment) -> list:
-    """The first `held_examples` of client 0's training examples (its partition's order: fixed by the seed)."""
-    indices = list(experiment.data.client_indices[0])[: held_examples(experiment.config)]
+    """Examples no candidate trains on: the first `held_examples` of the validation split (the loss the run is
+    judged by), or, without one, the last of client 0's partition (its stream starts at the front). Measured on
+    examples it had trained on, the probe took an lr that memorised them (held loss 2.68 -> 1.38 in 18 steps)
+    while the run at that lr diverged from its second round."""
+    count = held_examples(experiment.config)
+    if len(experiment.val_tokens) >= count:
+        return list(experiment.val_tokens[:count])
+    indices = list(experiment.data.client_indices[0])[-count:]
     return [experiment.train_tokens[i] for i in indices]
 
 
