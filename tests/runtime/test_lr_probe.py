@@ -115,6 +115,9 @@ def test_a_window_that_holds_is_the_pick_and_every_window_lies_below_the_bracket
     window = [c for c in record["candidates"] if c["phase"] == "window"]
     assert record["checked"] and record["lr"] == max(c["lr"] for c in window if c["holds"])
     assert all(c["lr"] < record["bracket_top"] for c in window) and len(window[-1]["losses"]) == lr_probe.WINDOW_POINTS
+    # each window round trains the next client: one client's gentle data cannot vouch for the population's
+    assert window[-1]["clients"] == [0, 1, 0]  # tiny_config's 2 clients
+    assert [c["clients"] for c in record["candidates"] if c["phase"] == "bracket"] == [[0]] * (len(record["candidates"]) - len(window))
     assert record["forward_passes"] <= record["budget_forward_passes"] + window[-1]["forward_passes"]
 
 
