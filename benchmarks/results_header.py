@@ -65,3 +65,10 @@ def write(out: str | Path, document: dict, scratch: str | None = None) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(relative(document, scratch), indent=2, allow_nan=True) + "\n")
+
+
+def resolve(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """A config file plus overrides as `zofed run` resolves them: every default, the method's settings included."""
+    from zofed.config import load_config
+
+    return load_config(ROOT / config, list(overrides)).to_dict()  # ROOT / an absolute path is that path
