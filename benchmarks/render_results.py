@@ -27,7 +27,7 @@ from benchmarks import gamlpp_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = ("docs/results.md", "README.md")
-BLOCK = re.compile(r"<!-- generated: ([\w-]+) -->(.*?)<!-- end generated -->", re.S)
+BLOCK = re.compile(r"<!-- generated: ([a-z0-9-]+) -->(.*?)<!-- end generated -->", re.S)  # names: lower-case
 
 
 class RenderError(Exception):
@@ -64,14 +64,15 @@ def bold(text: str, when: bool = True) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
 
 
 def provenance(*relatives: str) -> str:
-    """Which JSON a block comes from and what it records of its run (or says it did not record)."""
-    parts = []
+    """Which JSON a block comes from and what it records of its run (or says it did not record); sources that
+    record the same are named together."""
+    grouped: dict[str, list[str]] = {}
     for relative in relatives:
         document = load(relative)
         commit = document.get("commit")
@@ -83,31 +84,31 @@ def provenance(*relatives: str) -> str:
                  f"{machine.get('cores')}-core {machine.get('cpu')}" if machine else "machine not recorded",
                  f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after" if load_before and load_after
                  else "load not recorded"]
-        if not document.get("resolved_configs") and not document.get("resolved_config"):
+        if "resolved_configs" in document.get("not_recorded", []):
             facts.append("resolved config not recorded")
-        link = f"[`{relative}`](../benchmarks/results/{relative})"
-        parts.append(f"{link}: " + ", ".join(facts))
-    return "<sub>From " + "; ".join(parts) + ".</sub>"
+        grouped.setdefault(", ".join(facts), []).append(f"[`{relative}`](../benchmarks/results/{relative})")
+    return "<sub>From " + "; ".join(f"{', '.join(links)}: {facts}" for facts, links in grouped.items()) + ".</sub>"
 
 
-def labels(*relatives: str) -> list[str]:
-    """Notes a result carries about how a row was run (`labels` in its JSON), as footnote lines."""
+def labels(*relatives: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """Notes a result carries about how a method's rows were run (`labels` in its JSON: a setting since changed),
+    as footnote lines; `methods`: only those the table shows (default: all)."""
     notes = []
     for relative in relatives:
         for method, text in load(relative).get("labels", {}).items():
-            line = f"<sub>{method}: {text}</sub>"
-            if line not in notes:
+            line = f"<sub>Note: `{method}` {text}.</sub>"
+            if (methods is None or method in methods) and line not in notes:
                 notes.append(line)
     return notes
 
 
-def block(body: str, *relatives: str) -> str:
-    return "\n\n".join([body, *labels(*relatives), provenance(*relatives)])
+def block(body: str, *relatives: str, methods: tuple[str, ...] | None = None) -> str:
+    return "\n\n".join([body, *labels(*relatives, methods=methods), provenance(*relatives)])
 
 
 # --- the blocks ---
 
-def quickstart() -> str:
+def quickstart(short: bool = False) -> str:
     document = load("quickstart.json")
     summary = document["summary"]
     earlier = document.get("earlier", {})
@@ -116,17 +117,19 @@ def quickstart() -> str:
         ["`make demo` on a fresh clone (venv + install + first GGUF conversion + run)",
          f"**{earlier['make_demo']['value']}** (goal ≤ 10 min; {earlier['make_demo']['note']})"],
         ["`zofed run configs/quickstart.yaml` alone (model cached)",
-         f"{int(summary['wall_s'] // 60)} min {summary['wall_s'] % 60:.0f} s (load average "
-         f"{document['load_average_before'][0]:.2f} before, {document['load_average_after'][0]:.2f} after)"],
+         f"{int(summary['wall_s'] // 60)} min {summary['wall_s'] % 60:.0f} s"
+         + (f" ({document['wall_note']})" if document.get("wall_note") else "")],
         ["test loss, before → after",
-         f"**{summary['initial_test_loss']:.3f} → {summary['final_test_loss']:.3f} ({test_drop:+.0%})** (goal ≥ 10% drop)"],
+         f"**{summary['initial_test_loss']:.3f} → {summary['final_test_loss']:.3f} ({test_drop:+.0%})** (goal ≥ 10% drop)"
+         .replace("(-", "(−")],
         ["validation loss, before → after", f"{summary['initial_eval_loss']:.3f} → {summary['final_eval_loss']:.3f}"],
         [f"test accuracy (exact match, {document['accuracy_examples']} held-out questions), before → after",
          f"**{summary['initial_test_exact_match']:.1%} → {summary['final_test_exact_match']:.1%}**"],
         ["bytes up / down, whole run (LoRA weights both ways)",
          f"{summary['bytes_up'] / 1e6:.1f} MB / {summary['bytes_down'] / 1e6:.1f} MB"],
     ]
-    notes = [f"<sub>Earlier: {item['value']} ({item['note']}).</sub>" for key, item in earlier.items() if key != "make_demo"]
+    notes = [] if short else [f"<sub>Earlier: {item['value']} ({item['note']}).</sub>" for key, item in earlier.items()
+                              if key != "make_demo"]
     return "\n\n".join([table(["", ""], rows), *notes, provenance("quickstart.json")])
 
 
@@ -303,7 +306,6 @@ def fedspzo() -> str:
                        for m in ("fedmezo", "fedspzo")),
                      bold(times(speedup["layer_forwards"])), times(speedup["wall_s"])])
     # The control: FedMeZO run alone at the tuned split's lr (its summary and metrics), against that split's FedSPZO.
-    control = json.loads((RESULTS / FEDSPZO_CONTROL / "summary.json").read_text())
     rounds = [json.loads(line) for line in (RESULTS / FEDSPZO_CONTROL / "metrics.jsonl").read_text().splitlines() if line]
     split = load(FEDSPZO_ROWS[2][1] + "/results.json")
     spzo_curve = split["runs"]["fedspzo"]["curve"]
@@ -321,9 +323,9 @@ def fedspzo() -> str:
     header = ["setting", "FedSPZO settings", "target loss", "FedMeZO: round, layer-fwd, wall",
               "FedSPZO: round, layer-fwd, wall", "speed-up layer-fwd", "speed-up wall"]
     notes = ["¹ The control ran later, with less contention for the CPU, so its wall time is not comparable."]
-    if control.get("labels"):
-        notes += [f"<sub>control {method}: {text}</sub>" for method, text in control["labels"].items()]
-    return "\n\n".join([table(header, rows), *notes, *labels(*sources), provenance(*sources)])
+    control_source = f"{FEDSPZO_CONTROL}/summary.json"
+    return "\n\n".join([table(header, rows), *notes, *labels(*sources, control_source),
+                         provenance(*sources, control_source)])
 
 
 ZORBA_TITLES = {"fedmezo": "FedMeZO (full, seeds up)", "fedkseed": "FedKSeed (full)",
@@ -389,7 +391,7 @@ def zorba_family() -> str:
                      f"{len(document['profile']['block_mb'])})", bold(f"{ratios[0]:.2f}", goal),
                      ", ".join(f"{r:.2f}" for r in ratios[1:])])
     header = ["model", "FedMeZO peak", "ZorBA smallest device (active layers)", "ratio", "other devices"]
-    return block(table(header, rows), *ZORBA_FAMILY)
+    return block(table(header, rows), *ZORBA_FAMILY, methods=("zorba", "fedmezo"))
 
 
 def flower_overhead() -> str:
@@ -455,6 +457,7 @@ BLOCKS = {
     "zorba-loss": zorba_loss,
     "zorba-family": zorba_family,
     "flower-overhead": flower_overhead,
+    "quickstart-short": lambda: quickstart(short=True),
     "hardware": hardware,
     "pool-vs-gaussian": pool_vs_gaussian,
 }

@@ -49,6 +49,22 @@ def configs_from_run_dirs(runs: dict[str, str | Path]) -> dict[str, dict]:
             if (ROOT / run_dir / "config.yaml").is_file()}
 
 
+def run_dirs(document: dict) -> dict[str, str]:
+    """The run directories a `zofed compare` result (or one shaped like it) names, by run."""
+    runs = document.get("runs") or {}
+    named = runs.items() if isinstance(runs, dict) else (
+        (f"{run.get('algorithm')}-seed{run.get('seed')}", run) for run in runs)
+    return {name: run["run_dir"] for name, run in named if isinstance(run, dict) and run.get("run_dir")}
+
+
+def stamp(path: str | Path, header: dict) -> dict:
+    """Add the header to a result another tool wrote (`zofed compare`'s results.json), configs from its run dirs."""
+    document = json.loads(Path(path).read_text())
+    document = end(header, configs_from_run_dirs(run_dirs(document)), document)
+    write(path, document)
+    return document
+
+
 def relative(value, scratch: str | None = None):
     """Absolute paths as the repository sees them (committed results name no machine's directories); paths in a
     scratch directory that is deleted afterwards become `<scratch>`."""
@@ -64,7 +80,7 @@ def relative(value, scratch: str | None = None):
 def write(out: str | Path, document: dict, scratch: str | None = None) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(relative(document, scratch), indent=2, allow_nan=True) + "\n")
+    out.write_text(json.dumps(relative(document, scratch), indent=2, allow_nan=True, default=str) + "\n")
 
 
 def resolve(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -55,7 +55,9 @@ def test_check_mode_exits_nonzero_with_a_diff(tmp_path, monkeypatch, capsys):
     (tmp_path / "README.md").write_text(stale)
     monkeypatch.setattr(render_results, "ROOT", tmp_path)
     assert render_results.main(["--check"]) == 1
-    assert "-final test loss <!-- generated: pool-vs-gaussian -->pool 9.999" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("-") and "pool 9.999" in line for line in lines)
+    assert any(line.startswith("+") and "pool 2.212" in line for line in lines)
     assert render_results.main([]) == 0 and render_results.main(["--check"]) == 0
 
 
