@@ -33,7 +33,7 @@ from pathlib import Path
 
 import results_header
 import yaml
-from zofed.config import load_config
+from zofed.config import load_config, overrides_read_by
 from zofed.runtime.driver import round_rows, run_experiment
 
 ALGORITHMS = ("fedmezo", "fedspzo")
@@ -41,8 +41,9 @@ ALGORITHMS = ("fedmezo", "fedspzo")
 
 def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path, reuse: bool = False,
                name: str | None = None) -> dict:
-    config = load_config(config_path, [*overrides, f"algorithm={algorithm}", "eval.every=1",
-                                       f"output_dir={workdir}", f"name={name or algorithm}"])
+    # one list of overrides serves both runs: each reads its own method's section (fedspzo.* is not FedMeZO's)
+    config = load_config(config_path, overrides_read_by(algorithm, [*overrides, f"algorithm={algorithm}", "eval.every=1",
+                                                                    f"output_dir={workdir}", f"name={name or algorithm}"]))
     started = time.perf_counter()
     if reuse and finished_with(config):
         print(f"reusing {config.run_dir}", file=sys.stderr, flush=True)
