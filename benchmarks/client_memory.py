@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import results_header
 from zofed.runtime.prepare import CHILD_ENV as PROFILE_ENV
 
 # glibc raises its mmap threshold after large frees and then keeps freed memory resident; a fixed
@@ -35,6 +36,16 @@ CASES = [
 ]
 
 
+def case_overrides(algorithm: str, mode: str, steps: int) -> list[str]:
+    chosen = {"inference": "fedmezo", "fedmezo-seeds": "fedmezo"}.get(algorithm, algorithm)
+    overrides = [f"algorithm={chosen}", f"trainable.mode={mode}", f"local.local_steps={steps}"]
+    if algorithm == "fedmezo-seeds":
+        overrides.append("fedmezo.upload=seeds")
+    if chosen == "fedavg":
+        overrides.append("fedavg.optimizer=adamw")
+    return overrides
+
+
 def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
     import torch
 
@@ -44,13 +55,7 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
     from zofed.runtime.codec import decode, encode
     from zofed.runtime.experiment import build_experiment
 
-    chosen = {"inference": "fedmezo", "fedmezo-seeds": "fedmezo"}.get(algorithm, algorithm)
-    overrides = [f"algorithm={chosen}", f"trainable.mode={mode}", f"local.local_steps={steps}"]
-    if algorithm == "fedmezo-seeds":
-        overrides.append("fedmezo.upload=seeds")
-    if chosen == "fedavg":
-        overrides.append("fedavg.optimizer=adamw")
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, case_overrides(algorithm, mode, steps))
     experiment = build_experiment(config)
     method = build_algorithm(config.algorithm, config.algorithm_settings)
     # What a real client receives: the encoded downlink, with no server state in its process.
@@ -82,8 +87,6 @@ def measure(config_path: str, algorithm: str, mode: str, steps: int) -> dict:
 
 
 def main() -> None:
-    from zofed.machine import describe_machine
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--steps", type=int, default=3)
@@ -93,6 +96,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.config, *args.one, args.steps)))
         return
+    header = results_header.begin()
     rows = []
     for algorithm, mode in CASES:
         output = subprocess.run(
@@ -111,9 +115,9 @@ def main() -> None:
     }
     for name, value in ratios.items():
         print(f"{name:28s} {value}")
-    result = {"machine": describe_machine(), "config": args.config, "cases": rows, "ratios": ratios}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    configs = {f"{algorithm} {mode}": results_header.resolve(args.config, case_overrides(algorithm, mode, args.steps))
+               for algorithm, mode in CASES}
+    results_header.write(args.out, results_header.end(header, configs, {"config": args.config, "cases": rows, "ratios": ratios}))
 
 
 if __name__ == "__main__":

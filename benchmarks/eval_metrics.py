@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from repo_paths import ROOT, from_repo_root
+import results_header
+from repo_paths import from_repo_root
 from zofed.config import load_config
-from zofed.machine import describe_machine
 from zofed.runtime.driver import run_experiment
 
 # Both runs: the configs' recipe (FedMeZO, LoRA r=16, batch 1, 8 clients, 2 per round) with fewer and
@@ -54,7 +51,7 @@ def main() -> None:
     gsm8k_test, out = from_repo_root(args.gsm8k_test, args.out)
     if not gsm8k_test.is_file():
         sys.exit(f"eval_metrics: --gsm8k-test {args.gsm8k_test} is not a file; pass GSM8K's official test.jsonl")
-    document = {"commit": _commit(), "machine": describe_machine(), "load_average": {"before": list(os.getloadavg())},
+    document = {**results_header.begin(), "resolved_configs": {},
                 "gsm8k_test": {"rows": sum(1 for line in gsm8k_test.open() if line.strip()),
                                "sha256": hashlib.sha256(gsm8k_test.read_bytes()).hexdigest()},
                 "rounds": args.rounds, "examples": args.examples, "overrides": args.overrides, "runs": {}}
@@ -71,32 +68,10 @@ def main() -> None:
             print(f"{task}: test {metric} {summary[f'initial_test_{metric}']:.4f} -> {summary[f'final_test_{metric}']:.4f}, "
                   f"test loss {summary['initial_test_loss']:.4f} -> {summary['final_test_loss']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-            document["runs"][task] = {"config": config_path, "resolved_config": config.to_dict(), "summary": summary}
-            document["load_average"]["after"] = list(os.getloadavg())
-            _write(out, document, scratch)
-
-
-def _commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return head + ("-dirty" if dirty else "")
-
-
-def _write(out: Path, document: dict, scratch: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_relative(document, scratch), indent=2) + "\n")
-
-
-def _relative(value, scratch: str):
-    """Absolute paths as the repository sees them (committed results name no machine's directories)."""
-    if isinstance(value, dict):
-        return {key: _relative(item, scratch) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_relative(item, scratch) for item in value]
-    if isinstance(value, str) and Path(value).is_absolute():
-        return "<scratch>" if value.startswith(scratch) else os.path.relpath(value, ROOT)
-    return value
+            document["resolved_configs"][task] = config.to_dict()
+            document["runs"][task] = {"config": config_path, "summary": summary}
+            document["load_average_after"] = list(os.getloadavg())
+            results_header.write(out, document, scratch)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_header
 import yaml
-
-from zofed.config import load_config
-from zofed.machine import describe_machine
+from zofed.config import load_config, overrides_read_by
 from zofed.runtime.driver import round_rows, run_experiment
 
 ALGORITHMS = ("fedmezo", "fedspzo")
@@ -42,8 +41,9 @@ ALGORITHMS = ("fedmezo", "fedspzo")
 
 def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: Path, reuse: bool = False,
                name: str | None = None) -> dict:
-    config = load_config(config_path, [*overrides, f"algorithm={algorithm}", "eval.every=1",
-                                       f"output_dir={workdir}", f"name={name or algorithm}"])
+    # one list of overrides serves both runs: each reads its own method's section (fedspzo.* is not FedMeZO's)
+    config = load_config(config_path, overrides_read_by(algorithm, [*overrides, f"algorithm={algorithm}", "eval.every=1",
+                                                                    f"output_dir={workdir}", f"name={name or algorithm}"]))
     started = time.perf_counter()
     if reuse and finished_with(config):
         print(f"reusing {config.run_dir}", file=sys.stderr, flush=True)
@@ -64,6 +64,7 @@ def run_method(config_path: str, overrides: list[str], algorithm: str, workdir: 
     return {
         "algorithm": algorithm,
         "settings": config.algorithm_settings.model_dump(),
+        "resolved_config": config.to_dict(),
         "summary": summary,
         "curve": curve,
         "run_s": time.perf_counter() - started,
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="reuse a finished run in --workdir whose config is identical (e.g. FedMeZO while tuning FedSPZO)")
     args = parser.parse_args(argv)
 
+    header = results_header.begin()
     base = load_config(args.config, args.set)
     fedmezo = base.methods.get("fedmezo") or load_config(args.config, [*args.set, "algorithm=fedmezo"]).algorithm_settings
     spzo = {"lr": fedmezo.lr, "mu": fedmezo.mu, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.fedspzo)}}
@@ -131,19 +133,17 @@ def main(argv: list[str] | None = None) -> dict:
     hashes = {name: run["summary"]["data_hashes"] for name, run in runs.items()}
     if hashes["fedmezo"] != hashes["fedspzo"]:
         raise SystemExit("the two runs saw different data; nothing to compare")
-    document = {
+    configs = {name: run.pop("resolved_config") for name, run in runs.items()}
+    document = results_header.relative(results_header.end(header, configs, {
         "benchmark": "fedspzo_vs_fedmezo",
         "config": args.config,
         "overrides": args.set,
         "fedspzo_settings": spzo,
-        "machine": describe_machine(),
         "data_hashes": hashes["fedmezo"],
         **compare(runs, args.target),
         "runs": runs,
-    }
-    out = Path(args.out or f"benchmarks/results/fedspzo_vs_fedmezo_{base.name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    }), scratch)  # a temporary workdir is gone once written
+    results_header.write(args.out or f"benchmarks/results/fedspzo_vs_fedmezo_{base.name}.json", document)
     print(json.dumps({k: document[k] for k in ("target_eval_loss", "reached", "speedup_fedmezo_over_fedspzo")}, indent=2))
     return document
 

@@ -24,19 +24,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+import results_header
 from safetensors.torch import load_file
 
 
 def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> dict:
     from zofed.config import load_config
-    from zofed.machine import describe_machine
     from zofed.runtime.flower.deployment import run_flower
     from zofed.runtime.flower.loopback import LoopbackFederation
     from zofed.runtime.flower.simulation import run_flower_sim
     from zofed.runtime.driver import round_rows, run_experiment
 
     results, weights = {}, {}
-    load_before = os.getloadavg()
+    header = results_header.begin()  # commit, machine, load average before
     for runtime in ("local", "flower-sim", "flower"):
         config = load_config(config_path, [*overrides, f"rounds={rounds}", f"output_dir={root / runtime}", f"runtime={runtime}"])
         if runtime == "local":
@@ -63,8 +63,10 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
         all(weights["local"][name].equal(weights[runtime][name]) for name in weights["local"]) for runtime in weights
     )
     # Timings on a shared machine are only as good as its idleness: the load is recorded with them.
-    return {"machine": describe_machine(), "load_average_before_after": [load_before, os.getloadavg()], "config": config_path, "overrides": overrides, "rounds": rounds,
-            "bit_identical_final_weights": identical, "runtimes": results}
+    configs = {runtime: results_header.resolve(config_path, [*overrides, f"rounds={rounds}", f"runtime={runtime}"])
+               for runtime in results}
+    return results_header.end(header, configs, {"config": config_path, "overrides": overrides, "rounds": rounds,
+                                                "bit_identical_final_weights": identical, "runtimes": results})
 
 
 def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:

@@ -31,9 +31,9 @@ from pathlib import Path
 import yaml
 
 from zofed.compare import parse_budget, run_compare
-from zofed.machine import describe_machine
 from zofed.runtime.driver import Budget, round_rows
 
+import results_header
 from repo_paths import from_repo_root
 
 BASELINES = ("gamlpp", "fedmezo", "fedkseed", "decomfl")
@@ -120,11 +120,13 @@ def main() -> None:
             parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; use main,{','.join(ABLATIONS)}")
         parts = {name: parts[name] for name in args.parts.split(",")}
     summary = {}
+    header = results_header.begin()
     for part, (algorithms, extra) in parts.items():
         if args.reuse:
             reuse_runs(reuse[0] / part, out / part, algorithms, budget)
         document = run_compare(config, [*common, f"name=gamlpp-{part}", *extra], algorithms, seeds=args.seeds,
                                budget=budget, out=out / part, show_progress=False)
+        results_header.stamp(out / part / "results.json", header)  # commit, load, each run's resolved config
         summary[part] = {algorithm: {field: document["aggregate"][algorithm][field]
                                      for field in ("final_test_loss", "test_accuracy", "bytes_up_per_client_round")}
                          for algorithm in algorithms}
@@ -132,9 +134,9 @@ def main() -> None:
     if args.parts:  # a partial invocation adds its parts to an earlier summary
         earlier = out / "summary.json"
         summary = (json.loads(earlier.read_text())["parts"] if earlier.is_file() else {}) | summary
-    (out / "summary.json").write_text(json.dumps({"config": str(config), "overrides": common, "budget": args.budget,
-                                                  "seeds": args.seeds, "machine": describe_machine(),
-                                                  "parts": summary}, indent=2, default=str) + "\n")
+    results_header.write(out / "summary.json", results_header.end(header, {}, {
+        "config": str(config), "overrides": common, "budget": args.budget, "seeds": args.seeds, "parts": summary,
+        "resolved_configs": "in each part's results.json"}))
 
 
 if __name__ == "__main__":

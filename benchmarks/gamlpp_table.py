@@ -44,7 +44,7 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def main(root: Path) -> None:
+def table(root: Path) -> str:
     lines = ["| task | budget | metric | " + " | ".join(f"`{m}`" for m in METHODS) + " |",
              "|---|---|---|" + "---|" * len(METHODS)]
     verdicts = []
@@ -90,8 +90,8 @@ def main(root: Path) -> None:
                                                     f"{wins(full, ablated)})" if same else ""))
         lines.append(f"| {task} | {cell(full, '{:.4f}')} | " + " | ".join(cells) + " |")
     lines += ["", "Goal (gamlpp's mean final test loss below every ZO baseline's):", *verdicts]
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/gamlpp_heterogeneous"))
+    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/gamlpp_heterogeneous")))

@@ -190,7 +190,7 @@ def main() -> None:
 
     import torch
 
-    from zofed.machine import describe_machine
+    import results_header
 
     torch.set_num_threads(args.threads)
     robust = [option.format(clip=args.clip) for option in ROBUST[args.upload]]
@@ -198,7 +198,7 @@ def main() -> None:
     attacks = [a for a in (args.attacks if args.attacks is not None else ",".join(ATTACKS)).split(",") if a]
     if args.upload != "seeds":
         attacks = [a for a in attacks if a != "last-record"]  # a weights upload has no records
-    load_before = os.getloadavg()
+    header = results_header.begin()
     started = time.perf_counter()
     from zofed.config import load_config
     from zofed.eval import evaluate_loss
@@ -236,9 +236,8 @@ def main() -> None:
                          for name in attacks]
     goal_met = (all(case["with_robust"]["gap_to_clean"] <= TOLERANCE for case in cases)
                 and all(case["default"]["gap_to_clean"] <= TOLERANCE for case in reply_attacks))
-    document = {
-        "machine": describe_machine(),
-        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+    resolved = {"clean": load_config(args.config, overrides(args)).to_dict()}
+    document = results_header.end(header, resolved, {
         "setup": {
             "runtime": args.runtime, "config": args.config, "model": args.model, "algorithm": "fedmezo",
             "upload": args.upload, "clients": 8, "sampled": 8,
@@ -252,7 +251,7 @@ def main() -> None:
         "attacks": reply_attacks,
         "goal_met": goal_met,
         "wall_s": round_s(time.perf_counter() - started),
-    }
+    })
     print(f"\nclean: test loss {initial_loss:.4f} -> {clean['final_test_loss']:.4f}")
     print(f"{'mode':16s} {'undefended':>11s} {'gap':>8s} {'default':>9s} {'gap':>8s} {'robust':>9s} {'gap':>8s}")
     for case in cases:

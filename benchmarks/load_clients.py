@@ -130,24 +130,24 @@ def main() -> None:
         print(json.dumps(child(args.child, args.rounds, args.kept_in_memory)))
         return
 
-    from zofed.machine import describe_machine
+    import results_header
 
+    header = results_header.begin()
     cases = [measure(100, args.rounds), measure(1000, args.rounds), measure(1000, args.rounds, kept_in_memory=True)]
     small, large, in_memory = cases
-    document = {
-        "machine": describe_machine(),
+    configs = {f"{clients} clients": load_config(clients, args.rounds, Path("<scratch>")).to_dict() for clients in (100, 1000)}
+    document = results_header.end(header, configs, {
         "cases": cases,
         "peak_rss_ratio_1000_to_100": round(large["rss_peak_mb"] / small["rss_peak_mb"], 3),
         "growth_difference_mb": round(large["rss_growth_mb"] - small["rss_growth_mb"], 1),
         "growth_with_copies_in_memory_mb": in_memory["rss_growth_mb"],
-    }
+    })
     for case in cases:
         print(f"{case['clients']:5d} clients{' (copies in memory)' if case['kept_in_memory'] else '':20s} "
               f"peak RSS {case['rss_peak_mb']:7.1f} MB, growth after round 1 {case['rss_growth_mb']:6.1f} MB, "
               f"{case['client_rounds']} client rounds, checkpoint {case['checkpoint_bytes']:,} B")
     print(f"peak RSS 1000 / 100 clients: {document['peak_rss_ratio_1000_to_100']:.3f}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
+    results_header.write(args.output, document)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import results_header
 from zofed.config import load_config, read_config_file
-from zofed.machine import describe_machine
 from zofed.runtime.driver import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,16 +121,16 @@ def main() -> None:
 
 
 def write(out: Path, rows: list[dict], shared: list[str], load_before, started: float) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    document = {
-        "benchmark": "benchmarks/lr_auto.py", "issue": 24, "commit": commit, "machine": describe_machine(),
-        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+    header = {**results_header.begin(), "load_average_before": list(load_before)}  # the shared results header
+    configs = {f"{row['task']}/{row['method']}": results_header.resolve(row["config"], row["overrides"]) for row in rows}
+    document = results_header.end(header, configs, {
+        "benchmark": "benchmarks/lr_auto.py", "issue": 24,
         "wall_s": time.perf_counter() - started, "shared_overrides": shared,
         "goals": {"loss_gap_at_most": LOSS_GOAL, "probe_cost_at_most": COST_GOAL},
         "rows": rows,
         "all_meet_loss_goal": all(row["meets_loss_goal"] for row in rows),
         "all_meet_cost_goal": all(row["meets_cost_goal"] for row in rows),
-    }
+    })
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n")
     return document

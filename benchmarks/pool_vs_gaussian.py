@@ -10,13 +10,12 @@ machine description.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
+import results_header
 from zofed.config import load_config
-from zofed.machine import describe_machine
 from zofed.runtime.driver import run_experiment
 
 
@@ -28,7 +27,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/pool_vs_gaussian.json")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    runs = []
+    runs, configs = [], {}
+    header = results_header.begin()
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             for directions in ("gaussian", "pool"):
@@ -37,26 +37,27 @@ def main() -> None:
                     [*args.overrides, f"seed={seed}", f"rounds={args.rounds}", f"fedmezo.directions={directions}",
                      f"name={directions}-{seed}", f"output_dir={scratch}"],
                 )
+                configs[f"{directions}-{seed}"] = {**config.to_dict(), "output_dir": "<scratch>"}
                 summary = run_experiment(config, show_progress=False)
                 runs.append({"seed": seed, "directions": directions, **summary})
                 print(f"seed {seed} {directions:8s} test loss {summary['initial_test_loss']:.4f} -> "
                       f"{summary['final_test_loss']:.4f}  accuracy {summary['test_accuracy']}", flush=True)
                 # Written after every run, so a long benchmark that is stopped keeps the pairs it finished.
-                _write(args, runs)
-    for directions, summary in _write(args, runs).items():
+                _write(args, runs, header, configs)
+    for directions, summary in _write(args, runs, header, configs).items():
         print(f"{directions:8s} final test loss {summary['mean']:.4f} ± {summary['std']:.4f}")
 
 
-def _write(args: argparse.Namespace, runs: list[dict]) -> dict:
+def _write(args: argparse.Namespace, runs: list[dict], header: dict, configs: dict) -> dict:
     by_sampler = {}
     for directions in ("gaussian", "pool"):
         finals = [run["final_test_loss"] for run in runs if run["directions"] == directions]
         if finals:
             by_sampler[directions] = {"mean": statistics.mean(finals),
                                       "std": statistics.stdev(finals) if len(finals) > 1 else 0.0}
-    result = {"machine": describe_machine(), "config": args.config, "seeds": args.seeds, "rounds": args.rounds,
-              "overrides": args.overrides, "runs": runs, "final_test_loss": by_sampler}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result = results_header.end(header, configs, {"config": args.config, "seeds": args.seeds, "rounds": args.rounds,
+                                                  "overrides": args.overrides, "runs": runs, "final_test_loss": by_sampler})
+    results_header.write(args.out, result)
     return by_sampler
 
 

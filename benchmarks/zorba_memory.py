@@ -37,6 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import results_header
 from zofed.llm.shapes import SHAPES
 from zofed.runtime.prepare import CHILD_ENV as PROFILE_ENV
 
@@ -192,10 +193,10 @@ def main() -> None:
         return
 
     from zofed.config import load_config, overrides_read_by
-    from zofed.machine import describe_machine
     from zofed.runtime.driver import run_experiment
     from zofed.runtime.prepare import prepared
 
+    header = results_header.begin()
     baselines = args.baselines.split(",")
     if "fedmezo" not in baselines or not set(baselines) <= set(BASELINES):
         parser.error(f"--baselines: fedmezo (the reference) and any of {', '.join(BASELINES)}")
@@ -211,10 +212,12 @@ def main() -> None:
     profile = zorba_config.algorithm_settings.memory_profile
     print(f"profile: base {profile.base_mb:.0f} MB, block {profile.block_mb[0]:.1f} MB x {len(profile.block_mb)}",
           flush=True)
-    memory = []
+    memory, configs = [], {"zorba": zorba_config.to_dict()}
     for name in baselines:
         extra = BASELINES[name]
-        memory.append(run_child(load_config(args.config, overrides_read_by(name, [*common, *extra, f"algorithm={name}"])), 0))
+        configs[name] = load_config(args.config, overrides_read_by(name, [*common, *extra, f"algorithm={name}"]))
+        memory.append(run_child(configs[name], 0))
+        configs[name] = configs[name].to_dict()
         print(f"{name:9s} peak {memory[-1]['peak_rss_mb']:8.1f} MB", flush=True)
     for client in range(3):
         memory.append(run_child(zorba_config, client))
@@ -257,12 +260,13 @@ def main() -> None:
     if shape_dir is not None:
         common = [item for item in common if not item.startswith("model=")] + [f"model=<{args.shape}, random weights>"]
         shape_dir.cleanup()
-    result = {"machine": describe_machine(), "config": args.config, "shape": args.shape, "overrides": common,
-              "steps": args.steps,
-              "profile": profile.model_dump(), "memory": memory, "ratios": ratios,
-              "zorba_within_budget": within_budget, "loss_at_equal_rounds": losses, "rounds": args.rounds}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if shape_dir is not None:  # the random-weight model's directory is gone: name the shape instead
+        configs = {name: {**config, "model": f"<{args.shape}, random weights>"} for name, config in configs.items()}
+    result = results_header.end(header, configs, {
+        "config": args.config, "shape": args.shape, "overrides": common, "steps": args.steps,
+        "profile": profile.model_dump(), "memory": memory, "ratios": ratios,
+        "zorba_within_budget": within_budget, "loss_at_equal_rounds": losses, "rounds": args.rounds})
+    results_header.write(out, result)
 
 
 if __name__ == "__main__":

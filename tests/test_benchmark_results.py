@@ -29,3 +29,25 @@ def test_benchmarks_pass_on_paths_from_the_repository_root(tmp_path, monkeypatch
     assert Path.cwd() == REPO and inside == Path("configs")
     assert not outside.is_absolute() and (REPO / outside).resolve() == tmp_path / "runs"
     assert not relative.is_absolute() and (REPO / relative).resolve() == tmp_path / "out"  # relative to where it was given
+
+
+def test_the_results_header_records_commit_machine_load_and_resolved_method_settings(tmp_path):
+    from benchmarks import results_header
+
+    header = results_header.begin()
+    assert header["commit"] and header["machine"]["cores"] and len(header["load_average_before"]) == 3
+    configs = {"fedkseed": results_header.resolve("configs/quickstart.yaml", ["algorithm=fedkseed"])}
+    document = results_header.end(header, configs, {"rows": [], "run_dir": str(tmp_path / "runs" / "a")})
+    assert set(results_header.HEADER_FIELDS) <= set(document)
+    assert document["resolved_configs"]["fedkseed"]["fedkseed"]["num_seeds"]  # the method's settings, every default
+    results_header.write(tmp_path / "out.json", document, scratch=str(tmp_path))
+    assert json.loads((tmp_path / "out.json").read_text())["run_dir"] == "<scratch>"
+    assert results_header.relative(str(REPO / "runs" / "x")) == "runs/x"
+
+
+def test_the_results_header_finds_the_run_directories_of_a_compare_result():
+    from benchmarks import results_header
+
+    document = {"runs": [{"algorithm": "fedmezo", "seed": 0, "run_dir": "runs/c/fedmezo-seed0"}]}
+    assert results_header.run_dirs(document) == {"fedmezo-seed0": "runs/c/fedmezo-seed0"}
+    assert results_header.run_dirs({"runs": {"frozen": {"run_dir": "runs/f"}}}) == {"frozen": "runs/f"}

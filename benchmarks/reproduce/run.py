@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from zofed.compare import run_compare  # noqa: E402
 from zofed.config import load_config  # noqa: E402
-from zofed.machine import describe_machine  # noqa: E402
 from zofed.runtime.driver import round_rows, run_experiment  # noqa: E402
 
+import results_header  # noqa: E402
 from repo_paths import from_repo_root  # noqa: E402
 
 STRATEGIES = ("frozen", "random", "round-wise", "five-round", "model-diff")
@@ -97,7 +97,7 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
             curve.append({"round": row["round"], "eval_loss": row["eval_loss"], "train_loss": row["train_loss"],
                           "wall_s": curve[-1]["wall_s"] + row["seconds"]})
         losses = [p["eval_loss"] for p in curve if p["eval_loss"] is not None]
-        runs[strategy] = {"summary": summary, "curve": curve, "data_hashes": summary["data_hashes"],
+        runs[strategy] = {"run_dir": str(config.run_dir), "summary": summary, "curve": curve, "data_hashes": summary["data_hashes"],
                           "decreasing_every_eval": all(b < a for a, b in zip(losses, losses[1:])),
                           "evals_decreasing": sum(b < a for a, b in zip(losses, losses[1:])),
                           "evals": len(losses) - 1}
@@ -120,7 +120,7 @@ def fedmezo_lr(args: argparse.Namespace, out: Path) -> dict:
     axis.legend()
     figure.savefig(out / "loss_vs_round.png", dpi=110)
     return {"claim": "FedMeZO: loss decreases at every evaluation; personalised lr strategies converge faster",
-            "config": str(config_path.relative_to(ROOT)), "overrides": args.set, "machine": describe_machine(),
+            "config": str(config_path.relative_to(ROOT)), "overrides": args.set,
             "target_eval_loss": target, "fastest": fastest,
             "table": {s: {k: r[k] for k in ("round_to_target", "decreasing_every_eval", "evals_decreasing", "evals")}
                       | {"final_eval_loss": r["summary"]["final_eval_loss"],
@@ -229,8 +229,13 @@ def main() -> None:
     if args.fedspzo:  # a tuning variant: next to the default's results, not over them
         out = out / ("fedspzo_" + "_".join(setting.replace("=", "-") for setting in args.fedspzo))
     out.mkdir(parents=True, exist_ok=True)
+    header = results_header.begin()
     document = CLAIMS[args.claim](args, out)
-    (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    # Measured here, not by a benchmark with its own header, nor read from a result older than the header:
+    if "commit" not in document and "not_recorded" not in document:
+        document = results_header.end(header, results_header.configs_from_run_dirs(results_header.run_dirs(document)),
+                                      document)
+    results_header.write(out / "results.json", document)
     print(f"results in {out.relative_to(ROOT)}/", file=sys.stderr)
 
 
