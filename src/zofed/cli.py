@@ -183,6 +183,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="this node's private key (`zofed flower keys`), for a SuperLink with --enable-supernode-auth")
     supernode.add_argument("--insecure", action="store_true",
                            help="connect without TLS to a SuperLink on another machine (refused otherwise)")
+    supernode.add_argument("--cold", action="store_true",
+                           help="load the model in a fresh process for every message (default: a warm worker keeps it loaded)")
+    supernode.add_argument("--worker-idle-s", type=float, default=600.0, help="a warm worker exits after this many idle seconds")
+    supernode.add_argument("--worker-dir", default=None, help="where the warm worker's private folder goes (default: the temp dir)")
     supernode.set_defaults(handler=_flower_supernode)
     keys = flower_commands.add_parser("keys", help="a new key pair for one SuperNode (SuperNode authentication)")
     keys.add_argument("directory", help="where to write NAME (private, mode 600) and NAME.pub")
@@ -268,12 +272,13 @@ def _flower_supernode(args: argparse.Namespace) -> int:
     from zofed.runtime.flower.deployment import flower_env, supernode_command
 
     private_key = str(Path(args.auth_private_key).resolve()) if args.auth_private_key else None
-    node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir}
+    node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir,
+                   "worker-dir": str(Path(args.worker_dir).resolve()) if args.worker_dir else None}
     # Paths that exist are made absolute (ClientApps run elsewhere); names (tiny-llama, hub ids) pass as given.
     node_config = {key: str(Path(value).resolve()) if Path(value).exists() else value
                    for key, value in node_config.items() if value is not None}
     command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates, private_key,
-                                args.insecure)
+                                args.insecure, worker_idle_s=None if args.cold else args.worker_idle_s)
     os.execve(command[0], command, flower_env())
 
 

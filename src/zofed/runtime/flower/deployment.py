@@ -8,9 +8,11 @@ machine; docs/deployment.md says how to fetch it).
 
 Flower 1.41 serves the SuperLink's Fleet, Control and ServerApp APIs over HTTP on one address
 (`--host/--port`); a SuperNode serves its ClientApps on its own `--port`. Each message starts a
-fresh ClientApp process on the SuperNode, which loads the model again (from the safetensors
-cache, plus its data; `setup_s` in each client's metrics row) and keeps a replay client's model in the
-node's `state-dir`.
+fresh ClientApp process on the SuperNode; on a warm node (the default) it hands a training
+message to the node's long-lived worker, which keeps the model and data loaded across rounds
+(worker.py); on a cold node (`--cold`) it loads the model again (from the safetensors cache, plus
+its data; `setup_s` in each client's metrics row). A replay client's model is kept in the
+node's `state-dir`, or its Context state.
 
 The app bundle `flwr run` ships holds only a pyproject naming zofed's ServerApp and ClientApp:
 zofed itself must be installed where the SuperLink and SuperNodes run (runtime dependency
@@ -47,6 +49,7 @@ from zofed.errors import ZofedError
 SUMMARY_LINE = "zofed summary: "
 
 CLIENT_APP = "zofed.runtime.flower.client_app:app"
+WORKER_IDLE_S = 600.0  # a warm node's worker exits after this long without a message (it reloads on the next)
 APP_PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -118,8 +121,13 @@ def supernode_command(
     root_certificates: str | None = None,
     auth_private_key: str | None = None,
     insecure: bool = False,
+    worker_idle_s: float | None = WORKER_IDLE_S,
 ) -> list[str]:
+    """`worker_idle_s`: train in the node's warm worker, which exits after this many idle seconds (worker.py);
+    None: a cold node, a fresh ClientApp process loads the model for every message."""
     entries = {"partition-id": partition_id, **(node_config or {})}
+    if worker_idle_s is not None:
+        entries["worker-idle-s"] = float(worker_idle_s)
     rendered = " ".join(f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in entries.items())
     command = [_script("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", rendered]
     if root_certificates:
