@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zofed.errors import ZofedError
-from zofed.runtime.flower.deployment import SUMMARY_LINE, _connection_toml, _script, flower_env, summary_from_log_line
+from zofed.runtime.flower.deployment import SUMMARY_LINE, flwr_connection, _script, flower_env, summary_from_log_line
 from zofed.runtime.flower.loopback import free_port, wait_for_port
 from zofed.runtime.flower.server_app import submitted_config
 
@@ -65,7 +65,7 @@ def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink_that_refuses_a_
     wait_for_port(port, second)
     home = tmp_path / "flwr-cli-home"
     home.mkdir()
-    (home / "config.toml").write_text(_connection_toml(deployment.superlink, None))
+    (home / "config.toml").write_text(flwr_connection(deployment.superlink, None))
     overrides = (f"model=tiny-llama clients=2 clients_per_round=2 rounds=2 data.limit=120 data.val_size=12 "
                  f"data.test_size=12 eval.accuracy_examples=0 local.local_steps=2 output_dir={tmp_path / 'runs'}")
     run_config = f'config="configs/quickstart.yaml" overrides="{overrides}"'

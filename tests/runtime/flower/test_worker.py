@@ -57,16 +57,18 @@ def nodes(tmp_path):
 
 
 class HandlerTransport:
-    """The round's exchange through zofed's ClientApp train handler, one Context per client (as its SuperNode holds)."""
+    """The round's exchange through zofed's ClientApp train handler, one Context per client (as its SuperNode
+    holds), given the run's config as the server's welcome would; records the downlinks."""
 
-    def __init__(self, contexts: dict[int, Context], config_json: str) -> None:
-        self.contexts = contexts
+    def __init__(self, contexts: dict[int, Context], config) -> None:
+        self.contexts, self.downlinks = contexts, {}
         for context in contexts.values():
-            context.state[RUN] = ConfigRecord({"config": config_json})
+            context.state[RUN] = ConfigRecord({"config": json.dumps(config.to_dict())})
 
     def exchange(self, round, downlinks, state) -> Exchanged:
         exchanged = Exchanged(measured_by_client=True)
         for client, downlink in downlinks:
+            self.downlinks[client] = downlink
             message = Message(pack(downlink), dst_node_id=100 + client, message_type=MessageType.TRAIN, group_id=str(round))
             reply = train(message, self.contexts[client])
             exchanged.replies[client] = unpack(reply.content)
@@ -87,102 +89,89 @@ def worker_process(folder) -> psutil.Process:
     return psutil.Process(int((folder / "pid").read_text()))
 
 
-def one_message(context: Context, config, round_downlink: bytes) -> dict:
+def one_message(context: Context, round_downlink: bytes) -> dict:
     message = Message(pack(round_downlink), dst_node_id=context.node_id, message_type=MessageType.TRAIN, group_id="1")
     return runtime_measurements(train(message, context).content)
 
 
-def test_warm_workers_keep_the_model_across_rounds_and_match_the_local_run_bit_for_bit(tmp_path, nodes):
+def test_a_warm_worker_keeps_the_model_across_rounds_and_matches_the_local_run_bit_for_bit(tmp_path, nodes):
+    """One node with a state-dir (a warm node keeping its model in its Context state: test_equivalence's deployment)."""
     local = tiny_config(tmp_path / "local", "fedmezo", *SMALL)
     run_experiment(local, show_progress=False)
     warm = tiny_config(tmp_path / "warm", "fedmezo", *SMALL)
-    contexts = {0: nodes(0), 1: nodes(1, **{"state-dir": str(tmp_path / "node-1")})}  # kept in Context state / a file
-    transport = HandlerTransport(contexts, json.dumps(warm.to_dict()))
-    run_experiment(warm, show_progress=False, round_fn=partial(run_round, transport=transport))
+    context = nodes(0, **{"state-dir": str(tmp_path / "node-0")})
+    run_experiment(warm, show_progress=False, round_fn=partial(run_round, transport=HandlerTransport({0: context}, warm)))
     reference, served = final_weights(local), final_weights(warm)
     assert reference.keys() == served.keys() and all(torch.equal(reference[name], served[name]) for name in reference)
     assert [row["train_loss"] for row in rows(warm)] == [row["train_loss"] for row in rows(local)]
-    per_round = [{c["client"]: c for c in row["per_client"]} for row in rows(warm)]
-    assert per_round[1][0]["bytes_down"] < per_round[0][0]["bytes_down"]  # replayed: the kept model came back
-    for client in (0, 1):
-        first, later = per_round[0][client], [row[client] for row in per_round[1:]]
-        assert first["worker_start_s"] > 0 and first["model_load_s"] > 0  # the first message starts the worker
-        assert all(c["worker_start_s"] == 0 and c["model_load_s"] == 0 for c in later)  # then it is warm
-    assert "kept" not in str(list(contexts[1].state.keys()))  # a state-dir node keeps its model on disk
-    assert list((tmp_path / "node-1").rglob("kept-1.safetensors"))
-    folder = folder_of(tmp_path, contexts[0])
+    first, *later = [row["per_client"][0] for row in rows(warm)]
+    assert later[0]["bytes_down"] < first["bytes_down"]  # replayed onto the model kept in its state-dir
+    assert list((tmp_path / "node-0").rglob("kept-0.safetensors"))
+    assert first["worker_start_s"] > 0 and first["model_load_s"] > 0  # the first message starts the worker
+    assert all(c["worker_start_s"] == 0 and c["model_load_s"] == 0 for c in later)  # then it is warm
+    folder = folder_of(tmp_path, context)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE((folder / "authkey").stat().st_mode) == 0o600
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
 
 
-def test_a_changed_config_run_or_model_file_reloads_and_a_killed_worker_is_restarted(tmp_path, nodes):
-    context = nodes(0)
-    downlinks = {}
-
-    class Recording(HandlerTransport):
-        def exchange(self, round, downlinks_, state):
-            downlinks.update(downlinks_)
-            return super().exchange(round, downlinks_, state)
-
-    one_round = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "clients=1")
-    run_experiment(one_round, show_progress=False,
-                   round_fn=partial(run_round, transport=Recording({0: context}, json.dumps(one_round.to_dict()))))
-    downlink, folder = downlinks[0], folder_of(tmp_path, context)
-    first_worker = worker_process(folder)
-    assert one_message(context, one_round, downlink)["model_load_s"] == 0  # the same run and config: warm
-
-    changed = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "clients=1", "fedmezo.lr=0.004")
-    context.state[RUN] = ConfigRecord({"config": json.dumps(changed.to_dict())})
-    assert one_message(context, changed, downlink)["model_load_s"] > 0  # a new config: never the stale experiment
-    assert one_message(context, changed, downlink)["model_load_s"] == 0
-    next_run = nodes(0, run_id=8)
-    next_run.state[RUN] = ConfigRecord({"config": json.dumps(changed.to_dict())})
-    assert one_message(next_run, changed, downlink)["model_load_s"] > 0  # a new run id: a fresh entry
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i} + 1\n#### {i + 1}"}) + "\n"
-                            for i in range(60)))
-    with_file = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "clients=1", "task=gsm8k", f"data.path={data}",
-                            "data.limit=60", "data.val_size=4", "data.test_size=4")
-    next_run.state[RUN] = ConfigRecord({"config": json.dumps(with_file.to_dict())})
-    assert one_message(next_run, with_file, downlink)["model_load_s"] > 0
-    assert one_message(next_run, with_file, downlink)["model_load_s"] == 0
-    os.utime(data, ns=(time.time_ns(), time.time_ns() + 10**9))  # the same path, rewritten
-    assert one_message(next_run, with_file, downlink)["model_load_s"] > 0
-    assert worker_process(folder).pid == first_worker.pid  # one worker served all of it
-
-    first_worker.send_signal(signal.SIGKILL)
-    first_worker.wait(10)
-    measured = one_message(next_run, with_file, downlink)  # the next message starts a fresh worker
-    assert measured["worker_start_s"] > 0 and measured["model_load_s"] > 0
-    assert worker_process(folder).pid != first_worker.pid
-
-
-def test_a_worker_answers_errors_and_exits_when_idle_or_when_its_supernode_is_gone(tmp_path, nodes, monkeypatch):
-    config = tiny_config(tmp_path, "fedmezo", *SMALL)
+def test_a_changed_config_run_or_data_file_reloads_and_a_gone_worker_is_restarted(tmp_path, nodes, monkeypatch):
     stand_in = subprocess.Popen(["sleep", "600"])  # plays the SuperNode the worker watches
     monkeypatch.setattr(worker, "supernode_pid", lambda: stand_in.pid)
     try:
+        config = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "clients=1")
         context = nodes(0)
-        context.state[RUN] = ConfigRecord({"config": json.dumps(config.to_dict())})
-        with pytest.raises(ZofedError, match="warm worker: .*decode|warm worker: .*message"):
-            one_message(context, config, b"not a zofed message")  # answered as an error; the worker lives on
-        folder = folder_of(tmp_path, context)
-        alive = worker_process(folder)
-        assert alive.is_running()
+        recording = HandlerTransport({0: context}, config)
+        run_experiment(config, show_progress=False, round_fn=partial(run_round, transport=recording))
+        downlink, folder = recording.downlinks[0], folder_of(tmp_path, context)
+        first_worker = worker_process(folder)
+        assert one_message(context, downlink)["model_load_s"] == 0  # the same run and config: warm
+
+        changed = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "clients=1", "fedmezo.lr=0.004")
+        context.state[RUN] = ConfigRecord({"config": json.dumps(changed.to_dict())})
+        assert one_message(context, downlink)["model_load_s"] > 0  # a new config: never the stale experiment
+        assert one_message(context, downlink)["model_load_s"] == 0
+        next_run = nodes(0, run_id=8)
+        next_run.state[RUN] = ConfigRecord({"config": json.dumps(changed.to_dict())})
+        assert one_message(next_run, downlink)["model_load_s"] > 0  # a new run id: a fresh entry
+        data = tmp_path / "data.jsonl"
+        data.write_text("".join(json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i} + 1\n#### {i + 1}"}) + "\n"
+                                for i in range(60)))
+        with_file = tiny_config(tmp_path, "fedmezo", *SMALL, "rounds=1", "clients=1", "task=gsm8k", f"data.path={data}",
+                                "data.limit=60", "data.val_size=4", "data.test_size=4")
+        next_run.state[RUN] = ConfigRecord({"config": json.dumps(with_file.to_dict())})
+        assert one_message(next_run, downlink)["model_load_s"] > 0
+        assert one_message(next_run, downlink)["model_load_s"] == 0
+        os.utime(data, ns=(time.time_ns(), time.time_ns() + 10**9))  # the same path, rewritten
+        assert one_message(next_run, downlink)["model_load_s"] > 0
+        assert worker_process(folder).pid == first_worker.pid  # one worker served all of it
+
+        first_worker.send_signal(signal.SIGKILL)  # its socket and pid file stay behind
+        first_worker.wait(10)
+        measured = one_message(next_run, downlink)  # the next message starts a fresh worker
+        assert measured["worker_start_s"] > 0 and measured["model_load_s"] > 0
+        second_worker = worker_process(folder)
+        assert second_worker.pid != first_worker.pid
+        with pytest.raises(ZofedError, match="warm worker: "):
+            one_message(next_run, b"not a zofed message")  # answered as an error; the worker lives on
+        assert second_worker.is_running()
         stand_in.terminate()
         stand_in.wait()
-        alive.wait(10)  # its SuperNode is gone: it exits, its socket removed
+        second_worker.wait(10)  # its SuperNode is gone: it exits, its socket removed
         assert not (folder / "worker.sock").exists()
-
-        idle = nodes(1, **{"worker-idle-s": 1.0})
-        idle.state[RUN] = ConfigRecord({"config": json.dumps(config.to_dict())})
-        stand_in = subprocess.Popen(["sleep", "600"])
-        with pytest.raises(ZofedError):
-            one_message(idle, config, b"not a zofed message")
-        worker_process(folder_of(tmp_path, idle)).wait(15)  # idle for a second: gone
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+def test_a_worker_exits_when_idle(tmp_path, nodes):
+    config = tiny_config(tmp_path, "fedmezo", *SMALL)
+    idle = nodes(0, **{"worker-idle-s": 1.0})
+    idle.state[RUN] = ConfigRecord({"config": json.dumps(config.to_dict())})
+    with pytest.raises(ZofedError):
+        one_message(idle, b"not a zofed message")
+    folder = folder_of(tmp_path, idle)
+    worker_process(folder).wait(15)  # idle for a second: gone
+    assert not (folder / "worker.sock").exists()
 
 
 def test_a_worker_folder_that_is_not_private_is_refused(tmp_path):

@@ -190,7 +190,7 @@ def register_supernode(public_key: str, superlink: str, root_certificates: str |
     if not root_certificates:
         refuse_plaintext(superlink, False, "give --root-certificates (the SuperLink's CA certificate)")
     with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as home:
-        Path(home, "config.toml").write_text(_connection_toml(superlink, root_certificates))
+        Path(home, "config.toml").write_text(flwr_connection(superlink, root_certificates))
         env = {**flower_env(), "FLWR_HOME": home}
         command = [_script("flwr"), "supernode", "register", str(Path(public_key).resolve()), "zofed", "--format", "json"]
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -211,7 +211,7 @@ def run_flower(
     del show_progress  # the ServerApp runs in the SuperLink's process tree; its log is streamed instead
     if not config.flower.root_certificates:
         refuse_plaintext(config.superlink, config.flower.insecure, "set flower.root_certificates (its CA certificate)")
-    connection = _connection_toml(config.superlink, config.flower.root_certificates)
+    connection = flwr_connection(config.superlink, config.flower.root_certificates)
     returncode, summary = submit_run(config, connection, {}, resume=resume, overwrite=overwrite)
     if returncode != 0:
         raise ZofedError(f"`flwr run` failed (exit {returncode}); is a SuperLink listening at {config.superlink}?")
@@ -297,7 +297,7 @@ def is_loopback(address: str) -> bool:
         return False  # a name: it may resolve anywhere
 
 
-def _connection_toml(superlink: str, root_certificates: str | None) -> str:
+def flwr_connection(superlink: str, root_certificates: str | None) -> str:
     """`flwr`'s connection file: the SuperLink's address, and its CA certificate or insecure."""
     lines = ["[superlink]", 'default = "zofed"', "", "[superlink.zofed]", f"address = {json.dumps(superlink)}"]
     if root_certificates:
