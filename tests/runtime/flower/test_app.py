@@ -27,8 +27,9 @@ def test_pyproject_is_a_flower_app_naming_zofeds_components():
 
 def test_the_clientapp_a_node_greets_with_loads_neither_torch_nor_transformers():
     """A deployment starts a ClientApp process per message; its hello and welcome must not pay for
-    torch and the model code (seconds each), which only a training message needs."""
-    code = ("import sys; import zofed.runtime.flower.client_app; "
+    torch and the model code (seconds each), which only a cold training message needs (a warm node's
+    ClientApp hands it to the worker, whose side of worker.py imports them in the worker only)."""
+    code = ("import sys; import zofed.runtime.flower.client_app, zofed.runtime.flower.worker; "
             "print([name for name in ('torch', 'transformers', 'zofed.config') if name in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

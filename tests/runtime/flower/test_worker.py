@@ -114,7 +114,7 @@ def test_a_warm_worker_keeps_the_model_across_rounds_and_matches_the_local_run_b
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
 
 
-def test_a_changed_config_run_or_data_file_reloads_and_a_gone_worker_is_restarted(tmp_path, nodes, monkeypatch):
+def test_a_changed_config_run_or_data_file_reloads_and_a_hung_or_gone_worker_is_replaced(tmp_path, nodes, monkeypatch):
     stand_in = subprocess.Popen(["sleep", "600"])  # plays the SuperNode the worker watches
     monkeypatch.setattr(worker, "supernode_pid", lambda: stand_in.pid)
     try:
@@ -145,8 +145,12 @@ def test_a_changed_config_run_or_data_file_reloads_and_a_gone_worker_is_restarte
         assert one_message(next_run, downlink)["model_load_s"] > 0
         assert worker_process(folder).pid == first_worker.pid  # one worker served all of it
 
-        first_worker.send_signal(signal.SIGKILL)  # its socket and pid file stay behind
-        first_worker.wait(10)
+        first_worker.send_signal(signal.SIGSTOP)  # hung: it will never answer
+        next_run.state[RUN] = ConfigRecord({"config": json.dumps(with_file.to_dict()), "timeout_s": 2.0})  # flower.timeout_s
+        with pytest.raises(ZofedError, match="did not answer within 2 s"):
+            one_message(next_run, downlink)
+        first_worker.wait(10)  # SIGKILLed by the ClientApp that gave up on it: its socket and pid file stay behind
+        next_run.state[RUN] = ConfigRecord({"config": json.dumps(with_file.to_dict())})
         measured = one_message(next_run, downlink)  # the next message starts a fresh worker
         assert measured["worker_start_s"] > 0 and measured["model_load_s"] > 0
         second_worker = worker_process(folder)

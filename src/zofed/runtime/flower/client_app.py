@@ -52,7 +52,9 @@ def hello(message: Message, context: Context) -> Message:
     """Tell the server which client this node is; once it has bound the node to that client, it
     sends the run's config (what a client needs of it), kept in the node's state."""
     if RUN in message.content.config_records:
-        context.state[RUN] = ConfigRecord({"config": str(message.content.config_records[RUN]["config"])})
+        welcome = message.content.config_records[RUN]
+        context.state[RUN] = ConfigRecord({"config": str(welcome["config"]),
+                                           **({"timeout_s": float(welcome["timeout_s"])} if "timeout_s" in welcome else {})})
     _PROCESS_COSTS.clear()  # paid before the run's rounds, not by the first round's message
     return Message(RecordDict({NODE: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=message)
 

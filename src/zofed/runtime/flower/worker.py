@@ -23,8 +23,8 @@ server screens the reply as from any client.
   or exited idle) starts one; one that dies or errs mid-message fails that message (the server
   drops the client for the round) and the next message starts a fresh one. The ClientApp waits at
   most `flower.timeout_s` for an answer (the server has dropped the client by then), then kills the
-  worker. The worker exits after `worker-idle-s` without a message, or within a second of its
-  SuperNode's exit.
+  worker (without a timeout, the message's TTL: Flower discards a later reply). The worker exits
+  after `worker-idle-s` without a message, or within a second of its SuperNode's exit.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from zofed.errors import ZofedError
 from zofed.runtime.flower.records import RUN, ContextKept, pack, partition_id, unpack
 
 START_TIMEOUT_S = 300.0  # a worker's start: Python, torch and transformers imports on a busy machine
-ANSWER_TIMEOUT_S = 24 * 3600.0  # without flower.timeout_s: the server waits for every reply, so does this
 NODE_CHECK_S = 1.0  # how often an idle worker looks for its SuperNode and the idle time
 NODE_KEYS = ("model", "data-path", "state-dir")  # node config the worker's round needs
 
@@ -80,7 +79,10 @@ def train(message: Message, context: Context, process_costs: MutableMapping[str,
     if kept is not None and kept.data is not None:
         blobs.append(kept.data)
     header["kept_in_message"] = kept is not None
-    timeout_s = (json.loads(run_config_json).get("flower") or {}).get("timeout_s") or ANSWER_TIMEOUT_S
+    # The server's flower.timeout_s (it has dropped the client by then), else the message's TTL (Flower drops the
+    # reply after it): a hung worker never holds the node for longer.
+    welcome = context.state.config_records[RUN]
+    timeout_s = float(welcome["timeout_s"]) if "timeout_s" in welcome else float(message.metadata.ttl)
     folder = node_folder(context)
     with _locked(folder):
         connection, worker_start_s = connect_or_start(folder, float(context.node_config["worker-idle-s"]))
@@ -195,7 +197,7 @@ def exchange(connection: Connection, folder: Path, header: dict, blobs: list[byt
                 connection.send_bytes(blob)
             if not connection.poll(timeout_s):
                 stop_worker(folder)
-                raise ZofedError(f"the node's warm worker did not answer within {timeout_s:g} s (flower.timeout_s); "
+                raise ZofedError(f"the node's warm worker did not answer within {timeout_s:g} s (flower.timeout_s, or the message's TTL); "
                                  "stopped it, the next message starts a fresh one")
             answer = json.loads(connection.recv_bytes())
             returned = [connection.recv_bytes() for _ in range(answer.get("blobs", 0))]
