@@ -11,7 +11,7 @@ server screens the reply as from any client.
 - Where: a node-private directory (mode 0700, owned by this user, checked; a symlink or another
   owner's directory is refused) under node config `worker-dir` or the system temp directory, one
   per SuperNode (its node id and process id): `worker.sock` (Unix socket), `authkey` (0600; both
-  ends prove they hold it, multiprocessing's HMAC challenge), `pid`, `lock`, `worker.log`.
+  ends prove they hold it, an HMAC challenge each way), `pid`, `lock`, `worker.log`.
 - What crosses: one JSON header and the raw bytes it names (the downlink; the kept model when the
   node keeps it in its Context state), never pickles. The reply: the uplink bytes, the client's
   measurements, and the kept model when the round changed it.
@@ -20,17 +20,19 @@ server screens the reply as from any client.
   a changed model, config or run never reuses a stale entry. Bit-identical to the cold path
   (tested), as a simulation's Ray worker reuses its experiment across rounds.
 - Failures: one message at a time (`lock`). A ClientApp that finds no worker (none yet, crashed,
-  or exited idle) starts one; one that dies or errs mid-message fails that message (the server
-  drops the client for the round) and the next message starts a fresh one. The ClientApp waits at
-  most `flower.timeout_s` for an answer (the server has dropped the client by then), then kills the
-  worker (without a timeout, the message's TTL: Flower discards a later reply). The worker exits
-  after `worker-idle-s` without a message, or within a second of its SuperNode's exit.
+  exited idle, or one that does not answer its handshake: hung) starts one; one that dies or errs
+  mid-message fails that message (the server drops the client for the round) and the next message
+  starts a fresh one. The ClientApp waits at most `flower.timeout_s` for an answer (the server has
+  dropped the client by then), then kills the worker (without a timeout, the message's TTL: Flower
+  discards a later reply). The worker exits after `worker-idle-s` without a message, or within a
+  second of its SuperNode's exit.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, MutableMapping
-from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import psutil
@@ -52,6 +54,7 @@ from flwr.app import Context, Message
 from zofed.errors import ZofedError
 from zofed.runtime.flower.records import RUN, ContextKept, pack, partition_id, unpack
 
+HANDSHAKE_TIMEOUT_S = 30.0  # a worker waits for messages in accept(): it answers at once unless hung
 START_TIMEOUT_S = 300.0  # a worker's start: Python, torch and transformers imports on a busy machine
 NODE_CHECK_S = 1.0  # how often an idle worker looks for its SuperNode and the idle time
 NODE_KEYS = ("model", "data-path", "state-dir")  # node config the worker's round needs
@@ -179,12 +182,35 @@ def connect_or_start(folder: Path, idle_s: float) -> tuple[Connection, float]:
 
 
 def _connect(folder: Path) -> Connection | None:
-    """The running worker's connection, or None where none listens (none yet, crashed, exiting idle)."""
+    """The running worker's connection, or None where none answers (none yet, crashed, exiting idle, hung)."""
     try:
         key = (folder / "authkey").read_bytes()
-        return Client(str(folder / "worker.sock"), family="AF_UNIX", authkey=key)
-    except (FileNotFoundError, ConnectionError, EOFError, OSError):
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.connect(str(folder / "worker.sock"))
+    except OSError:
         return None
+    connection = Connection(peer.detach())
+    try:
+        if prove(connection, key, b"clientapp", b"worker"):
+            return connection
+    except (EOFError, OSError):
+        pass
+    connection.close()
+    return None
+
+
+def prove(connection: Connection, key: bytes, me: bytes, peer: bytes) -> bool:
+    """Both ends show they hold the node's authkey: each answers the other's random challenge with an HMAC
+    naming its side (so an answer cannot be reflected back), within HANDSHAKE_TIMEOUT_S (a hung worker fails)."""
+    challenge = secrets.token_bytes(32)
+    connection.send_bytes(challenge)
+    if not connection.poll(HANDSHAKE_TIMEOUT_S):
+        return False
+    asked = connection.recv_bytes(64)
+    connection.send_bytes(hmac.digest(key, me + asked, "sha256"))
+    if not connection.poll(HANDSHAKE_TIMEOUT_S):
+        return False
+    return hmac.compare_digest(connection.recv_bytes(64), hmac.digest(key, peer + challenge, "sha256"))
 
 
 def exchange(connection: Connection, folder: Path, header: dict, blobs: list[bytes],
@@ -267,8 +293,8 @@ def serve(folder: Path, supernode: int, idle_s: float) -> None:
             accepted.settimeout(None)
             with Connection(accepted.detach()) as connection:
                 try:
-                    deliver_challenge(connection, key)
-                    answer_challenge(connection, key)
+                    if not prove(connection, key, b"worker", b"clientapp"):
+                        continue  # a peer without the key: nothing to answer
                     request = json.loads(connection.recv_bytes())
                     blobs = [connection.recv_bytes() for _ in range(request["blobs"])]
                 except (EOFError, OSError, ValueError, KeyError):
