@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,8 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
                                "--ssl-keyfile", str(certificates["server.key"]), "--ssl-ca-certfile", ca)
     # Node 0 warm (its worker keeps the model loaded; kept model in the node's Context state), node 1 cold (a fresh
     # process loads the model for every message; kept model in a file): both give the local run's weights.
-    deployment.start_supernode(0, "--root-certificates", ca, "--worker-dir", str(tmp_path / "workers"))
+    workers = Path(tempfile.mkdtemp(prefix="zw-"))  # short: a Unix socket's path is at most 107 bytes
+    deployment.start_supernode(0, "--root-certificates", ca, "--worker-dir", str(workers / "w"))
     deployment.start_supernode(1, "--root-certificates", ca, "--state-dir", str(tmp_path / "node-1"), "--cold")
     deployed = tiny_config(tmp_path / "deployed", "fedmezo", *SMALL, *case, f"flower.root_certificates={ca}")
     config_file = tmp_path / "run.yaml"
@@ -131,8 +133,9 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
             loads[client["client"]].append(client["model_load_s"])
     assert loads[1][0] > 0 and loads[1][1] > 0  # cold: a fresh ClientApp process loads the model per message
     assert loads[0][0] > 0 and loads[0][1] == 0  # warm: loaded once, by the node's worker
-    [worker_folder] = (tmp_path / "workers").glob("node-*")
+    [worker_folder] = (workers / "w").glob("node-*")
     assert (worker_folder / "worker.sock").exists()
+    shutil.rmtree(workers, ignore_errors=True)  # the worker itself stops with its SuperNode (the fixture)
 
     # The same nodes serve a FedZO run: its `delta` upload (the paper's) crosses a real deployment bit-identically.
     local_fedzo = tiny_config(tmp_path / "local-fedzo", "fedzo", *SMALL)

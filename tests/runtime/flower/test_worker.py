@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import psutil
 import pytest
@@ -42,18 +45,24 @@ def task_identity(monkeypatch):
 
 
 @pytest.fixture
-def nodes(tmp_path):
-    """Each client's node config and Context, warm with a worker folder under tmp_path; every worker stopped after."""
-    made: dict[int, Context] = {}
+def workers():
+    """A short folder for the workers' sockets (a Unix socket's path is at most 107 bytes; tmp_path's can be longer)."""
+    folder = Path(tempfile.mkdtemp(prefix="zw-")) / "w"
+    yield folder
+    for node in folder.glob("node-*"):
+        worker.stop_worker(node)
+    shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def nodes(workers):
+    """Each client's node config and Context, warm with a worker folder in `workers`."""
 
     def node(client: int, run_id: int = 7, **extra) -> Context:
-        config = {"partition-id": client, "worker-idle-s": 60.0, "worker-dir": str(tmp_path / "workers"), **extra}
-        made[client] = Context(run_id=run_id, node_id=100 + client, node_config=config, state=RecordDict(), run_config={})
-        return made[client]
+        config = {"partition-id": client, "worker-idle-s": 60.0, "worker-dir": str(workers), **extra}
+        return Context(run_id=run_id, node_id=100 + client, node_config=config, state=RecordDict(), run_config={})
 
-    yield node
-    for folder in (tmp_path / "workers").glob("node-*"):
-        worker.stop_worker(folder)
+    return node
 
 
 class HandlerTransport:
@@ -80,8 +89,8 @@ def rows(config) -> list[dict]:
     return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def folder_of(tmp_path, context: Context):
-    [folder] = (tmp_path / "workers").glob(f"node-{context.node_id}-*")
+def folder_of(workers, context: Context):
+    [folder] = workers.glob(f"node-{context.node_id}-*")
     return folder
 
 
@@ -94,7 +103,7 @@ def one_message(context: Context, round_downlink: bytes) -> dict:
     return runtime_measurements(train(message, context).content)
 
 
-def test_a_warm_worker_keeps_the_model_across_rounds_and_matches_the_local_run_bit_for_bit(tmp_path, nodes):
+def test_a_warm_worker_keeps_the_model_across_rounds_and_matches_the_local_run_bit_for_bit(tmp_path, nodes, workers):
     """One node with a state-dir (a warm node keeping its model in its Context state: test_equivalence's deployment)."""
     local = tiny_config(tmp_path / "local", "fedmezo", *SMALL)
     run_experiment(local, show_progress=False)
@@ -109,12 +118,12 @@ def test_a_warm_worker_keeps_the_model_across_rounds_and_matches_the_local_run_b
     assert list((tmp_path / "node-0").rglob("kept-0.safetensors"))
     assert first["worker_start_s"] > 0 and first["model_load_s"] > 0  # the first message starts the worker
     assert all(c["worker_start_s"] == 0 and c["model_load_s"] == 0 for c in later)  # then it is warm
-    folder = folder_of(tmp_path, context)
+    folder = folder_of(workers, context)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE((folder / "authkey").stat().st_mode) == 0o600
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
 
 
-def test_a_changed_config_run_or_data_file_reloads_and_a_hung_or_gone_worker_is_replaced(tmp_path, nodes, monkeypatch):
+def test_a_changed_config_run_or_data_file_reloads_and_a_hung_or_gone_worker_is_replaced(tmp_path, nodes, workers, monkeypatch):
     stand_in = subprocess.Popen(["sleep", "600"])  # plays the SuperNode the worker watches
     monkeypatch.setattr(worker, "supernode_pid", lambda: stand_in.pid)
     try:
@@ -122,7 +131,7 @@ def test_a_changed_config_run_or_data_file_reloads_and_a_hung_or_gone_worker_is_
         context = nodes(0)
         recording = HandlerTransport({0: context}, config)
         run_experiment(config, show_progress=False, round_fn=partial(run_round, transport=recording))
-        downlink, folder = recording.downlinks[0], folder_of(tmp_path, context)
+        downlink, folder = recording.downlinks[0], folder_of(workers, context)
         first_worker = worker_process(folder)
         assert one_message(context, downlink)["model_load_s"] == 0  # the same run and config: warm
 
@@ -164,13 +173,13 @@ def test_a_changed_config_run_or_data_file_reloads_and_a_hung_or_gone_worker_is_
         stand_in.wait()
 
 
-def test_a_worker_exits_when_idle(tmp_path, nodes):
+def test_a_worker_exits_when_idle(tmp_path, nodes, workers):
     config = tiny_config(tmp_path, "fedmezo", *SMALL)
     idle = nodes(0, **{"worker-idle-s": 1.0})
     idle.state[RUN] = ConfigRecord({"config": json.dumps(config.to_dict())})
     with pytest.raises(ZofedError):
         one_message(idle, b"not a zofed message")
-    folder = folder_of(tmp_path, idle)
+    folder = folder_of(workers, idle)
     worker_process(folder).wait(15)  # idle for a second: gone
     assert not (folder / "worker.sock").exists()
 
@@ -187,3 +196,7 @@ def test_a_worker_folder_that_is_not_private_is_refused(tmp_path):
         worker.private_folder(tmp_path / "link")
     assert worker.private_folder(tmp_path / "mine") == tmp_path / "mine"
     assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
+    too_deep = Context(run_id=7, node_id=1, node_config={"worker-dir": str(tmp_path / ("x" * 100))}, state=RecordDict(),
+                       run_config={})
+    with pytest.raises(ZofedError, match="shorter --worker-dir"):
+        worker.node_folder(too_deep)

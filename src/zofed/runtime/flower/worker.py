@@ -57,11 +57,8 @@ from zofed.runtime.flower.records import RUN, ContextKept, pack, partition_id, u
 HANDSHAKE_TIMEOUT_S = 30.0  # a worker waits for messages in accept(): it answers at once unless hung
 START_TIMEOUT_S = 300.0  # a worker's start: Python, torch and transformers imports on a busy machine
 NODE_CHECK_S = 1.0  # how often an idle worker looks for its SuperNode and the idle time
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (Linux: 108 with the final NUL; macOS: 104, checked by bind)
 NODE_KEYS = ("model", "data-path", "state-dir")  # node config the worker's round needs
-
-
-def enabled(context: Context) -> bool:
-    return "worker-idle-s" in context.node_config
 
 
 # ---------------------------------------------------------------- the ClientApp's side (no torch)
@@ -104,8 +101,13 @@ def node_folder(context: Context) -> Path:
     """This SuperNode's private folder (see the module docstring), created and checked."""
     base = context.node_config.get("worker-dir")
     base = Path(str(base)) if base else Path(tempfile.gettempdir()) / f"zofed-workers-{os.getuid()}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     private_folder(base)
-    return private_folder(base / f"node-{context.node_id}-{supernode_pid()}")
+    folder = base / f"node-{context.node_id}-{supernode_pid()}"
+    if len(str(folder / "worker.sock").encode()) > SOCKET_PATH_MAX:
+        raise ZofedError(f"the warm worker's socket path under '{base}' is longer than a Unix socket allows "
+                         f"({SOCKET_PATH_MAX} bytes); give the SuperNode a shorter --worker-dir")
+    return private_folder(folder)
 
 
 def private_folder(path: Path) -> Path:
