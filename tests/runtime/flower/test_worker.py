@@ -105,9 +105,9 @@ def one_message(context: Context, round_downlink: bytes) -> dict:
 
 def test_a_warm_worker_keeps_the_model_across_rounds_and_matches_the_local_run_bit_for_bit(tmp_path, nodes, workers):
     """One node with a state-dir (a warm node keeping its model in its Context state: test_equivalence's deployment)."""
-    local = tiny_config(tmp_path / "local", "fedmezo", *SMALL)
+    local = tiny_config(tmp_path / "local", "fedmezo", *SMALL, "clients=1")
     run_experiment(local, show_progress=False)
-    warm = tiny_config(tmp_path / "warm", "fedmezo", *SMALL)
+    warm = tiny_config(tmp_path / "warm", "fedmezo", *SMALL, "clients=1")
     context = nodes(0, **{"state-dir": str(tmp_path / "node-0")})
     run_experiment(warm, show_progress=False, round_fn=partial(run_round, transport=HandlerTransport({0: context}, warm)))
     reference, served = final_weights(local), final_weights(warm)
