@@ -68,8 +68,9 @@ class LoopbackFederation:
 
     def zofed(self, *args: str, log: str) -> subprocess.Popen:
         with open(self.root / log, "wb") as output:
+            # A session of its own: a terminal's Ctrl-C reaches only our process, which stops them all in order.
             process = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", *args], env=self.env,
-                                       stdout=output, stderr=subprocess.STDOUT)
+                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -124,14 +125,28 @@ class LoopbackFederation:
 
 
 def family_of(process: subprocess.Popen) -> list[psutil.Process]:
-    """The process and every process under it, found while it lives (Flower detaches its SuperExec children)."""
+    """The process and every process under it, found while it lives (Flower detaches its SuperExec children),
+    and a SuperNode's warm worker (worker.py: in a session of its own, it outlives the ClientApp that started it)."""
     if process.poll() is not None:
         return []  # exited and reaped: its pid may be another process's now
     try:
         parent = psutil.Process(process.pid)
-        return [parent, *parent.children(recursive=True)]
+        family = [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+    return family + workers_of({member.pid for member in family})
+
+
+def workers_of(pids: set[int]) -> list[psutil.Process]:
+    """The warm workers serving the SuperNodes among `pids` (each names its SuperNode on its command line)."""
+    found = []
+    for candidate in psutil.process_iter(["cmdline"]):
+        command = candidate.info["cmdline"] or []
+        if "zofed.runtime.flower.worker" in command and "--supernode-pid" in command:
+            watched = command[command.index("--supernode-pid") + 1]
+            if watched.isdigit() and int(watched) in pids:
+                found.append(candidate)
+    return found
 
 
 def self_signed_certificates(directory: Path) -> dict[str, Path]:

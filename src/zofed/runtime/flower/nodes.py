@@ -56,6 +56,7 @@ class Nodes:
         self.clients = config.clients
         self.config_json = json.dumps(client_config(config))
         self.timeout_s = config.flower.connect_timeout_s
+        self.answer_timeout_s = config.flower.timeout_s
         self.exchange = exchange
         self.warn = warn or (lambda line: print(f"zofed: warning: {line}", file=sys.stderr, flush=True))
         self.node_of: dict[int, int] = {}  # client -> node id
@@ -96,8 +97,10 @@ class Nodes:
 
     def _send_config(self, nodes: list[int]) -> None:
         """The run's config, to identified nodes only; a node that fails to take it is unbound."""
+        # flower.timeout_s too (the rest of `flower` is the server's): a warm node's ClientApp waits no longer for its worker.
+        answer_within = {"timeout_s": float(self.answer_timeout_s)} if self.answer_timeout_s else {}
         welcomes = [
-            Message(RecordDict({RUN: ConfigRecord({"config": self.config_json})}), dst_node_id=node,
+            Message(RecordDict({RUN: ConfigRecord({"config": self.config_json, **answer_within})}), dst_node_id=node,
                     message_type=MessageType.QUERY)
             for node in nodes
         ]
