@@ -3,44 +3,42 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from zofed.cli import main
-from zofed.runtime.flower.loopback import SRC, free_port
+from zofed.runtime.flower.loopback import SRC, family_of, free_port, stop_processes
+from zofed.runtime.flower.pipes import PipeLines, kill_group
 
 from .conftest import running
 
 pytest.importorskip("flwr")
 
 
-def read_until(process: subprocess.Popen, marker: str, timeout_s: float) -> str:
-    """The process's stdout up to the line holding `marker` (a failure with what it wrote, if it never comes)."""
-    text, deadline = "", time.monotonic() + timeout_s
-    while marker not in text:
-        left = deadline - time.monotonic()
-        assert left > 0 and process.poll() is None, f"no {marker!r}; stdout: {text}; stderr: {process.stderr.read()[-2000:]}"
-        if select.select([process.stdout], [], [], min(left, 1.0))[0]:
-            text += process.stdout.readline()
-    return text
+READY_TIMEOUT_S = 600  # a SuperLink, two SuperNodes and two `flwr supernode register` on a loaded 2-core machine
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for self-signed certificates")
 def test_up_starts_a_superlink_and_authenticated_supernodes_and_sigterm_stops_every_process(tmp_path):
     folder, port = tmp_path / "federation", free_port()
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
+    # Its own process group, so a failure below can kill it whatever it is doing; its output is read by threads, so
+    # nothing here blocks on a pipe that a SuperLink or SuperNode it started may hold open.
     up = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", "up", "--nodes", "2", "--dir", str(folder), "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+                          cwd=tmp_path, start_new_session=True)
+    stdout, stderr = PipeLines(up.stdout), PipeLines(up.stderr)
+    started: list[psutil.Process] = []
     try:
-        printed = read_until(up, "zofed flower up: ready", timeout_s=180)
-        started = psutil.Process(up.pid).children(recursive=True)
+        ready = stdout.wait_for("zofed flower up: ready", READY_TIMEOUT_S, process=up)
+        assert ready, f"not ready (exit {up.poll()}); stdout: {stdout.text()[-2000:]}; stderr: {stderr.text()[-2000:]}"
+        printed = stdout.text()
+        started = family_of(up)[1:]
         commands = [" ".join(process.cmdline()) for process in started if running(process)]
         [superlink] = [command for command in commands if "flower-superlink" in command]
         supernodes = [command for command in commands if "flower-supernode" in command]
@@ -54,13 +52,18 @@ def test_up_starts_a_superlink_and_authenticated_supernodes_and_sigterm_stops_ev
         assert all("SuperNode ID:" in (folder / f"supernode-{k}.log").read_text() for k in (0, 1))  # accepted: key registered
 
         up.send_signal(signal.SIGTERM)
-        assert up.wait(timeout=60) == 0
-        psutil.wait_procs(started, timeout=10)
+        assert up.wait(timeout=120) == 0, stderr.text()[-2000:]
+        psutil.wait_procs(started, timeout=30)
         assert not [process for process in started if running(process)], "a process of `zofed flower up` outlived it"
     finally:
+        leftovers = started or family_of(up)[1:]  # found before `up` goes: its children are in sessions of their own
         if up.poll() is None:
-            up.kill()
-            up.wait()
+            up.send_signal(signal.SIGTERM)  # its own clean stop first, then force
+            try:
+                up.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                kill_group(up)
+        stop_processes([process for process in leftovers if running(process)], timeout_s=5)
 
 
 def test_up_refuses_a_folder_in_use_and_no_nodes(tmp_path, capsys):

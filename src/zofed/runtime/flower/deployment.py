@@ -43,10 +43,13 @@ from pathlib import Path
 
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
+from zofed.runtime.flower.pipes import PipeLines
 
 # The summary's line in the ServerApp's log: `flwr run --stream` carries it to a submitting
 # machine that does not share a filesystem with the SuperLink.
 SUMMARY_LINE = "zofed summary: "
+PIPE_DRAIN_S = 10.0  # after `flwr run` exits, the longest we wait for the rest of its log
+FLWR_CLI_TIMEOUT_S = 120.0  # a `flwr` command that only talks to the SuperLink (register): start-up on a busy machine
 
 CLIENT_APP = "zofed.runtime.flower.client_app:app"
 WORKER_IDLE_S = 600.0  # a warm node's worker exits after this long without a message (it reloads on the next)
@@ -193,7 +196,11 @@ def register_supernode(public_key: str, superlink: str, root_certificates: str |
         Path(home, "config.toml").write_text(flwr_connection(superlink, root_certificates))
         env = {**flower_env(), "FLWR_HOME": home}
         command = [_script("flwr"), "supernode", "register", str(Path(public_key).resolve()), "zofed", "--format", "json"]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=FLWR_CLI_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ZofedError(f"`flwr supernode register` got no answer from the SuperLink at {superlink} within "
+                             f"{FLWR_CLI_TIMEOUT_S:.0f} s; is it running there?") from None
     try:
         answer = json.loads(result.stdout[result.stdout.index("{"):])
     except ValueError:
@@ -248,13 +255,25 @@ def submit_run(
 def _stream_for_summary(command: list[str], env: dict[str, str]) -> tuple[int, dict | None]:
     """Run `flwr run --stream`, echo its log to stderr (stdout is for the summary), and take the
     summary from the ServerApp's log line: the run directory is on the SuperLink's machine, which
-    need not share a filesystem with this one."""
+    need not share a filesystem with this one.
+
+    The log is read by a thread (pipes.py) and this one waits for `flwr run` itself: a process it
+    started that keeps the pipe open (a SuperLink it auto-started) cannot hold us past its exit."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = PipeLines(process.stdout, echo=sys.stderr.write)
+        returncode = process.wait()
+        log.wait_closed(PIPE_DRAIN_S)
+    except BaseException:
+        process.kill()  # Ctrl-C, or any failure here: the submission must not outlive us
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
     summary = None
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        for line in process.stdout:
-            sys.stderr.write(line)
-            summary = summary_from_log_line(line) or summary
-    return process.returncode, summary
+    for line in log.text().splitlines():
+        summary = summary_from_log_line(line) or summary
+    return returncode, summary
 
 
 def summary_from_log_line(line: str) -> dict | None:

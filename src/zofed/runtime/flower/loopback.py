@@ -7,6 +7,7 @@ Every process is started here and stopped here, with the processes Flower itself
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import psutil
 
 # Our own sources first, so the children import the same zofed as this process.
 SRC = str(Path(__file__).resolve().parents[3])
+# A SuperLink's or SuperNode's start (Python and Flower imports) on a loaded 2-core machine: seconds when
+# idle, a minute or more when other test processes compete for the cores.
+START_TIMEOUT_S = 300.0
 
 
 def free_port() -> int:
@@ -25,7 +29,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -67,11 +71,17 @@ class LoopbackFederation:
         self.superlink_process: subprocess.Popen | None = None
 
     def zofed(self, *args: str, log: str) -> subprocess.Popen:
-        with open(self.root / log, "wb") as output:
-            # A session of its own: a terminal's Ctrl-C reaches only our process, which stops them all in order.
-            process = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", *args], env=self.env,
-                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append(process)
+        # No SIGINT/SIGTERM between the start and the bookkeeping: a process started is always one stop_all stops.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            with open(self.root / log, "wb") as output:
+                # A session of its own: a terminal's Ctrl-C reaches only our process, which stops them all in order.
+                process = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", *args], env=self.env,
+                                           stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+            self.processes.append(process)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return process
 
     def start_superlink(self, *tls: str) -> None:
@@ -162,5 +172,5 @@ def self_signed_certificates(directory: Path) -> dict[str, Path]:
         ["x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
          "-CAcreateserial", "-out", paths["server.crt"], "-days", "1", "-extfile", paths["ext.cnf"]],
     ):
-        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=120)
     return paths

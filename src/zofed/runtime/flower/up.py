@@ -23,7 +23,7 @@ from zofed.errors import ZofedError
 from zofed.runtime.flower.deployment import flwr_connection, register_supernode, write_supernode_keys
 from zofed.runtime.flower.loopback import LoopbackFederation, free_port, self_signed_certificates
 
-JOIN_TIMEOUT_S = 120.0  # a SuperNode's start and first contact with the SuperLink on a busy machine
+JOIN_TIMEOUT_S = 300.0  # a SuperNode's start and first contact with the SuperLink on a loaded 2-core machine
 JOINED = "SuperNode ID:"  # what a SuperNode logs once the SuperLink accepted it
 
 
