@@ -88,12 +88,21 @@ class LoopbackFederation:
         self.superlink_process = self.zofed("superlink", "--port", str(self.superlink_port), *tls, log="superlink.log")
         wait_for_port(self.superlink_port, self.superlink_process)
 
-    def start_supernode(self, partition_id: int, *extra: str) -> subprocess.Popen:
-        port = free_port()
-        process = self.zofed("supernode", "--partition-id", str(partition_id), "--superlink", self.superlink,
-                             "--port", str(port), *extra, log=f"supernode-{partition_id}.log")
-        wait_for_port(port, process)
-        return process
+    def start_supernode(self, partition_id: int, *extra: str, log: str | None = None) -> subprocess.Popen:
+        return self.start_supernodes([partition_id], *extra, log=log)[partition_id]
+
+    def start_supernodes(self, partition_ids, *extra: str, log: str | None = None) -> dict[int, subprocess.Popen]:
+        """SuperNodes for `partition_ids`, all started before waiting for any (their starts overlap), each
+        logging to `supernode-K.log` (or `log`, a format with {partition})."""
+        started = {}
+        for partition_id in partition_ids:
+            port = free_port()
+            name = (log or "supernode-{partition}.log").format(partition=partition_id)
+            started[partition_id] = (port, self.zofed("supernode", "--partition-id", str(partition_id), "--superlink",
+                                                      self.superlink, "--port", str(port), *extra, log=name))
+        for port, process in started.values():
+            wait_for_port(port, process)
+        return {partition_id: process for partition_id, (_, process) in started.items()}
 
     def stop(self, process: subprocess.Popen) -> None:
         """Stop a process and every process it started (Flower detaches its SuperExec children), all at once."""

@@ -109,18 +109,22 @@ class Nodes:
         for node in set(nodes) - accepted:
             del self.node_of[self.client_of.pop(node)]
 
-    def wait_for(self, clients, timeout_s: float) -> None:
+    def wait_for(self, clients, timeout_s: float, at_least: int | None = None) -> None:
+        """Until every one of `clients` has a node, or `at_least` of them do (the others may join later: each
+        round's refresh greets them)."""
+        clients = set(clients)
+        needed = len(clients) if at_least is None else min(at_least, len(clients))
         deadline = time.monotonic() + timeout_s
-        missing = set(clients)
         while True:
             self.refresh()
-            missing -= set(self.node_of)
-            if not missing:
+            missing = clients - set(self.node_of)
+            if len(clients) - len(missing) >= needed:
                 return
             if time.monotonic() > deadline:
                 raise ZofedError(
-                    f"no SuperNode answered for clients {sorted(missing)} within {timeout_s:.0f} s; start one per "
-                    "client with `zofed flower supernode --partition-id K` (or raise flower.connect_timeout_s)"
+                    f"no SuperNode answered for clients {sorted(missing)} within {timeout_s:.0f} s ({needed} of "
+                    f"{len(clients)} needed before round 1); start one per client with `zofed flower supernode "
+                    "--partition-id K` (or raise flower.connect_timeout_s, or lower flower.min_nodes)"
                 )
             time.sleep(POLL_S)
 
