@@ -83,6 +83,8 @@ def test_32_supernodes_with_churn_and_a_superlink_restart_match_a_local_run_with
     assert LATE not in plan[1], plan
 
     deployment.env["PYTHONPATH"] = os.pathsep.join([str(QUICK_HEARTBEAT), deployment.env["PYTHONPATH"]])
+    # Flower's default: 32 SuperExecs polling their SuperNodes every 0.1 s (the other tests' setting) cost a core.
+    deployment.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "1"
     database = tmp_path / "superlink.db"
     deployment.start_superlink("--database", str(database))
     nodes = deployment.start_supernodes([k for k in range(CLIENTS) if k != LATE], "--cold")
@@ -93,22 +95,26 @@ def test_32_supernodes_with_churn_and_a_superlink_restart_match_a_local_run_with
         driver = subprocess.Popen(command, env=deployment.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deployment.processes.append(driver)  # stopped with the fleet, whatever happens
 
-    wait_until(lambda: checkpointed_round(config) >= 1, WAIT_S, "round 1")
+    def wait_for(condition, what: str) -> None:  # a step of the run, or the failure that ended the run before it
+        wait_until(lambda: condition() or driver.poll() is not None, WAIT_S, what)
+        assert condition(), f"the run ended (exit {driver.returncode}) before {what}: {(tmp_path / 'driver.log').read_text()[-3000:]}"
+
+    wait_for(lambda: checkpointed_round(config) >= 1, "round 1")
     deployment.start_supernode(LATE, "--cold")  # greeted by the next round's refresh
 
     # Mid-round 2: both leavers have their training message (their ClientApps are loading the model); they stop
     # (SIGTERM: a clean leave) and start again at once, as new nodes (new node ids) for the same partitions.
-    wait_until(lambda: all(trained(tmp_path / f"supernode-{k}.log", 1) for k in LEAVERS), WAIT_S, "round 2's training messages")
+    wait_for(lambda: all(trained(tmp_path / f"supernode-{k}.log", 1) for k in LEAVERS), "round 2's training messages")
     stop_processes([member for k in LEAVERS for member in family_of(nodes[k])])  # both at once: neither finishes meanwhile
     deployment.start_supernodes(LEAVERS, "--cold", log="supernode-{partition}-rejoined.log")
 
     # Mid-round 3: the doomed node has its second training message (round 1 was its first); its whole family dies.
-    wait_until(lambda: trained(tmp_path / f"supernode-{KILLED}.log", 2), WAIT_S, "round 3's training message")
+    wait_for(lambda: trained(tmp_path / f"supernode-{KILLED}.log", 2), "round 3's training message")
     deployment.crash(nodes[KILLED])
 
     # Mid-run: round 3 checkpointed; the SuperLink (and the ServerApp under it) dies as with its machine, and the
     # submitting `zofed run` loses its stream. Restarted on the same database and port, it still knows the nodes.
-    wait_until(lambda: checkpointed_round(config) >= 3, WAIT_S, "round 3's checkpoint")
+    wait_for(lambda: checkpointed_round(config) >= 3, "round 3's checkpoint")
     deployment.crash(deployment.superlink_process)
     assert driver.wait(timeout=120) != 0
     resumed_from = checkpointed_round(config)

@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # 
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from zofed.errors import ZofedError  # noqa: E402
-from zofed.runtime.driver import run_experiment, run_round  # noqa: E402
+from zofed.runtime.driver import round_rows, run_experiment, run_round  # noqa: E402
 from zofed.runtime.flower import worker  # noqa: E402
 from zofed.runtime.flower.client_app import train  # noqa: E402
 from zofed.runtime.flower.records import RUN, pack, runtime_measurements, unpack  # noqa: E402
@@ -86,7 +86,7 @@ class HandlerTransport:
 
 
 def rows(config) -> list[dict]:
-    return [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return round_rows(config.run_dir)
 
 
 def folder_of(workers, context: Context):

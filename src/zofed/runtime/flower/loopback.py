@@ -42,7 +42,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = START
 
 
 def stop_processes(processes: list[psutil.Process], timeout_s: float = 10.0) -> None:
-    """SIGTERM each process, then SIGKILL those still alive after `timeout_s`."""
+    """SIGTERM each process, then SIGKILL those still alive after `timeout_s`, and wait for them to die."""
     for member in processes:
         try:
             member.terminate()
@@ -54,6 +54,7 @@ def stop_processes(processes: list[psutil.Process], timeout_s: float = 10.0) -> 
             member.kill()
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(alive, timeout=10)  # SIGKILL is not instant: gone (or a zombie) when this returns
 
 
 class LoopbackFederation:
@@ -137,10 +138,32 @@ class LoopbackFederation:
 
     def stop_all(self) -> None:
         """Stop every process started here and every process they started, all at once: each takes seconds to exit
-        (a SuperNode ~1 s, its SuperExec ~3 s), which one after another made a deployment ~10 s to stop."""
+        (a SuperNode ~1 s, its SuperExec ~3 s), which one after another made a deployment ~10 s to stop. Then SIGKILL
+        strays: a process a dying SuperExec launched after its family was listed (its parent gone, no tree leads
+        to it), found by this federation's own FLWR_HOME in its environment."""
         stop_processes([member for process in self.processes for member in family_of(process)])
         for process in self.processes:
             process.wait()
+        for _ in range(3):
+            strays = self.strays()
+            if not strays:
+                break
+            stop_processes(strays, timeout_s=0)
+
+    def strays(self) -> list[psutil.Process]:
+        """Running processes with this federation's environment (its FLWR_HOME), other than this one."""
+        found = []
+        marker = f"FLWR_HOME={self.env['FLWR_HOME']}".encode()
+        for candidate in psutil.process_iter():
+            if candidate.pid == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{candidate.pid}/environ", "rb") as environ:
+                    if marker in environ.read().split(b"\0") and candidate.status() != psutil.STATUS_ZOMBIE:
+                        found.append(candidate)
+            except (OSError, psutil.NoSuchProcess):
+                continue  # not ours to read, gone, or no /proc (not Linux): nothing to sweep
+        return found
 
 
 def family_of(process: subprocess.Popen) -> list[psutil.Process]:
