@@ -49,5 +49,7 @@ def test_flwr_run_output_read_to_its_exit_though_a_process_it_started_keeps_the_
             "print('pid', g.pid); print('zofed summary: {\"rounds\": 2}', flush=True)")
     returncode, summary = deployment._stream_for_summary([sys.executable, "-c", code], dict(os.environ))
     echoed = capsys.readouterr().err
-    psutil.Process(int(echoed.split()[1])).kill()  # the stand-in for an auto-started SuperLink
+    holder = psutil.Process(int(echoed.split()[1]))  # the stand-in for an auto-started SuperLink
+    assert holder.is_running()  # returned while it still holds the pipe, not when it let go
+    holder.kill()
     assert returncode == 0 and summary == {"rounds": 2} and "zofed summary" in echoed

@@ -268,8 +268,6 @@ def _stream_for_summary(command: list[str], env: dict[str, str]) -> tuple[int, d
         process.kill()  # Ctrl-C, or any failure here: the submission must not outlive us
         process.wait()
         raise
-    finally:
-        process.stdout.close()
     summary = None
     for line in log.text().splitlines():
         summary = summary_from_log_line(line) or summary

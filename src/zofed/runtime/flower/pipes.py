@@ -40,6 +40,7 @@ class PipeLines:
         except (OSError, ValueError):
             pass  # the pipe was closed under us: what came is kept
         finally:
+            pipe.close()  # here, not by the caller: closing a pipe another thread reads waits for that read
             with self._changed:
                 self._closed = True
                 self._changed.notify_all()
