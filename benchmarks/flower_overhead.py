@@ -1,17 +1,20 @@
 """Per-round cost of the Flower runtimes against the local runtime, on the same config and seed.
 
-Runs the config three times (local, flower-sim, flower on a loopback SuperLink with one
-SuperNode per client), then reports per runtime: the median round time after the first round
-(the first pays model loads and Ray start), the overhead against local, and for the Flower
-runtimes a breakdown of the round (the slowest client's process start, imports, model load, data
-and training, as its ClientApp measured them; the rest of the exchange = transport, polling and
-queueing; the server's aggregation, evaluation and checkpoint): a simulation's Ray workers pay
-the start, imports and load once, a deployment's fresh ClientApp process per message every
-round. Plus the ledger's codec bytes, Flower's encoding of the same messages and, in deployment,
-the SuperLink's TCP bytes, as ratios for the uplink. All three runs must end with bit-identical
-weights (checked).
+Runs the config once per runtime (local, flower-sim, flower on a loopback SuperLink with one
+warm SuperNode per client, and with --runtimes also flower-cold: the same with `--cold` nodes),
+then reports per runtime: the median round time after the first round, the overhead against
+local, the first round on its own (it pays the start-up: Ray's, or a warm node's worker start and
+model load), and for the Flower runtimes a breakdown of the round (the slowest client's ClientApp
+process start and imports, worker start, model load, data, hand-off to the worker and training,
+as the client measured them; the rest of the exchange = transport, polling and queueing; the
+server's aggregation, evaluation and checkpoint), after the first round and for the first round:
+a simulation's Ray workers and a warm node's worker pay the imports and load once, a cold node's
+fresh ClientApp process every message. Plus the ledger's codec bytes, Flower's encoding of the
+same messages and, in deployment, the SuperLink's TCP bytes, as ratios for the uplink. All runs
+must end with bit-identical weights (checked).
 
-    .venv/bin/python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--rounds 4] [key=value ...]
+    .venv/bin/python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--rounds 4]
+        [--runtimes local,flower-sim,flower,flower-cold] [--task-poll-s 0.1] [key=value ...]
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ import results_header
 from safetensors.torch import load_file
 
 
-def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> dict:
+RUNTIMES = ("local", "flower-sim", "flower", "flower-cold")
+
+
+def run_all(config_path: str, rounds: int, overrides: list[str], root: Path,
+            runtimes: tuple[str, ...] = ("local", "flower-sim", "flower")) -> dict:
     from zofed.config import load_config
     from zofed.runtime.flower.deployment import run_flower
     from zofed.runtime.flower.loopback import LoopbackFederation
@@ -37,25 +44,27 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
 
     results, weights = {}, {}
     header = results_header.begin()  # commit, machine, load average before
-    for runtime in ("local", "flower-sim", "flower"):
-        config = load_config(config_path, [*overrides, f"rounds={rounds}", f"output_dir={root / runtime}", f"runtime={runtime}"])
+    for runtime in runtimes:
+        engine = "flower" if runtime == "flower-cold" else runtime
+        config = load_config(config_path, [*overrides, f"rounds={rounds}", f"output_dir={root / runtime}", f"runtime={engine}"])
         if runtime == "local":
             summary = run_experiment(config, show_progress=False)
         elif runtime == "flower-sim":
             summary = run_flower_sim(config, show_progress=False)
         else:
-            federation = LoopbackFederation(root / "federation")
+            federation = LoopbackFederation(root / f"federation-{runtime}")
             try:
                 federation.start_superlink()
                 for client in range(config.clients):
-                    federation.start_supernode(client, "--state-dir", str(root / "federation" / f"node-{client}"))
+                    federation.start_supernode(client, "--state-dir", str(root / f"federation-{runtime}" / f"node-{client}"),
+                                               *(["--cold"] if runtime == "flower-cold" else []))
                 config = config.model_copy(update={"superlink": federation.superlink})
                 summary = run_flower(config, show_progress=False)
             finally:
                 federation.stop_all()
         rows = round_rows(config.run_dir)
         weights[runtime] = load_file(str(config.run_dir / "final.safetensors"))
-        results[runtime] = describe(rows, summary, parallel_clients=runtime == "flower" or config.flower.sim_workers > 1)
+        results[runtime] = describe(rows, summary, parallel_clients=engine == "flower" or config.flower.sim_workers > 1)
     local_round = results["local"]["round_s_median_after_first"]
     for runtime, result in results.items():
         result["overhead_vs_local"] = result["round_s_median_after_first"] / local_round - 1.0
@@ -63,10 +72,14 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path) -> 
         all(weights["local"][name].equal(weights[runtime][name]) for name in weights["local"]) for runtime in weights
     )
     # Timings on a shared machine are only as good as its idleness: the load is recorded with them.
-    configs = {runtime: results_header.resolve(config_path, [*overrides, f"rounds={rounds}", f"runtime={runtime}"])
+    configs = {runtime: results_header.resolve(config_path, [*overrides, f"rounds={rounds}",
+                                                              f"runtime={'flower' if runtime == 'flower-cold' else runtime}"])
                for runtime in results}
-    return results_header.end(header, configs, {"config": config_path, "overrides": overrides, "rounds": rounds,
-                                                "bit_identical_final_weights": identical, "runtimes": results})
+    return results_header.end(header, configs, {
+        "config": config_path, "overrides": overrides, "rounds": rounds,
+        # How often a SuperExec looks for a message to launch (Flower's default: 1 s).
+        "superexec_task_poll_interval_s": float(os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "1.0")),
+        "bit_identical_final_weights": identical, "runtimes": results})
 
 
 def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:
@@ -75,6 +88,7 @@ def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:
     result = {
         "round_s": [row["seconds"] for row in rows],
         "round_s_median_after_first": statistics.median(row["seconds"] for row in later),
+        "first_round_s": rows[0]["seconds"],  # start-up included: reported apart from the rounds after it
         "client_train_s_mean": statistics.mean(client["seconds"] for client in clients),
         "bytes_up": summary["bytes_up"],
         "bytes_down": summary["bytes_down"],
@@ -86,6 +100,7 @@ def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:
         result["model_load_cpu_s_per_round"] = [max(c["model_load_cpu_s"] for c in row["per_client"]) for row in rows]
         result["imports_cpu_s_mean"] = statistics.mean(c.get("imports_cpu_s", 0.0) for row in later for c in row["per_client"])
         result["breakdown_after_first"] = breakdown(later, parallel_clients)
+        result["breakdown_first_round"] = breakdown(rows[:1], parallel_clients)
     for key in ("flower_bytes_up", "flower_bytes_down", "superlink_tcp_bytes"):
         if key in summary:
             result[key] = summary[key]
@@ -101,11 +116,12 @@ def describe(rows: list[dict], summary: dict, parallel_clients: bool) -> dict:
 
 
 def breakdown(rows: list[dict], parallel_clients: bool) -> dict:
-    """Where a Flower round's seconds went, medians over rounds: the clients' process start,
-    imports, model load, data and training (the slowest client's when they run side by side, one
+    """Where a Flower round's seconds went, medians over rounds: the clients' ClientApp process start
+    and imports, warm worker start, model load, data, hand-off to the worker and training (the slowest client's when they run side by side, one
     SuperNode each; their sum when one worker runs them in turn); the rest of the exchange
     (transport, polling, queueing) and the server's own work (aggregation, evaluation, checkpoint)."""
-    keys = {"process_start_s": "process_start_s", "imports_s": "imports_s", "model_load_s": "model_load_s", "compute_s": "seconds"}
+    keys = {"process_start_s": "process_start_s", "imports_s": "imports_s", "worker_start_s": "worker_start_s",
+            "model_load_s": "model_load_s", "handoff_s": "handoff_s", "compute_s": "seconds"}
     parts = []
     for row in rows:
         per_client = [{part: c.get(key, 0.0) for part, key in keys.items()} | {"data_s": c["setup_s"] - c["model_load_s"]}
@@ -128,12 +144,20 @@ def main() -> int:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", default=None, help="write the results here (default: print only)")
+    parser.add_argument("--runtimes", default="local,flower-sim,flower", help=f"comma-separated, of {', '.join(RUNTIMES)}; local first")
+    parser.add_argument("--task-poll-s", type=float, default=None,
+                        help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for the Flower processes (default: Flower's, 1 s)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="zofed-flower-bench-") as scratch:
         os.environ["FLWR_HOME"] = str(Path(scratch) / "flwr-home")
-        result = run_all(args.config, args.rounds, args.overrides, Path(scratch))
+        if args.task_poll_s is not None:
+            os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.task_poll_s)
+        runtimes = tuple(name.strip() for name in args.runtimes.split(","))
+        if runtimes[0] != "local" or not set(runtimes) <= set(RUNTIMES):
+            parser.error(f"--runtimes: local first, then any of {', '.join(RUNTIMES[1:])}")
+        result = run_all(args.config, args.rounds, args.overrides, Path(scratch), runtimes)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -197,6 +197,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="this node's private key (`zofed flower keys`), for a SuperLink with --enable-supernode-auth")
     supernode.add_argument("--insecure", action="store_true",
                            help="connect without TLS to a SuperLink on another machine (refused otherwise)")
+    supernode.add_argument("--cold", action="store_true",
+                           help="load the model in a fresh process for every message (default: a warm worker keeps it loaded)")
+    supernode.add_argument("--worker-idle-s", type=float, default=600.0, help="a warm worker exits after this many idle seconds")
+    supernode.add_argument("--worker-dir", default=None, help="where the warm worker's private folder goes (default: the temp dir)")
     supernode.set_defaults(handler=_flower_supernode)
     keys = flower_commands.add_parser("keys", help="a new key pair for one SuperNode (SuperNode authentication)")
     keys.add_argument("directory", help="where to write NAME (private, mode 600) and NAME.pub")
@@ -207,6 +211,14 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--superlink", default="127.0.0.1:9093", help="HOST:PORT of the SuperLink")
     register.add_argument("--root-certificates", default=None, help="CA certificate of the SuperLink (TLS)")
     register.set_defaults(handler=_flower_register)
+    up = flower_commands.add_parser("up", help="a SuperLink and N SuperNodes on this machine (TLS, node keys) until Ctrl-C")
+    up.add_argument("--nodes", type=int, required=True, help="SuperNodes to start (partitions 0..N-1)")
+    up.add_argument("--dir", default=None, help="new or empty folder for certificates, keys, node state and logs (default: a temp folder)")
+    up.add_argument("--port", type=int, default=9093, help="the SuperLink's port on 127.0.0.1")
+    up.add_argument("--model", default=None, help="the nodes' model path (default: the run's model)")
+    up.add_argument("--data-path", default=None, help="the nodes' data path (default: the run's)")
+    up.add_argument("--cold", action="store_true", help="no warm workers: each message loads the model afresh")
+    up.set_defaults(handler=_flower_up)
 
     bench = commands.add_parser("bench", help="micro-benchmarks")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
@@ -319,13 +331,22 @@ def _flower_supernode(args: argparse.Namespace) -> int:
     from zofed.runtime.flower.deployment import flower_env, supernode_command
 
     private_key = str(Path(args.auth_private_key).resolve()) if args.auth_private_key else None
-    node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir}
+    node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir,
+                   "worker-dir": str(Path(args.worker_dir).resolve()) if args.worker_dir else None}
     # Paths that exist are made absolute (ClientApps run elsewhere); names (tiny-llama, hub ids) pass as given.
     node_config = {key: str(Path(value).resolve()) if Path(value).exists() else value
                    for key, value in node_config.items() if value is not None}
     command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates, private_key,
-                                args.insecure)
+                                args.insecure, worker_idle_s=None if args.cold else args.worker_idle_s)
     os.execve(command[0], command, flower_env())
+
+
+def _flower_up(args: argparse.Namespace) -> int:
+    from zofed.runtime.flower.up import flower_up
+
+    node_args = [*(["--model", args.model] if args.model else []), *(["--data-path", args.data_path] if args.data_path else []),
+                 *(["--cold"] if args.cold else [])]
+    return flower_up(args.nodes, Path(args.dir) if args.dir else None, args.port, tuple(node_args))
 
 
 def _flower_keys(args: argparse.Namespace) -> int:

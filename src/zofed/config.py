@@ -127,6 +127,8 @@ class FlowerConfig(Section):
     timeout_s: float | None = Field(None, gt=0, description="seconds to wait for a round's replies; None: wait for all")
     min_replies: int = Field(1, ge=1, description="fewest replies a round needs, or the run stops with an error")
     connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the SuperNodes to appear")
+    # runtime=flower: a fleet where some nodes are offline at the start; a sampled client without a node is dropped
+    min_nodes: int | None = Field(None, ge=1, description="SuperNodes to wait for before round 1, the rest may join later; None: one per client")
     root_certificates: str | None = None  # CA certificate of a TLS SuperLink (runtime=flower); None: insecure
     insecure: bool = False  # runtime=flower without TLS to a SuperLink off this machine: refused unless true
     sim_workers: int = Field(1, ge=1, description="flower-sim: Ray workers, each holding one model copy")
@@ -200,6 +202,8 @@ class RunConfig(Section):
             )
         if isinstance(self.clients_per_round, float) and self.clients_per_round > 1.0:
             raise ValueError("clients_per_round as a fraction must be in (0, 1]")
+        if self.flower.min_nodes is not None and self.flower.min_nodes > self.clients:
+            raise ValueError(f"flower.min_nodes={self.flower.min_nodes} exceeds clients={self.clients}; at most one node per client")
         for name, method in list(self.methods.items()):
             try:
                 self.methods[name] = method.for_population(self.clients)

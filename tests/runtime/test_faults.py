@@ -27,6 +27,7 @@ def test_thirty_percent_lost_replies_finish_and_are_recorded_with_replay_catch_u
     for row in history:
         # a lost reply is a client the server never heard from: no row, no bytes up, as on Flower
         assert {c["client"] for c in row["per_client"]} == set(row["clients"]) - set(row["dropped"])
+        assert sorted(row["answered"] + row["dropped"]) == sorted(row["clients"])  # sampled = answered + dropped
         assert row["bytes_up"] == sum(c["bytes_up"] for c in row["per_client"])
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
     again = tiny_config(tmp_path / "again", "fedmezo", "rounds=4", "clients=6", "clients_per_round=4",

@@ -100,6 +100,14 @@ def builtin_size(limit: int | None, val_size: int | float, test_size: int | floa
     return math.ceil(fixed / (1 - share)) if share < 1 else fixed
 
 
+def sample_clients(config: RunConfig, round: int) -> list[int]:
+    """The round's clients, a pure function of (seed, round), so a resumed run samples the same (and a
+    test or an operator can tell in advance which nodes a round will ask)."""
+    rng = np.random.default_rng(mix_seed(config.seed, SAMPLING_STREAM, round))
+    chosen = rng.choice(config.clients, size=config.sampled_per_round(), replace=False)
+    return sorted(int(c) for c in chosen)
+
+
 @dataclass
 class Experiment:
     config: RunConfig
@@ -126,10 +134,7 @@ class Experiment:
         return int(self.loaded.tokenizer.pad_token_id)
 
     def sample_clients(self, round: int) -> list[int]:
-        """The round's clients, a pure function of (seed, round), so a resumed run samples the same."""
-        rng = np.random.default_rng(mix_seed(self.config.seed, SAMPLING_STREAM, round))
-        chosen = rng.choice(self.config.clients, size=self.config.sampled_per_round(), replace=False)
-        return sorted(int(c) for c in chosen)
+        return sample_clients(self.config, round)
 
     def client_seed(self, round: int, client: int) -> int:
         return mix_seed(self.config.seed, CLIENT_SEED_STREAM, round, client)

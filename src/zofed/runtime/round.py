@@ -145,7 +145,10 @@ def play_round(
     losses = [row["train_loss"] for row in applied if math.isfinite(row["train_loss"])]
     return state, {
         "round": round,
+        # who took part: `clients` were sampled; each either `answered` (a reply arrived, applied or `rejected`)
+        # or was `dropped` (nothing came: `dropped_reasons`); the same fields in every runtime
         "clients": clients,
+        "answered": [client for client in clients if client not in dropped],
         "train_loss": sum(losses) / len(losses) if losses else math.nan,
         "bytes_up": ledger.total("up"),
         "bytes_down": ledger.total("down"),

@@ -67,7 +67,7 @@ FORWARDS_PER_STEP_BOUND = 1e6
 COUNT_BOUND = float(1 << 53)  # any count where the server assigned none: exact as a float
 # What a client measures of its own run (runtime/flower/records.py RUNTIME_KEYS): seconds and MB.
 MEASURED_KEYS = ("seconds", "peak_rss_mb", "peak_device_mb", "setup_s", "model_load_s", "model_load_cpu_s",
-                 "process_start_s", "imports_s", "imports_cpu_s")
+                 "process_start_s", "imports_s", "imports_cpu_s", "worker_start_s", "handoff_s")
 MEASURED_BOUND = 1e9  # seconds (31 years) or MB (a petabyte)
 # Fields the round body writes into a per-client row itself: a metric may not take their names.
 ROW_FIELDS = ("client", "rejected", "bytes_up", "bytes_down", "client_reported") + MEASURED_KEYS

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zofed.errors import ZofedError
-from zofed.runtime.flower.deployment import SUMMARY_LINE, _connection_toml, _script, flower_env, summary_from_log_line
+from zofed.runtime.flower.deployment import SUMMARY_LINE, flwr_connection, _script, flower_env, summary_from_log_line
 from zofed.runtime.flower.loopback import free_port, wait_for_port
 from zofed.runtime.flower.server_app import submitted_config
 from zofed.runtime.driver import round_rows
@@ -28,8 +28,9 @@ def test_pyproject_is_a_flower_app_naming_zofeds_components():
 
 def test_the_clientapp_a_node_greets_with_loads_neither_torch_nor_transformers():
     """A deployment starts a ClientApp process per message; its hello and welcome must not pay for
-    torch and the model code (seconds each), which only a training message needs."""
-    code = ("import sys; import zofed.runtime.flower.client_app; "
+    torch and the model code (seconds each), which only a cold training message needs (a warm node's
+    ClientApp hands it to the worker, whose side of worker.py imports them in the worker only)."""
+    code = ("import sys; import zofed.runtime.flower.client_app, zofed.runtime.flower.worker; "
             "print([name for name in ('torch', 'transformers', 'zofed.config') if name in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -66,7 +67,7 @@ def test_flwr_run_of_the_repository_runs_a_config_on_a_superlink_that_refuses_a_
     wait_for_port(port, second)
     home = tmp_path / "flwr-cli-home"
     home.mkdir()
-    (home / "config.toml").write_text(_connection_toml(deployment.superlink, None))
+    (home / "config.toml").write_text(flwr_connection(deployment.superlink, None))
     overrides = (f"model=tiny-llama clients=2 clients_per_round=2 rounds=2 data.limit=120 data.val_size=12 "
                  f"data.test_size=12 eval.accuracy_examples=0 local.local_steps=2 output_dir={tmp_path / 'runs'}")
     run_config = f'config="configs/quickstart.yaml" overrides="{overrides}"'

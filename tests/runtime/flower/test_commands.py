@@ -26,7 +26,9 @@ def test_superlink_is_insecure_without_certificates_and_tls_with_all_three(tmp_p
 def test_supernode_plays_its_partition_with_node_local_paths():
     command = supernode_command(3, "10.0.0.1:9093", 9200, {"model": "/models/smol", "state-dir": "/var/zofed"}, insecure=True)
     assert command[command.index("--superlink") + 1] == "10.0.0.1:9093" and "--insecure" in command
-    assert command[command.index("--node-config") + 1] == 'partition-id=3 model="/models/smol" state-dir="/var/zofed"'
+    assert command[command.index("--node-config") + 1] == 'partition-id=3 model="/models/smol" state-dir="/var/zofed" worker-idle-s=600.0'
+    cold = supernode_command(3, "10.0.0.1:9093", 9200, insecure=True, worker_idle_s=None)  # no warm worker
+    assert cold[cold.index("--node-config") + 1] == "partition-id=3"
     assert "--root-certificates" in supernode_command(0, root_certificates="/ca.crt")
 
 

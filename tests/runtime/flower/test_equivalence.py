@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,11 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
     ca = str(certificates["ca.crt"])
     deployment.start_superlink("--ssl-certfile", str(certificates["server.crt"]),
                                "--ssl-keyfile", str(certificates["server.key"]), "--ssl-ca-certfile", ca)
-    deployment.start_supernode(0, "--root-certificates", ca, "--state-dir", str(tmp_path / "node-0"))  # kept model in a file
-    deployment.start_supernode(1, "--root-certificates", ca)  # kept model in the node's Context state
+    # Node 0 warm (its worker keeps the model loaded; kept model in the node's Context state), node 1 cold (a fresh
+    # process loads the model for every message; kept model in a file): both give the local run's weights.
+    workers = Path(tempfile.mkdtemp(prefix="zw-"))  # short: a Unix socket's path is at most 107 bytes
+    deployment.start_supernode(0, "--root-certificates", ca, "--worker-dir", str(workers / "w"))
+    deployment.start_supernode(1, "--root-certificates", ca, "--state-dir", str(tmp_path / "node-1"), "--cold")
     deployed = tiny_config(tmp_path / "deployed", "fedmezo", *SMALL, *case, f"flower.root_certificates={ca}")
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(deployed.to_dict()))
@@ -122,9 +126,16 @@ def test_flower_deployment_over_tls_matches_local(tmp_path, deployment, capsys):
     assert wire["nodes_received"] >= summary["flower_bytes_up"] and wire["nodes_sent"] >= summary["flower_bytes_down"]
     assert wire["serverapp_received"] >= summary["flower_bytes_down"]  # the ServerApp hands its messages to the SuperLink
     assert_same_run(local, deployed)
-    assert list((tmp_path / "node-0" / deployed.name).glob("kept-0.safetensors"))
-    loads = [client["setup_s"] for row in metrics_rows(deployed) for client in row["per_client"]]
-    assert len(loads) == 4 and all(load > 0 for load in loads)  # a fresh ClientApp process per message
+    assert list((tmp_path / "node-1" / deployed.name).glob("kept-1.safetensors"))
+    loads = {client["client"]: [] for client in metrics_rows(deployed)[0]["per_client"]}
+    for row in metrics_rows(deployed):
+        for client in row["per_client"]:
+            loads[client["client"]].append(client["model_load_s"])
+    assert loads[1][0] > 0 and loads[1][1] > 0  # cold: a fresh ClientApp process loads the model per message
+    assert loads[0][0] > 0 and loads[0][1] == 0  # warm: loaded once, by the node's worker
+    [worker_folder] = (workers / "w").glob("node-*")
+    assert (worker_folder / "worker.sock").exists()
+    shutil.rmtree(workers, ignore_errors=True)  # the worker itself stops with its SuperNode (the fixture)
 
     # The same nodes serve a FedZO run: its `delta` upload (the paper's) crosses a real deployment bit-identically.
     local_fedzo = tiny_config(tmp_path / "local-fedzo", "fedzo", *SMALL)

@@ -163,3 +163,19 @@ def test_a_node_that_fails_to_take_the_config_is_not_bound():
     nodes, _ = nodes_on(grid)
     nodes.refresh()
     assert nodes.node_of == {} and nodes.client_of == {}
+
+
+def test_min_nodes_starts_with_some_clients_and_a_late_node_is_bound_by_the_next_refresh():
+    grid = FakeGrid()
+    grid.add(11, **{"partition-id": 0})
+    grid.add(12, **{"partition-id": 1})
+    nodes, _ = nodes_on(grid)
+    with pytest.raises(ZofedError, match=r"clients \[2\].*3 of 3 needed.*flower.min_nodes"):
+        nodes.wait_for(range(3), 0.01, at_least=3)
+    nodes.wait_for(range(3), 0.01, at_least=2)  # returns at once: two of three are enough
+    assert nodes.node_of == {0: 11, 1: 12}
+    grid.add(13, **{"partition-id": 2})  # joins after round 1 started
+    nodes.refresh()
+    assert nodes.node_of == {0: 11, 1: 12, 2: 13} and RUN in grid.contexts[13].state.config_records
+    with pytest.raises(ZofedError, match="min_nodes=4 exceeds clients=3"):
+        parse_config({"clients": 3, "flower": {"min_nodes": 4}})

@@ -7,7 +7,9 @@ is, the run's config) need neither torch nor the model. Training messages import
 
 The experiment (model, data, partitions) is built once per process and reused while the config
 stays the same: a simulation's Ray worker serves every round from one copy; a deployment's
-fresh ClientApp process per message pays it every time. Each client's metrics row says what the
+fresh ClientApp process per message would pay it every time, so a warm node (node config
+`worker-idle-s`, the default of `zofed flower supernode`) hands training messages to its
+long-lived worker process instead (worker.py), which holds the experiment across rounds. Each client's metrics row says what the
 message cost before training (`seconds`): `setup_s` = `model_load_s` (from the safetensors
 cache, LoRA applied) + data preparation and tokenisation (~0 when cached); and, for the first
 message a process serves, `process_start_s` (interpreter start, Flower's imports and pulling the
@@ -17,7 +19,9 @@ seconds, the cost on an idle core. A simulation's worker pays those once; a depl
 
 Node config keys (`flower-supernode --node-config`, all optional except in deployment
 `partition-id`): `partition-id` (the client id), `model` and `data-path` (node-local paths that
-replace the config's), `state-dir` (keep the client's model in a file there, not in memory).
+replace the config's), `state-dir` (keep the client's model in a file there, not in memory),
+`worker-idle-s` (warm: train in the node's worker, which exits after this many idle seconds) and
+`worker-dir` (where the worker's private folder goes; default the system temp directory).
 """
 
 from __future__ import annotations
@@ -48,12 +52,18 @@ def hello(message: Message, context: Context) -> Message:
     """Tell the server which client this node is; once it has bound the node to that client, it
     sends the run's config (what a client needs of it), kept in the node's state."""
     if RUN in message.content.config_records:
-        context.state[RUN] = ConfigRecord({"config": str(message.content.config_records[RUN]["config"])})
+        welcome = message.content.config_records[RUN]
+        context.state[RUN] = ConfigRecord({"config": str(welcome["config"]),
+                                           **({"timeout_s": float(welcome["timeout_s"])} if "timeout_s" in welcome else {})})
     _PROCESS_COSTS.clear()  # paid before the run's rounds, not by the first round's message
     return Message(RecordDict({NODE: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=message)
 
 
 def train(message: Message, context: Context) -> Message:
+    if "worker-idle-s" in context.node_config:  # a warm node: its worker holds the model (worker.py)
+        from zofed.runtime.flower import worker
+
+        return worker.train(message, context, _PROCESS_COSTS)
     from zofed.runtime.flower import client_train  # first training message only: see the module docstring
 
     return client_train.train(message, context, _PROCESS_COSTS)

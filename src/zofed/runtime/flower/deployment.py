@@ -8,9 +8,11 @@ machine; docs/deployment.md says how to fetch it).
 
 Flower 1.41 serves the SuperLink's Fleet, Control and ServerApp APIs over HTTP on one address
 (`--host/--port`); a SuperNode serves its ClientApps on its own `--port`. Each message starts a
-fresh ClientApp process on the SuperNode, which loads the model again (from the safetensors
-cache, plus its data; `setup_s` in each client's metrics row) and keeps a replay client's model in the
-node's `state-dir`.
+fresh ClientApp process on the SuperNode; on a warm node (the default) it hands a training
+message to the node's long-lived worker, which keeps the model and data loaded across rounds
+(worker.py); on a cold node (`--cold`) it loads the model again (from the safetensors cache, plus
+its data; `setup_s` in each client's metrics row). A replay client's model is kept in the
+node's `state-dir`, or its Context state.
 
 The app bundle `flwr run` ships holds only a pyproject naming zofed's ServerApp and ClientApp:
 zofed itself must be installed where the SuperLink and SuperNodes run (runtime dependency
@@ -41,12 +43,16 @@ from pathlib import Path
 
 from zofed.config import RunConfig
 from zofed.errors import ZofedError
+from zofed.runtime.flower.pipes import PipeLines
 
 # The summary's line in the ServerApp's log: `flwr run --stream` carries it to a submitting
 # machine that does not share a filesystem with the SuperLink.
 SUMMARY_LINE = "zofed summary: "
+PIPE_DRAIN_S = 10.0  # after `flwr run` exits, the longest we wait for the rest of its log
+FLWR_CLI_TIMEOUT_S = 120.0  # a `flwr` command that only talks to the SuperLink (register): start-up on a busy machine
 
 CLIENT_APP = "zofed.runtime.flower.client_app:app"
+WORKER_IDLE_S = 600.0  # a warm node's worker exits after this long without a message (it reloads on the next)
 APP_PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -118,8 +124,13 @@ def supernode_command(
     root_certificates: str | None = None,
     auth_private_key: str | None = None,
     insecure: bool = False,
+    worker_idle_s: float | None = WORKER_IDLE_S,
 ) -> list[str]:
+    """`worker_idle_s`: train in the node's warm worker, which exits after this many idle seconds (worker.py);
+    None: a cold node, a fresh ClientApp process loads the model for every message."""
     entries = {"partition-id": partition_id, **(node_config or {})}
+    if worker_idle_s is not None:
+        entries["worker-idle-s"] = float(worker_idle_s)
     rendered = " ".join(f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in entries.items())
     command = [_script("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", rendered]
     if root_certificates:
@@ -182,10 +193,14 @@ def register_supernode(public_key: str, superlink: str, root_certificates: str |
     if not root_certificates:
         refuse_plaintext(superlink, False, "give --root-certificates (the SuperLink's CA certificate)")
     with tempfile.TemporaryDirectory(prefix="zofed-flwr-") as home:
-        Path(home, "config.toml").write_text(_connection_toml(superlink, root_certificates))
+        Path(home, "config.toml").write_text(flwr_connection(superlink, root_certificates))
         env = {**flower_env(), "FLWR_HOME": home}
         command = [_script("flwr"), "supernode", "register", str(Path(public_key).resolve()), "zofed", "--format", "json"]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=FLWR_CLI_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ZofedError(f"`flwr supernode register` got no answer from the SuperLink at {superlink} within "
+                             f"{FLWR_CLI_TIMEOUT_S:.0f} s; is it running there?") from None
     try:
         answer = json.loads(result.stdout[result.stdout.index("{"):])
     except ValueError:
@@ -203,7 +218,7 @@ def run_flower(
     del show_progress  # the ServerApp runs in the SuperLink's process tree; its log is streamed instead
     if not config.flower.root_certificates:
         refuse_plaintext(config.superlink, config.flower.insecure, "set flower.root_certificates (its CA certificate)")
-    connection = _connection_toml(config.superlink, config.flower.root_certificates)
+    connection = flwr_connection(config.superlink, config.flower.root_certificates)
     returncode, summary = submit_run(config, connection, {}, resume=resume, overwrite=overwrite)
     if returncode != 0:
         raise ZofedError(f"`flwr run` failed (exit {returncode}); is a SuperLink listening at {config.superlink}?")
@@ -240,13 +255,23 @@ def submit_run(
 def _stream_for_summary(command: list[str], env: dict[str, str]) -> tuple[int, dict | None]:
     """Run `flwr run --stream`, echo its log to stderr (stdout is for the summary), and take the
     summary from the ServerApp's log line: the run directory is on the SuperLink's machine, which
-    need not share a filesystem with this one."""
+    need not share a filesystem with this one.
+
+    The log is read by a thread (pipes.py) and this one waits for `flwr run` itself: a process it
+    started that keeps the pipe open (a SuperLink it auto-started) cannot hold us past its exit."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = PipeLines(process.stdout, echo=sys.stderr.write)
+        returncode = process.wait()
+        log.wait_closed(PIPE_DRAIN_S)
+    except BaseException:
+        process.kill()  # Ctrl-C, or any failure here: the submission must not outlive us
+        process.wait()
+        raise
     summary = None
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        for line in process.stdout:
-            sys.stderr.write(line)
-            summary = summary_from_log_line(line) or summary
-    return process.returncode, summary
+    for line in log.text().splitlines():
+        summary = summary_from_log_line(line) or summary
+    return returncode, summary
 
 
 def summary_from_log_line(line: str) -> dict | None:
@@ -289,7 +314,7 @@ def is_loopback(address: str) -> bool:
         return False  # a name: it may resolve anywhere
 
 
-def _connection_toml(superlink: str, root_certificates: str | None) -> str:
+def flwr_connection(superlink: str, root_certificates: str | None) -> str:
     """`flwr`'s connection file: the SuperLink's address, and its CA certificate or insecure."""
     lines = ["[superlink]", 'default = "zofed"', "", "[superlink.zofed]", f"address = {json.dumps(superlink)}"]
     if root_certificates:

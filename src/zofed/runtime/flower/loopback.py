@@ -7,6 +7,7 @@ Every process is started here and stopped here, with the processes Flower itself
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import psutil
 
 # Our own sources first, so the children import the same zofed as this process.
 SRC = str(Path(__file__).resolve().parents[3])
+# A SuperLink's or SuperNode's start (Python and Flower imports) on a loaded 2-core machine: seconds when
+# idle, a minute or more when other test processes compete for the cores.
+START_TIMEOUT_S = 300.0
 
 
 def free_port() -> int:
@@ -25,7 +29,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -38,7 +42,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0)
 
 
 def stop_processes(processes: list[psutil.Process], timeout_s: float = 10.0) -> None:
-    """SIGTERM each process, then SIGKILL those still alive after `timeout_s`."""
+    """SIGTERM each process, then SIGKILL those still alive after `timeout_s`, and wait for them to die."""
     for member in processes:
         try:
             member.terminate()
@@ -50,6 +54,7 @@ def stop_processes(processes: list[psutil.Process], timeout_s: float = 10.0) -> 
             member.kill()
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(alive, timeout=10)  # SIGKILL is not instant: gone (or a zombie) when this returns
 
 
 class LoopbackFederation:
@@ -67,22 +72,38 @@ class LoopbackFederation:
         self.superlink_process: subprocess.Popen | None = None
 
     def zofed(self, *args: str, log: str) -> subprocess.Popen:
-        with open(self.root / log, "wb") as output:
-            process = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", *args], env=self.env,
-                                       stdout=output, stderr=subprocess.STDOUT)
-        self.processes.append(process)
+        # No SIGINT/SIGTERM between the start and the bookkeeping: a process started is always one stop_all stops.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            with open(self.root / log, "wb") as output:
+                # A session of its own: a terminal's Ctrl-C reaches only our process, which stops them all in order.
+                process = subprocess.Popen([sys.executable, "-m", "zofed.cli", "flower", *args], env=self.env,
+                                           stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+            self.processes.append(process)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return process
 
     def start_superlink(self, *tls: str) -> None:
         self.superlink_process = self.zofed("superlink", "--port", str(self.superlink_port), *tls, log="superlink.log")
         wait_for_port(self.superlink_port, self.superlink_process)
 
-    def start_supernode(self, partition_id: int, *extra: str) -> subprocess.Popen:
-        port = free_port()
-        process = self.zofed("supernode", "--partition-id", str(partition_id), "--superlink", self.superlink,
-                             "--port", str(port), *extra, log=f"supernode-{partition_id}.log")
-        wait_for_port(port, process)
-        return process
+    def start_supernode(self, partition_id: int, *extra: str, log: str | None = None) -> subprocess.Popen:
+        return self.start_supernodes([partition_id], *extra, log=log)[partition_id]
+
+    def start_supernodes(self, partition_ids, *extra: str, log: str | None = None) -> dict[int, subprocess.Popen]:
+        """SuperNodes for `partition_ids`, all started before waiting for any (their starts overlap), each
+        logging to `supernode-K.log` (or `log`, a format with {partition})."""
+        started = {}
+        for partition_id in partition_ids:
+            port = free_port()
+            name = (log or "supernode-{partition}.log").format(partition=partition_id)
+            started[partition_id] = (port, self.zofed("supernode", "--partition-id", str(partition_id), "--superlink",
+                                                      self.superlink, "--port", str(port), *extra, log=name))
+        for port, process in started.values():
+            wait_for_port(port, process)
+        return {partition_id: process for partition_id, (_, process) in started.items()}
 
     def stop(self, process: subprocess.Popen) -> None:
         """Stop a process and every process it started (Flower detaches its SuperExec children), all at once."""
@@ -117,21 +138,57 @@ class LoopbackFederation:
 
     def stop_all(self) -> None:
         """Stop every process started here and every process they started, all at once: each takes seconds to exit
-        (a SuperNode ~1 s, its SuperExec ~3 s), which one after another made a deployment ~10 s to stop."""
+        (a SuperNode ~1 s, its SuperExec ~3 s), which one after another made a deployment ~10 s to stop. Then SIGKILL
+        strays: a process a dying SuperExec launched after its family was listed (its parent gone, no tree leads
+        to it), found by this federation's own FLWR_HOME in its environment."""
         stop_processes([member for process in self.processes for member in family_of(process)])
         for process in self.processes:
             process.wait()
+        for _ in range(3):
+            strays = self.strays()
+            if not strays:
+                break
+            stop_processes(strays, timeout_s=0)
+
+    def strays(self) -> list[psutil.Process]:
+        """Running processes with this federation's environment (its FLWR_HOME), other than this one."""
+        found = []
+        marker = f"FLWR_HOME={self.env['FLWR_HOME']}".encode()
+        for candidate in psutil.process_iter():
+            if candidate.pid == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{candidate.pid}/environ", "rb") as environ:
+                    if marker in environ.read().split(b"\0") and candidate.status() != psutil.STATUS_ZOMBIE:
+                        found.append(candidate)
+            except (OSError, psutil.NoSuchProcess):
+                continue  # not ours to read, gone, or no /proc (not Linux): nothing to sweep
+        return found
 
 
 def family_of(process: subprocess.Popen) -> list[psutil.Process]:
-    """The process and every process under it, found while it lives (Flower detaches its SuperExec children)."""
+    """The process and every process under it, found while it lives (Flower detaches its SuperExec children),
+    and a SuperNode's warm worker (worker.py: in a session of its own, it outlives the ClientApp that started it)."""
     if process.poll() is not None:
         return []  # exited and reaped: its pid may be another process's now
     try:
         parent = psutil.Process(process.pid)
-        return [parent, *parent.children(recursive=True)]
+        family = [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+    return family + workers_of({member.pid for member in family})
+
+
+def workers_of(pids: set[int]) -> list[psutil.Process]:
+    """The warm workers serving the SuperNodes among `pids` (each names its SuperNode on its command line)."""
+    found = []
+    for candidate in psutil.process_iter(["cmdline"]):
+        command = candidate.info["cmdline"] or []
+        if "zofed.runtime.flower.worker" in command and "--supernode-pid" in command:
+            watched = command[command.index("--supernode-pid") + 1]
+            if watched.isdigit() and int(watched) in pids:
+                found.append(candidate)
+    return found
 
 
 def self_signed_certificates(directory: Path) -> dict[str, Path]:
@@ -147,5 +204,5 @@ def self_signed_certificates(directory: Path) -> dict[str, Path]:
         ["x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
          "-CAcreateserial", "-out", paths["server.crt"], "-days", "1", "-extfile", paths["ext.cnf"]],
     ):
-        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=120)
     return paths

@@ -56,6 +56,7 @@ class Nodes:
         self.clients = config.clients
         self.config_json = json.dumps(client_config(config))
         self.timeout_s = config.flower.connect_timeout_s
+        self.answer_timeout_s = config.flower.timeout_s
         self.exchange = exchange
         self.warn = warn or (lambda line: print(f"zofed: warning: {line}", file=sys.stderr, flush=True))
         self.node_of: dict[int, int] = {}  # client -> node id
@@ -96,8 +97,10 @@ class Nodes:
 
     def _send_config(self, nodes: list[int]) -> None:
         """The run's config, to identified nodes only; a node that fails to take it is unbound."""
+        # flower.timeout_s too (the rest of `flower` is the server's): a warm node's ClientApp waits no longer for its worker.
+        answer_within = {"timeout_s": float(self.answer_timeout_s)} if self.answer_timeout_s else {}
         welcomes = [
-            Message(RecordDict({RUN: ConfigRecord({"config": self.config_json})}), dst_node_id=node,
+            Message(RecordDict({RUN: ConfigRecord({"config": self.config_json, **answer_within})}), dst_node_id=node,
                     message_type=MessageType.QUERY)
             for node in nodes
         ]
@@ -106,18 +109,22 @@ class Nodes:
         for node in set(nodes) - accepted:
             del self.node_of[self.client_of.pop(node)]
 
-    def wait_for(self, clients, timeout_s: float) -> None:
+    def wait_for(self, clients, timeout_s: float, at_least: int | None = None) -> None:
+        """Until every one of `clients` has a node, or `at_least` of them do (the others may join later: each
+        round's refresh greets them)."""
+        clients = set(clients)
+        needed = len(clients) if at_least is None else min(at_least, len(clients))
         deadline = time.monotonic() + timeout_s
-        missing = set(clients)
         while True:
             self.refresh()
-            missing -= set(self.node_of)
-            if not missing:
+            missing = clients - set(self.node_of)
+            if len(clients) - len(missing) >= needed:
                 return
             if time.monotonic() > deadline:
                 raise ZofedError(
-                    f"no SuperNode answered for clients {sorted(missing)} within {timeout_s:.0f} s; start one per "
-                    "client with `zofed flower supernode --partition-id K` (or raise flower.connect_timeout_s)"
+                    f"no SuperNode answered for clients {sorted(missing)} within {timeout_s:.0f} s ({needed} of "
+                    f"{len(clients)} needed before round 1); start one per client with `zofed flower supernode "
+                    "--partition-id K` (or raise flower.connect_timeout_s, or lower flower.min_nodes)"
                 )
             time.sleep(POLL_S)
 

@@ -33,7 +33,7 @@ RUN = "zofed.run"  # ConfigRecord: the run's config, sent once per node
 NODE = "zofed.node"  # ConfigRecord: the node's partition id, in a query reply
 KEPT = "zofed.kept"  # ArrayRecord in Context state: the client's kept model (safetensors bytes, version in metadata)
 RUNTIME_KEYS = ("seconds", "peak_rss_mb", "setup_s", "model_load_s", "model_load_cpu_s", "process_start_s", "imports_s", "imports_cpu_s",
-                "peak_device_mb")
+                "peak_device_mb", "worker_start_s", "handoff_s")
 
 
 def pack(data: bytes, runtime: dict[str, float] | None = None) -> RecordDict:
@@ -87,7 +87,19 @@ class ContextKept:
     def _held(self) -> KeptInMemory:
         from zofed.runtime.client import KeptInMemory
 
-        return KeptInMemory(self.state.array_records[KEPT]["model"].data if KEPT in self.state else None)
+        return KeptInMemory(self.data)
+
+    @property
+    def data(self) -> bytes | None:
+        """The kept file's bytes (None: none kept); a warm worker gets them with the message."""
+        return self.state.array_records[KEPT]["model"].data if KEPT in self.state else None
+
+    def put(self, data: bytes | None) -> None:
+        """Keep these file bytes (None: keep nothing), as a warm worker's round left them."""
+        if data is None:
+            self.forget()
+        else:
+            self.state[KEPT] = ArrayRecord({"model": Array("uint8", (len(data),), "safetensors", data)})
 
     @property
     def version(self) -> int | None:
@@ -101,7 +113,7 @@ class ContextKept:
 
         held = KeptInMemory()
         held.save_from(version, tensors)
-        self.state[KEPT] = ArrayRecord({"model": Array("uint8", (len(held.data),), "safetensors", held.data)})
+        self.put(held.data)
 
     def forget(self) -> None:
         self.state.pop(KEPT, None)

@@ -82,7 +82,7 @@ def app_dir(grid: Grid) -> Path:
 def serve(grid: Grid, options: ServeOptions) -> dict | None:
     config = options.config
     nodes = Nodes(grid, config, send_and_receive)
-    nodes.wait_for(range(config.clients), config.flower.connect_timeout_s)
+    nodes.wait_for(range(config.clients), config.flower.connect_timeout_s, at_least=config.flower.min_nodes)
     meter = superlink_meter()  # under flower-sim the nodes are virtual: it sees Flower's own traffic only
     round_fn = partial(run_round, transport=GridTransport(grid, nodes, config.flower, meter))
     if options.resume:
