@@ -151,6 +151,21 @@ def lr_auto() -> str:
     return block(table(header, rows), relative)
 
 
+def eval_metrics() -> str:
+    relative = "eval_metrics.json"
+    document = load(relative)
+    metric = {"gsm8k": ("gsm8k_answer", "GSM8K answer accuracy (official test split)"),
+              "alpaca": ("rouge_l", "Alpaca Rouge-L (held-out instructions)")}
+    rows = []
+    for task, run in document["runs"].items():
+        summary = run["summary"]
+        name, title = metric[task]
+        rows.append([title, f"{summary[f'initial_test_{name}']:.4f}", f"{summary[f'final_test_{name}']:.4f}",
+                     f"{summary['initial_test_loss']:.4f}", f"{summary['final_test_loss']:.4f}"])
+    header = ["metric", "before", "after", "test loss before", "test loss after"]
+    return block(table(header, rows), relative)
+
+
 def gamlpp() -> str:
     return gamlpp_table.table(RESULTS / "gamlpp_heterogeneous")
 
@@ -444,6 +459,7 @@ def pool_vs_gaussian() -> str:
 BLOCKS = {
     "quickstart": quickstart,
     "lr-auto": lr_auto,
+    "eval-metrics": eval_metrics,
     "gamlpp": gamlpp,
     "client-memory": client_memory,
     "step-smollm2": step("step_smollm2.json"),
