@@ -190,6 +190,7 @@ def main() -> None:
 
     import torch
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_header, also where tests import benchmarks.hostile_clients
     import results_header
 
     torch.set_num_threads(args.threads)
