@@ -134,3 +134,43 @@ def test_private_fedspzo_split_forward_and_decomfl_run(tmp_path):
         rate = privacy.sampling_rate(4, 120)
         assert summary["privacy"]["epsilon"] == pytest.approx(privacy.epsilon(rate, 1.0, scalars, 3, 1e-5))
         assert math.isfinite(summary["final_eval_loss"])
+
+
+def test_an_empty_poisson_batch_releases_noise_alone_and_runs_no_forward(tmp_path):
+    from dataclasses import replace
+
+    from zofed.algorithms import build_algorithm
+    from zofed.runtime.experiment import build_experiment, collate_or_empty
+
+    for algorithm in ("fedspzo", "fedmezo"):
+        config = tiny_config(tmp_path, algorithm, "rounds=1", "local.local_steps=2", "fedmezo.upload=seeds",
+                             "privacy.dp=step", "privacy.noise_multiplier=1.0")
+        experiment = build_experiment(config)
+        calls = []
+        experiment.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        method = build_algorithm(algorithm, config.algorithm_settings)
+        state = method.init(experiment.view.state_dict(experiment.device), config.seed)
+        env = experiment.client_env(1, 0)
+        empty = [collate_or_empty([], experiment.pad_token_id) for _ in range(2)]
+        reply = method.train(method.configure(state, 1, [0])[0], replace(env, batches=iter(empty)))
+        assert calls == [] and reply.scalars and all(math.isfinite(g) and g != 0.0 for g in reply.scalars)
+
+
+def test_private_run_on_flower_sim_reports_the_local_runs_epsilon(tmp_path, monkeypatch, private_run):
+    pytest.importorskip("flwr")
+    pytest.importorskip("ray")
+    from zofed.runtime.flower.simulation import run_flower_sim
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+    local, local_summary = private_run
+    simulated = tiny_config(tmp_path, "fedmezo", *PRIVATE, "privacy.epsilon=8", "runtime=flower-sim")
+    summary = run_flower_sim(simulated, show_progress=False)
+    # the clients' processes plan the same σ from the same config and partitions as the server's
+    assert summary["privacy"]["noise_multiplier"] == local_summary["privacy"]["noise_multiplier"]
+    for sim_row, local_row in zip(round_rows(simulated.run_dir), round_rows(local.run_dir), strict=True):
+        assert sim_row["privacy_epsilon_by_client"] == local_row["privacy_epsilon_by_client"]
+        assert sim_row["forward_passes"] == local_row["forward_passes"]
+        assert math.isnan(sim_row["train_loss"])  # the nodes' steps were private: no loss reported

@@ -224,6 +224,8 @@ class ModelSplit:
     def prefix(self, batch: Batch, split: int) -> SplitCache:
         """Embeddings + layers [0, split) on `batch`; the output of layer split − 1, kept."""
         self.check_split(split)
+        if self.per_example is not None and batch["labels"].shape[0] == 0:
+            return SplitCache(batch, split, None)  # an empty Poisson sample: no forward, no loss (suffix_loss)
         captured: list[Any] = []
 
         def stop(module: nn.Module, args: Any, output: Any) -> None:
@@ -255,6 +257,8 @@ class ModelSplit:
                 layers[i] = original
 
     def suffix_loss(self, cache: SplitCache) -> Any:
+        if self.per_example is not None and cache.batch["labels"].shape[0] == 0:
+            return self.per_example(torch.zeros(0, dtype=torch.float64))
         output = self.suffix_output(cache)
         if self.per_example is not None:
             return self.per_example(example_losses(output.logits, cache.batch["labels"]))
