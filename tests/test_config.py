@@ -71,3 +71,30 @@ def test_an_override_of_a_section_the_algorithm_does_not_read_is_refused():
         parse_config({}, ["algorithm=fedavg", "fedmezo.lr=1e-3"])
     # a config file may hold several methods' sections (zofed compare reads each one)
     assert parse_config({"algorithm": "fedavg", "fedmezo": {"lr": 1e-3}}).algorithm == "fedavg"
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    (["privacy.dp=step", "privacy.epsilon=0"], r"privacy.epsilon': Input should be greater than 0"),
+    (["privacy.dp=step", "privacy.epsilon=-1"], r"privacy.epsilon': Input should be greater than 0"),
+    (["privacy.dp=step", "privacy.noise_multiplier=1", "privacy.clip=0"], r"privacy.clip': Input should be greater than 0"),
+    (["privacy.dp=step", "privacy.epsilon=3", "privacy.delta=1"], r"privacy.delta': Input should be less than 1"),
+    (["privacy.dp=step", "privacy.epsilon=3", "privacy.delta=0"], r"privacy.delta': Input should be greater than 0"),
+    (["privacy.dp=step", "privacy.epsilon=3", "privacy.noise_multiplier=1"], "noise_multiplier or privacy.epsilon, not both"),
+    (["privacy.dp=step"], "needs privacy.noise_multiplier .* or privacy.epsilon"),
+    (["privacy.dp=client", "privacy.epsilon=3"], "dp: client .* is not implemented yet"),
+    (["privacy.dp=step", "privacy.epsilon=3", "algorithm=fedavg"], "fedavg trains by backprop"),
+    (["privacy.dp=step", "privacy.epsilon=3", "fedmezo.lr=auto"], "range test picks the lr from client 0's unnoised"),
+    (["privacy.dp=step", "privacy.epsilon=3", "runtime=flower"], "give privacy.noise_multiplier instead"),
+])
+def test_privacy_bad_input_is_one_line(overrides, problem):
+    with pytest.raises(ZofedError, match=problem) as error:
+        parse_config({"algorithm": "fedmezo"}, overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_privacy_refusal_exits_2(tmp_path, capsys):
+    from zofed.cli import main
+
+    config = write_config(tmp_path, {"algorithm": "fedavg", "privacy": {"dp": "step", "epsilon": 3}})
+    assert main(["run", str(config)]) == 2
+    assert "fedavg trains by backprop" in capsys.readouterr().err

@@ -164,6 +164,29 @@ class FaultsConfig(Section):
     hostile_scale: float = Field(1e3, description="hostile_mode=scale: the factor")
 
 
+class PrivacyConfig(Section):
+    """Differential privacy (docs/privacy.md). `dp: step` protects one example of a client's data:
+    every local step's scalars are clipped per example and noised by the client (zo/privacy.py)."""
+
+    dp: Literal["none", "step", "client"] = Field("none", description="none, or step: example-level DP of every ZO step")
+    clip: float = Field(1.0, gt=0, allow_inf_nan=False, description="C: each example's scalar is clipped to [-C, C]")
+    noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                           description="σ: noise of std σ·C on each step's sum; or give epsilon")
+    epsilon: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                  description="target ε per client over the whole run: σ is derived before round 1")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee")
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacyConfig:
+        if self.dp == "client":
+            raise ValueError("dp: client (client-level DP) is not implemented yet; use dp: step (example-level) or none")
+        if self.noise_multiplier is not None and self.epsilon is not None:
+            raise ValueError("give privacy.noise_multiplier or privacy.epsilon, not both (σ is derived from ε)")
+        if self.dp == "step" and self.noise_multiplier is None and self.epsilon is None:
+            raise ValueError("dp: step needs privacy.noise_multiplier (σ) or privacy.epsilon (a target ε); give one")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = Field(0, ge=0, lt=2**63)
@@ -188,6 +211,7 @@ class RunConfig(Section):
     partition: PartitionConfig = PartitionConfig()
     local: LocalConfig = LocalConfig()
     eval: EvalConfig = EvalConfig()
+    privacy: PrivacyConfig = PrivacyConfig()  # dp: none (default) or step, example-level DP (docs/privacy.md)
     # Settings of every algorithm section present plus the chosen one (with its defaults).
     methods: dict[str, Any] = Field(default_factory=dict)
 
@@ -223,6 +247,8 @@ class RunConfig(Section):
             # the probe trains on client 0's data, which a deployment's server does not hold
             raise ValueError(f"lr: auto is resolved by runtime=local or flower-sim, not runtime=flower; run the config "
                              f"once with runtime=local rounds=1 and give the lr its config.yaml records as {self.algorithm}.lr")
+        if self.privacy.dp == "step" and settings is not None:
+            _check_private(self, settings)
         if self.robust.aggregator != "mean" and settings is not None and not settings.shared_coordinates:
             raise ValueError(
                 f"robust.aggregator={self.robust.aggregator} needs uploads on shared coordinates, which "
@@ -254,6 +280,19 @@ class RunConfig(Section):
         for name, settings in self.methods.items():
             data[name] = settings.model_dump(mode="json")
         return data
+
+
+def _check_private(config: RunConfig, settings: Settings) -> None:
+    """What dp: step cannot cover, refused before anything runs."""
+    if settings.scalars_per_step is None:
+        raise ValueError(f"privacy.dp: step needs a zeroth-order method (a per-example scalar per step); {config.algorithm} "
+                         "trains by backprop (its update is a gradient, not scalars); use fedmezo, fedkseed, decomfl, ... or dp: none")
+    if getattr(settings, "lr", None) == "auto":
+        raise ValueError(f"privacy.dp: step with {config.algorithm}.lr: auto: the range test picks the lr from client 0's "
+                         f"unnoised held loss, which no guarantee covers; give {config.algorithm}.lr a number")
+    if config.runtime == "flower" and config.privacy.epsilon is not None:
+        raise ValueError("privacy.epsilon with runtime=flower: the server does not know the nodes' partition sizes "
+                         "(the sampling rates) before round 1; give privacy.noise_multiplier instead")
 
 
 class _NoAliasLoader(yaml.SafeLoader):

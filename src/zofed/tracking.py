@@ -93,7 +93,10 @@ def scalars(row: dict, default_lr: float | None = None) -> dict[str, float]:
         "clients/sampled": len(row.get("clients", ())),
         "clients/dropped": len(row.get("dropped", ())),
         "clients/rejected": len(row.get("rejected", {})),
+        "privacy/epsilon": row.get("privacy_epsilon"),  # privacy.dp: step: the largest ε any client has spent
     }
+    for client, spent in row.get("privacy_epsilon_by_client", {}).items():
+        values[f"privacy/epsilon_client_{client}"] = spent
     for direction in ("up", "down"):
         for kind, count in row.get(f"bytes_{direction}_by_kind", {}).items():
             values[f"bytes/{direction}_{kind}"] = count

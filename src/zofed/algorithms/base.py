@@ -154,6 +154,12 @@ class Settings(BaseModel):
         A method that draws no directions (FedAvg) keeps False; every ZO method declares its own."""
         return False
 
+    @property
+    def scalars_per_step(self) -> int | None:
+        """Scalars (directions) a client's local step releases from one batch, which the privacy accountant
+        composes (privacy.dp: step); None where a step's update is not made of per-example scalars (backprop)."""
+        return None
+
     def for_population(self, clients: int) -> "Settings":
         """These settings for a run of `clients` clients (a method that plans per client learns the count)."""
         return self

@@ -53,6 +53,10 @@ class DeComFLSettings(DownlinkSettings):
     weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
 
     @property
+    def scalars_per_step(self) -> int:
+        return self.perturbations
+
+    @property
     def replays_directions(self) -> bool:
         """The server and every lagging client replay the round's shared seeds."""
         return True

@@ -94,6 +94,10 @@ class FedSPZOSettings(ZOSettings):
     p2: int = Field(4, ge=2, le=256, description="P2: directions of block 2 per step (passes from the cache)")
 
     @property
+    def scalars_per_step(self) -> int:
+        return self.p1 + self.p2
+
+    @property
     def replays_directions(self) -> bool:
         """The server rebuilds every client's update from its seeds."""
         return True

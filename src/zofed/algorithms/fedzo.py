@@ -63,6 +63,10 @@ class FedZOSettings(ZOSettings):
     upload: Upload = Field("delta", description="delta: the model delta (paper); seeds: (seed, g) records (ours)")
 
     @property
+    def scalars_per_step(self) -> int:
+        return self.directions_per_step
+
+    @property
     def shared_coordinates(self) -> bool:
         """Deltas share the model's coordinates; seed records are each client's own."""
         return self.upload == "delta"

@@ -62,6 +62,10 @@ class ZOSettings(Settings):
         return _sampler(self.directions, self.pool_size)
 
     @property
+    def scalars_per_step(self) -> int | None:
+        return 1  # one direction per local step; methods with several redeclare it
+
+    @property
     def replays_directions(self) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must declare replays_directions")
 

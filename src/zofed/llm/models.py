@@ -132,18 +132,46 @@ def base_model_hub_id(name: str) -> str | None:
 GGUF_CONFIG_KEYS = ("_model_name_or_path",)
 
 
-def model_losses(model: torch.nn.Module) -> tuple[Callable[[dict], float], Callable[[dict], torch.Tensor]]:
-    """A client's two losses on a batch: forward only (eval, inference mode) and with its graph kept (train mode)."""
+def model_losses(
+    model: torch.nn.Module, per_example: Callable[[torch.Tensor], Any] | None = None
+) -> tuple[Callable[[dict], Any], Callable[[dict], torch.Tensor]]:
+    """A client's two losses on a batch: forward only (eval, inference mode) and with its graph kept (train mode).
+
+    With `per_example` (privacy.dp: step) the forward-only loss is per_example(each example's loss),
+    from the same single forward; a batch of no examples (a Poisson sample can be empty) runs none.
+    """
 
     def loss(batch: dict) -> float:
         with torch.inference_mode():
             return float(model(**batch, use_cache=False).loss)
 
+    def loss_per_example(batch: dict) -> Any:
+        labels = batch["labels"]
+        if labels.shape[0] == 0:
+            return per_example(torch.zeros(0, dtype=torch.float64))
+        with torch.inference_mode():
+            inputs = {key: value for key, value in batch.items() if key != "labels"}  # no batch loss computed
+            return per_example(example_losses(model(**inputs, use_cache=False).logits, labels))
+
     def loss_for_backward(batch: dict) -> torch.Tensor:
         model.train()
         return model(**batch, use_cache=False).loss
 
-    return loss, loss_for_backward
+    return (loss if per_example is None else loss_per_example), loss_for_backward
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's causal-LM loss: the mean cross-entropy over its own target tokens (float64, CPU).
+
+    The batch loss transformers computes is the mean over every target token of the batch; the
+    token-weighted mean of these is that loss (an example with no target token counts 0 here).
+    Float32 maths, as transformers' loss upcasts the logits.
+    """
+    shifted = labels[:, 1:]
+    tokens = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted,
+                                               ignore_index=-100, reduction="none")
+    counts = (shifted != -100).sum(dim=1)
+    return (tokens.sum(dim=1) / counts.clamp(min=1)).double().cpu()
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -41,7 +41,7 @@ low-precision island with a full-precision interface and no other module needs t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from zofed.errors import ZofedError
+from zofed.llm.models import example_losses
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -97,9 +98,12 @@ class ModelSplit:
     looked up (and a model that cannot be split rejected) on first use.
     """
 
-    def __init__(self, model: nn.Module, tensors: Sequence[torch.Tensor] = ()) -> None:
+    def __init__(self, model: nn.Module, tensors: Sequence[torch.Tensor] = (),
+                 per_example: Callable[[torch.Tensor], Any] | None = None) -> None:
         self.model = model
         self._tensors = tuple(tensors)
+        # privacy.dp: step: suffix_loss returns per_example(each example's loss) instead of the batch's float
+        self.per_example = per_example
 
     @cached_property
     def _layers(self) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -220,6 +224,8 @@ class ModelSplit:
     def prefix(self, batch: Batch, split: int) -> SplitCache:
         """Embeddings + layers [0, split) on `batch`; the output of layer split − 1, kept."""
         self.check_split(split)
+        if self.per_example is not None and batch["labels"].shape[0] == 0:
+            return SplitCache(batch, split, None)  # an empty Poisson sample: no forward, no loss (suffix_loss)
         captured: list[Any] = []
 
         def stop(module: nn.Module, args: Any, output: Any) -> None:
@@ -250,8 +256,13 @@ class ModelSplit:
             for i, original in enumerate(originals):
                 layers[i] = original
 
-    def suffix_loss(self, cache: SplitCache) -> float:
-        return float(self.suffix_output(cache).loss)
+    def suffix_loss(self, cache: SplitCache) -> Any:
+        if self.per_example is not None and cache.batch["labels"].shape[0] == 0:
+            return self.per_example(torch.zeros(0, dtype=torch.float64))
+        output = self.suffix_output(cache)
+        if self.per_example is not None:
+            return self.per_example(example_losses(output.logits, cache.batch["labels"]))
+        return float(output.loss)
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:

@@ -32,6 +32,7 @@ from zofed.data import get_task
 from zofed.eval import (GENERATION_METRICS, default_max_new_tokens, evaluate_loss, generate_answers, resolve_metrics,
                         score_generations)
 from zofed.metrics import peak_of
+from zofed.runtime import privacy
 from zofed.runtime.client import KeptStore
 from zofed.runtime.lr_probe import read_record
 from zofed.runtime.prepare import prepared
@@ -155,6 +156,9 @@ def run_experiment(
                 if budget is not None and budget.spent(extra["history"]) >= budget.value:
                     break
                 state, row = round_fn(experiment, algorithm, state, round, kept)
+                if config.privacy.dp == "step":  # each client's ε, from the steps counted so far (kept in the checkpoint)
+                    counts, row = privacy.account_round(config, experiment, extra.get("privacy_counts", {}), row)
+                    extra = {**extra, "privacy_counts": counts}
                 row = {"event": EVENT_ROUND, **row, "time": time.time()}  # wall clock (Unix seconds) at the round's end
                 extra = _record_round(paths, state, row, extra, clock.elapsed())
                 tracking.round(row)
@@ -174,6 +178,8 @@ def run_experiment(
             "data_hashes": extra["data_hashes"],
             "lr_probe": read_record(paths.root),  # lr: auto's range test: its pick, forward passes and bytes
         }
+        if config.privacy.dp == "step":
+            summary["privacy"] = privacy.summary(config, experiment, extra.get("privacy_counts", {}))
         from zofed.report import plot_run  # matplotlib: not for a ClientApp process, which imports this module per message
 
         plot_run(extra["history"], extra["initial"]["eval_loss"], paths.root / "report.png", f"{config.name}: {config.algorithm}")

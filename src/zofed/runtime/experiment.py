@@ -7,10 +7,12 @@ after a model conversion. The runtimes only see the plain objects built here.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import math
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -36,7 +38,9 @@ from zofed.data.splits import choose_splits, count, to_table
 from zofed.llm.models import model_losses
 from zofed.llm.split import ModelSplit
 from zofed.llm import LoadedModel, LoraSettings, TrainableView, apply_lora, load_model, trainable_view
+from zofed.runtime.privacy import expected_batch, planned_noise_multiplier, sampling_rate
 from zofed.zo import mix_seed
+from zofed.zo.privacy import ExampleLosses, StepPrivacy, secret_generator
 
 # Stream tags keep the seeds of different random choices apart.
 SAMPLING_STREAM, BATCH_STREAM, CLIENT_SEED_STREAM = 1, 2, 3
@@ -120,6 +124,7 @@ class Experiment:
     val_tokens: list[TokenizedExample]
     test_tokens: list[TokenizedExample]
     accuracy_examples: list[Example]
+    _noise_multiplier: float | None = None  # privacy.dp: step's σ once known (privacy_noise_multiplier)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -153,7 +158,9 @@ class Experiment:
         """A simulated client's round on the one model: its batches, and the model's live trainable tensors."""
         model = self.model
         model.eval()  # a backprop client before it left the model in train mode
-        loss, loss_for_backward = model_losses(model)
+        private = self.step_privacy(client)
+        per_example = None if private is None else partial(ExampleLosses, privacy=private)
+        loss, loss_for_backward = model_losses(model, per_example)
 
         return ClientEnv(
             client_id=client,
@@ -161,12 +168,43 @@ class Experiment:
             names=self.view.names,
             tensors=self.view.tensors,
             parameters=self.parameters,
-            batches=self.client_batches(round, client),
+            batches=self.client_batches(round, client) if private is None else self.poisson_batches(client),
             loss=loss,
             loss_for_backward=loss_for_backward,
             num_examples=len(self.data.client_indices[client]),
-            split=ModelSplit(model, self.view.tensors),
+            split=ModelSplit(model, self.view.tensors, per_example),
         )
+
+    @property
+    def privacy_noise_multiplier(self) -> float:
+        """privacy.dp: step's σ: the config's, or the one planned from privacy.epsilon before round 1. The plan is
+        a pure function of the config and the partitions, so every client process derives the same σ."""
+        if self._noise_multiplier is None:
+            given = self.config.privacy.noise_multiplier
+            smallest = min(len(indices) for indices in self.data.client_indices)
+            self._noise_multiplier = given if given is not None else planned_noise_multiplier(self.config, smallest)
+        return self._noise_multiplier
+
+    def step_privacy(self, client: int) -> StepPrivacy | None:
+        """privacy.dp: step's clipping and noise for this client's steps (None without DP): the noise and the
+        Poisson samples come from this process's secret generator, never from the run's public seeds."""
+        privacy = self.config.privacy
+        if privacy.dp != "step":
+            return None
+        return StepPrivacy(privacy.clip, self.privacy_noise_multiplier, expected_batch(self.config.local.batch_size,
+                           len(self.data.client_indices[client])), _secret())
+
+    def poisson_batches(self, client: int) -> Iterator[dict[str, torch.Tensor]]:
+        """local_steps batches under privacy.dp: step: each of the client's examples joins a batch independently
+        with rate q = batch_size / its example count (1 when it has fewer), the sampling the accountant assumes.
+        A batch's size varies (it may be empty); the step divides by the expected size."""
+        indices = np.asarray(self.data.client_indices[client])
+        rate = sampling_rate(self.config.local.batch_size, len(indices))
+        rng = np.random.default_rng(secrets.randbits(128))  # secret: a sample the server could rebuild amplifies nothing
+        for _ in range(self.config.local.local_steps):
+            chosen = indices[rng.random(len(indices)) < rate]
+            yield to_device(collate_or_empty([self.train_tokens[int(i)] for i in chosen], self.pad_token_id),
+                            self.device)
 
     def client_batches(self, round: int, client: int) -> Iterator[dict[str, torch.Tensor]]:
         """local_steps batches drawn by reshuffled passes over the client's data, seeded per round."""
@@ -180,6 +218,24 @@ class Experiment:
                 order.extend(int(i) for i in rng.permutation(indices))
             chosen, order = order[: local.batch_size], order[local.batch_size :]
             yield to_device(collate([self.train_tokens[i] for i in chosen], self.pad_token_id), self.device)
+
+
+_SECRET: list[torch.Generator] = []
+
+
+def _secret() -> torch.Generator:
+    """This process's secret generator (privacy.dp: step), seeded once from the operating system."""
+    if not _SECRET:
+        _SECRET.append(secret_generator())
+    return _SECRET[0]
+
+
+def collate_or_empty(examples: list[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """`collate`, or a batch of no examples (an empty Poisson sample: the private loss runs no forward on it)."""
+    if examples:
+        return collate(examples, pad_token_id)
+    empty = torch.zeros((0, 1), dtype=torch.long)
+    return {"input_ids": empty, "attention_mask": empty.clone(), "labels": empty.clone()}
 
 
 def json_digest(value) -> str:

@@ -20,6 +20,10 @@ nothing (the client still uploads it, so the server sees every step it assigned)
 Every operation takes `block` (view indices; None = every tensor): methods that move only part
 of the model (FedSPZO's two blocks, ZorBA's active layers) use the same functions as the others.
 
+With `privacy.dp: step` the loss closure returns one loss per example (zo/privacy.py): g is then
+the clipped, noised mean of the per-example estimates from the same forwards, and the step never
+skips and reports no loss.
+
 The loss a step reports (`step_loss`) is L+ by default, as MeZO's trainer and the official
 FedMeZO and FedKSeed code report it (each returns the loss at θ+μz); `mean` reports an estimate
 of the loss at θ itself: (L+ + L−)/2 for central, L0 for forward. The choice changes only what
@@ -37,6 +41,7 @@ import numpy as np
 
 from zofed.zo.directions import DirectionSampler
 from zofed.zo.perturb import Scratch, no_grad, perturb_
+from zofed.zo.privacy import private_scalar
 
 if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
     import torch
@@ -133,6 +138,9 @@ def _estimate(
         loss_plus = loss_at()
         perturb_(tensors, seed, -2.0 * mu, directions, scratch, block)
         loss_minus = loss_at()
+        private = private_scalar(loss_plus, loss_minus, 2.0 * mu)  # privacy.dp: step (zo/privacy.py)
+        if private is not None:
+            return private, math.nan, -mu  # a private step reports no loss: no noise covers it
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
             return math.nan, math.nan, -mu
         # g travels as float32, so the client applies the float32 value the server will replay.
@@ -142,6 +150,9 @@ def _estimate(
         raise ValueError(f"unknown estimator '{estimator}'; use central or forward")
     perturb_(tensors, seed, mu, directions, scratch, block)
     loss_plus = loss_at()
+    private = private_scalar(loss_plus, base_loss, mu)
+    if private is not None:
+        return private, math.nan, mu
     if not (base_loss is not None and math.isfinite(base_loss) and math.isfinite(loss_plus)):
         return math.nan, math.nan, mu
     g = float(np.float32((loss_plus - base_loss) / mu))
