@@ -34,10 +34,15 @@ from safetensors.torch import load_file
 RUNTIMES = ("local", "flower-sim", "flower", "flower-cold")
 
 
+# flwr/supernode/start_client_internal.py: a SuperNode that pulled no message sleeps 3 s before it asks again,
+# so a node waiting for the next round's message sees it up to 3 s late; Flower 1.41 has no option for it.
+SUPERNODE_IDLE_SLEEP_S = 3.0
+
+
 def run_all(config_path: str, rounds: int, overrides: list[str], root: Path,
             runtimes: tuple[str, ...] = ("local", "flower-sim", "flower")) -> dict:
     from zofed.config import load_config
-    from zofed.runtime.flower.deployment import run_flower
+    from zofed.runtime.flower.deployment import flower_env, run_flower
     from zofed.runtime.flower.loopback import LoopbackFederation
     from zofed.runtime.flower.simulation import run_flower_sim
     from zofed.runtime.driver import round_rows, run_experiment
@@ -77,8 +82,10 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path,
                for runtime in results}
     return results_header.end(header, configs, {
         "config": config_path, "overrides": overrides, "rounds": rounds,
-        # How often a SuperExec looks for a message to launch (Flower's default: 1 s).
-        "superexec_task_poll_interval_s": float(os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "1.0")),
+        # How often a SuperExec looks for a message to launch (zofed's default, see deployment.TASK_POLL_S),
+        # and how long an idle SuperNode sleeps before it asks the SuperLink again (Flower's, not settable).
+        "superexec_task_poll_interval_s": float(flower_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]),
+        "supernode_idle_pull_sleep_s": SUPERNODE_IDLE_SLEEP_S,
         "bit_identical_final_weights": identical, "runtimes": results})
 
 

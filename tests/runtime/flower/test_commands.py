@@ -6,7 +6,8 @@ import pytest
 
 from zofed.config import parse_config
 from zofed.errors import ZofedError
-from zofed.runtime.flower.deployment import is_loopback, run_flower, superlink_command, supernode_command
+from zofed.runtime.flower.deployment import (TASK_POLL_S, flower_env, is_loopback, run_flower, superlink_command,
+                                             supernode_command)
 
 
 def test_superlink_is_insecure_without_certificates_and_tls_with_all_three(tmp_path):
@@ -71,3 +72,10 @@ def test_cli_refuses_a_plaintext_superlink_on_all_interfaces(capsys):
     assert "--insecure" in capsys.readouterr().err
     assert main(["flower", "supernode", "--partition-id", "0", "--superlink", "192.168.1.5:9093"]) == 2
     assert "not a loopback address" in capsys.readouterr().err
+
+
+def test_flower_env_polls_for_tasks_at_zofeds_interval_unless_the_user_chose_one(monkeypatch):
+    monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", raising=False)
+    assert flower_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == TASK_POLL_S
+    monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "2.5")
+    assert flower_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "2.5"
