@@ -80,10 +80,10 @@ def zo_step(
     projected_grad, loss, left_at = _estimate(tensors, loss_at, seed, mu, directions, scratch, step_loss, estimator,
                                               base_loss, block)
     if math.isnan(projected_grad):
-        perturb_(tensors, seed, -left_at, directions, scratch, block)
+        perturb_(tensors, seed, 0.0, directions, scratch, block, restore=-left_at)
         return StepResult(seed, math.nan, 0.0, math.nan, skipped=True)
     coeff = -lr * projected_grad
-    perturb_(tensors, seed, -left_at + coeff, directions, scratch, block)
+    perturb_(tensors, seed, coeff, directions, scratch, block, restore=-left_at, rounding="stochastic")
     return StepResult(seed, projected_grad, coeff, loss, skipped=False)
 
 
@@ -111,7 +111,7 @@ def two_point(
         base_loss = loss_at()
     projected_grad, loss, left_at = _estimate(tensors, loss_at, seed, mu, directions, scratch, step_loss, estimator,
                                               base_loss, block)
-    perturb_(tensors, seed, -left_at, directions, scratch, block)
+    perturb_(tensors, seed, 0.0, directions, scratch, block, restore=-left_at)
     return projected_grad, loss
 
 
@@ -131,7 +131,7 @@ def _estimate(
     if estimator == "central":
         perturb_(tensors, seed, mu, directions, scratch, block)
         loss_plus = loss_at()
-        perturb_(tensors, seed, -2.0 * mu, directions, scratch, block)
+        perturb_(tensors, seed, -mu, directions, scratch, block, restore=-mu)  # fp32: one add of -2μ, as ever
         loss_minus = loss_at()
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
             return math.nan, math.nan, -mu
@@ -160,4 +160,4 @@ def replay_(
     blocks[k] (every tensor when `blocks` is None). A zero coefficient (a skipped step) moves nothing."""
     for k, (seed, coeff) in enumerate(records):
         if coeff != 0.0:
-            perturb_(tensors, seed, coeff, directions, scratch, None if blocks is None else blocks[k])
+            perturb_(tensors, seed, coeff, directions, scratch, None if blocks is None else blocks[k], rounding="stochastic")
