@@ -9,7 +9,10 @@ Two estimators, options of the same step (`estimator`):
     θ += (μ - ηg)z                       θ += (-μ - ηg)z
 
 The last pass restores θ and applies the update at once: 3 passes over the trainable tensors
-(forward: 2), not 4. Forwards per direction: central 2, forward 1 plus the step's one L0, which
+(forward: 2), not 4. On bf16/fp16 tensors each pass after the first restores θ (rounded to
+nearest: θ back, bit for bit, away from powers of two) before it adds the next perturbation or the
+update, and the update is rounded stochastically, with the bits `replay_` uses
+(zo/directions.py); float32 tensors take one add per pass, as the table says. Forwards per direction: central 2, forward 1 plus the step's one L0, which
 every direction of a multi-direction step shares (`forward_passes`). Central's error is O(μ²),
 forward's O(μ): forward buys fewer forwards with bias.
 
