@@ -50,7 +50,9 @@ same bits. float32 tensors take neither: θ += (restore + scale)·z, one add, as
 
 from __future__ import annotations
 
+import os
 import zlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import ClassVar, Protocol
 
@@ -188,8 +190,9 @@ def _table_crc(size: int, table_seed: int, pad: int) -> int:
 # θ + scale·z exactly as the float32 server does and rounds once, at ~2x the native cost.
 _STAGE_BLOCK = 1 << 18  # 1 MiB of float32: stays in cache between the passes over a block
 # Stochastic rounding's bits: each value of [0, 2^16) ROUNDING_TABLE / 2^16 times, shuffled; a block of
-# _STAGE_BLOCK values of a tensor reads the window at an offset hashed from (seed, tensor, block).
+# ROUNDING_BLOCK values of a tensor reads the window at an offset hashed from (seed, tensor, block).
 ROUNDING_TABLE = 1 << 20
+ROUNDING_BLOCK = 1 << 20  # = the pool's chunk: a fused pass reads one window of bits per window of z
 _ROUNDING_TAG = 0x5124D  # separates the rounding offsets' hash from the pool's offsets and signs
 _DROPPED_BITS = {"bfloat16": 16, "float16": 13}  # float32 mantissa bits below the format's last one
 # In every stream id: a party that rounds bf16/fp16 replays differently (an older zofed: to nearest) is refused.
@@ -209,7 +212,7 @@ def rounding_table(dropped: int, device: torch.device) -> torch.Tensor:
     keys = _splitmix64(np.arange(ROUNDING_TABLE, dtype=np.uint64) + np.uint64(mix_seed(_ROUNDING_TAG)))
     values = (np.arange(ROUNDING_TABLE, dtype=np.int64) % (1 << 16))[np.argsort(keys, kind="stable")] >> (16 - dropped)
     table = torch.from_numpy(values.astype(np.int32))
-    return torch.cat([table, table[:_STAGE_BLOCK]])
+    return torch.cat([table, table[:ROUNDING_BLOCK]])
 
 
 class _Bits:
@@ -219,8 +222,8 @@ class _Bits:
         self.seed, self.index, self.table = seed, index, rounding_table(dropped, device)
 
     def at(self, begin: int, end: int) -> torch.Tensor:
-        """Bits of values [begin, end), a range within one block of _STAGE_BLOCK values."""
-        block, within = divmod(begin, _STAGE_BLOCK)
+        """Bits of values [begin, end), a range within one block of ROUNDING_BLOCK values."""
+        block, within = divmod(begin, ROUNDING_BLOCK)
         offset = mix_seed(self.seed, self.index, block, _ROUNDING_TAG) % ROUNDING_TABLE + within
         return self.table[offset : offset + end - begin]
 
@@ -254,28 +257,101 @@ def _staged_add_(target: torch.Tensor, window: torch.Tensor, start: int, alpha: 
     are those of the tensor's own positions. Rounding: to nearest where `bits` is None, else
     stochastic: the float32 value's bits below the format's last one plus a uniform integer of as
     many bits, then truncated (sign-magnitude, so the magnitude rounds up with probability equal to
-    the dropped fraction; exact for bf16, for fp16 above its subnormals).
+    the dropped fraction; exact for bf16, for fp16 above its subnormals). Ranges of FUSED_MIN values
+    or more take the fused kernel where one could be built and gives these very bits (`_fused`).
     """
+    if alpha == 0.0:  # a restore alone is one rounded add, a plain perturbation's
+        alpha, restore = restore, 0.0
     begin, numel = 0, target.numel()
     while begin < numel:
-        end = min(numel, begin + _STAGE_BLOCK - (start + begin) % _STAGE_BLOCK)  # no block straddles two
+        end = min(numel, begin + ROUNDING_BLOCK - (start + begin) % ROUNDING_BLOCK)  # no range straddles two blocks
+        part_bits = None if bits is None else bits.at(start + begin, start + end)
+        kernel = _fused(target, restore != 0.0, bits is not None) if end - begin >= FUSED_MIN else None
+        if kernel is not None:
+            kernel(target[begin:end], window[begin:end], alpha, restore, part_bits)
+        else:
+            _plain_add_(target[begin:end], window[begin:end], alpha, restore, stage, part_bits)
+        begin = end
+
+
+def _plain_add_(target: torch.Tensor, window: torch.Tensor, alpha: float, restore: float, stage: torch.Tensor,
+                bits: torch.Tensor | None) -> None:
+    """`_staged_add_` in torch operations, block by block of _STAGE_BLOCK values (each stays in cache)."""
+    mask = -(1 << _DROPPED_BITS[str(target.dtype).removeprefix("torch.")])
+    for begin in range(0, target.numel(), _STAGE_BLOCK):
+        end = min(begin + _STAGE_BLOCK, target.numel())
         block, part, stage_part = target[begin:end], window[begin:end], stage[: end - begin]
         stage_part.copy_(block)
         if restore != 0.0:
             stage_part.add_(part, alpha=restore)
-            if alpha == 0.0:
-                block.copy_(stage_part)  # a restore alone: one rounding, as a plain add
-                begin = end
-                continue
             block.copy_(stage_part)  # rounded to nearest: θ back (module docstring)
             stage_part.copy_(block)
         stage_part.add_(part, alpha=alpha)
         if bits is not None:
             raw = stage_part.view(torch.int32)
-            raw.add_(bits.at(start + begin, start + end))
-            raw.bitwise_and_(-(1 << (16 if target.dtype == torch.bfloat16 else 13)))
+            raw.add_(bits[begin:end])
+            raw.bitwise_and_(mask)
         block.copy_(stage_part)
-        begin = end
+
+
+# The fused kernel: the same arithmetic as `_plain_add_` in one pass over memory, generated by
+# torch.compile (inductor; a C++ compiler on the CPU, triton on a GPU). It is used only after it
+# gave `_plain_add_`'s bits on a probe for its (variant, dtype, device), so a client with a compiler
+# and a server without one replay identically; otherwise, or with ZOFED_FUSED=0, the plain path runs.
+FUSED_MIN = 1 << 18  # shorter ranges (tests, small models) never pay a compilation
+_FUSED_KERNELS: dict[tuple, Callable | None] = {}
+
+
+def _fused(target: torch.Tensor, restore: bool, stochastic: bool) -> Callable | None:
+    key = (restore, stochastic, target.dtype, target.device)
+    if key not in _FUSED_KERNELS:
+        _FUSED_KERNELS[key] = _build_fused(*key) if os.environ.get("ZOFED_FUSED", "1") != "0" else None
+    return _FUSED_KERNELS[key]
+
+
+def _build_fused(restore: bool, stochastic: bool, dtype: torch.dtype, device: torch.device) -> Callable | None:
+    mask = -(1 << _DROPPED_BITS[str(dtype).removeprefix("torch.")])
+
+    def pass_(target, window, alpha, restore_scale, bits):
+        # prims.fma, not stage + alpha·window: torch's own add_ with alpha is a fused multiply-add where the
+        # CPU has one, and inductor would otherwise emit a multiply and an add (1-3 values in 262K differ).
+        stage = target.float()
+        if restore:
+            stage = torch.ops.prims.fma(window, restore_scale.expand_as(window), stage).to(target.dtype).float()
+        stage = torch.ops.prims.fma(window, alpha.expand_as(window), stage)
+        if stochastic:
+            stage = ((stage.view(torch.int32) + bits) & mask).view(torch.float32)
+        target.copy_(stage)
+
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.emulate_precision_casts = True  # else the rounding to the dtype between the adds is elided
+        compiled = torch.compile(pass_, dynamic=True, fullgraph=True)
+
+        def kernel(target, window, alpha, restore_scale, bits):
+            scalars = torch.tensor([alpha, restore_scale], dtype=torch.float32, device=target.device)
+            compiled(target, window, scalars[0], scalars[1], bits)
+
+        if _probe_agrees(kernel, restore, stochastic, dtype, device):
+            return kernel
+    except Exception:  # no compiler, no triton, an inductor failure: the plain path is always there
+        pass
+    return None
+
+
+def _probe_agrees(kernel: Callable, restore: bool, stochastic: bool, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `kernel` gives `_plain_add_`'s bits on values from 1e-3 to 4 and both signs (a tail included)."""
+    generator = torch.Generator().manual_seed(0x5EED)
+    numel = FUSED_MIN + 13
+    values = torch.randn(numel, generator=generator) * torch.logspace(-3, 0.6, numel)
+    window = torch.randn(numel, generator=generator).to(device)
+    bits = rounding_table(_DROPPED_BITS[str(dtype).removeprefix("torch.")], device)[:numel] if stochastic else None
+    plain, fused = values.to(dtype).to(device), values.to(dtype).to(device)
+    for alpha, restore_scale in ((1.234e-4, -7.1e-4), (-0.37, 0.0029)):
+        _plain_add_(plain, window, alpha, restore_scale if restore else 0.0, torch.empty(numel, device=device), bits)
+        kernel(fused, window, alpha, restore_scale if restore else 0.0, bits)
+    return torch.equal(plain.view(torch.int16), fused.view(torch.int16))
 
 
 class PoolDirections:
