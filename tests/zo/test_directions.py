@@ -108,3 +108,28 @@ def test_a_client_step_and_the_servers_replay_agree_bit_for_bit_with_stochastic_
 
 def _weighted_sum(tensors) -> float:
     return float(sum(t.double().sum() * (k + 1) for k, t in enumerate(tensors)))
+
+
+def test_a_fused_kernel_is_used_only_if_it_gives_the_plain_paths_bits(monkeypatch):
+    import zofed.zo.directions as directions
+
+    cpu = torch.device("cpu")
+
+    def plain(target, window, alpha, restore, bits):
+        directions._plain_add_(target, window, alpha, restore, torch.empty(target.numel()), bits)
+
+    def multiply_then_add(target, window, alpha, restore, bits):  # inductor's arithmetic without prims.fma
+        stage = target.float()
+        if restore:
+            stage = (stage + torch.tensor(restore) * window).bfloat16().float()
+        stage = stage + torch.tensor(alpha) * window
+        if bits is not None:
+            stage = ((stage.view(torch.int32) + bits) & -(1 << 16)).view(torch.float32)
+        target.copy_(stage)
+
+    assert directions._probe_agrees(plain, True, True, torch.bfloat16, cpu)
+    assert directions._probe_agrees(plain, False, False, torch.float16, cpu)
+    assert not directions._probe_agrees(multiply_then_add, True, False, torch.bfloat16, cpu)
+    monkeypatch.setenv("ZOFED_FUSED", "0")
+    monkeypatch.setattr(directions, "_FUSED_KERNELS", {})
+    assert directions._fused(torch.zeros(1, dtype=torch.bfloat16), True, True) is None  # turned off: the plain path
