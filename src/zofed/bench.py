@@ -114,6 +114,7 @@ def bench_step(model_name: str, mode: str, dtype: str, batch_size: int, seq_len:
     if reference:
         works["reference"] = reference_step
     peak_inference = _peaks(loss_at, torch_device)
+    works["pool"]()  # a bf16/fp16 step builds its fused kernels on first use: outside the peak's window
     peak_zo = _peaks(works["pool"], torch_device)
     peak_zo_gaussian = _peaks(works["gaussian"], torch_device)
     medians = _interleaved_medians(works, repeats, torch_device)
@@ -143,6 +144,8 @@ def bench_step(model_name: str, mode: str, dtype: str, batch_size: int, seq_len:
         "trainable_params": view.numel(),
         "batch": f"{batch_size}x{seq_len}",
         "threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(torch_device),
+        "fused_low_precision": fused_low_precision(dtype),
         "forward_s": round(two_forwards / 2, 4),
         "zo_step_gaussian_s": round(step_gaussian_s, 4),
         "zo_step_pool_s": round(step_pool_s, 4),
@@ -162,6 +165,29 @@ def bench_step(model_name: str, mode: str, dtype: str, batch_size: int, seq_len:
     }
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 natively (CPU: AVX512-BF16 or AMX-BF16), as a bench result must say."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fused_low_precision(dtype: str) -> bool | None:
+    """Whether this run's bf16/fp16 passes used the fused kernel (zo/directions.py); None for fp32."""
+    if dtype == "fp32":
+        return None
+    from zofed.zo import directions
+
+    return any(kernel is not None for kernel in directions._FUSED_KERNELS.values())
+
+
 def step_line(row: dict) -> str:
     """One human-readable line of a bench row."""
 
@@ -175,4 +201,5 @@ def step_line(row: dict) -> str:
     return (f"{row['model']} {row['mode']:5s} {row['dtype']:5s} {row['device']} forward {row['forward_s']:.3f}s"
             f"  step/2fwd pool {row['ratio_pool_to_two_forwards']:.2f}  gaussian {row['ratio_gaussian_to_two_forwards']:.2f}"
             f"  reference {shown(row['ratio_reference_to_two_forwards'], '.2f')}"
-            f"  speedup {shown(row['speedup_vs_reference'], '.1f')}x  {memory}")
+            f"  speedup {shown(row['speedup_vs_reference'], '.1f')}x  {memory}"
+            + ("" if row.get("fused_low_precision") is None else f"  fused {row['fused_low_precision']}"))

@@ -130,6 +130,14 @@ def test_state_dict_keeps_dtype():
     assert {t.dtype for t in view.state_dict().values()} == {torch.bfloat16}
 
 
+def test_lora_adapters_of_a_bf16_model_are_float32():
+    """LoRA's low-precision answer is a float32 trainable part (docs/directions.md): PEFT keeps the adapters of a
+    bf16 base in float32, so every ZO pass and update on them is exact float32, and the base stays bf16."""
+    loaded = apply_lora(load_model("tiny-llama", "bf16"), SETTINGS, seed=0)
+    assert {t.dtype for t in trainable_view(loaded).tensors} == {torch.float32}
+    assert {t.dtype for t in trainable_view(loaded, "full").tensors} == {torch.bfloat16}
+
+
 def test_load_rejects_mismatched_weights_and_changes_nothing(tiny):
     view = trainable_view(tiny, "full", layers=[0])
     weights = view.state_dict()

@@ -59,7 +59,9 @@ def test_full_parameter_round_moves_the_model_and_server_agrees(experiment, name
     state = algorithm.aggregate(state, 1, [(0, reply)])
 
     moved = sum(int((client_model[n] != initial[n]).sum()) for n in initial)
-    assert moved > 0.5 * 134_515_008  # a ZO step moves (almost) every weight
+    # fp32: a ZO step moves (almost) every weight. bf16: an update below half an ulp moves a weight by one ulp
+    # with probability |update|/ulp (stochastic rounding, docs/directions.md): 46% of them for FedKSeed here.
+    assert moved > (0.5 if view.tensors[0].dtype == torch.float32 else 0.3) * 134_515_008
     mu = ZO_METHODS[name]["mu"]
     worst_ulps = max(ulps_apart(client_model[n], state.weights[n], floor=5 * mu) for n in initial)
     print(f"{name} {view.tensors[0].dtype}: client vs server {worst_ulps:.2f} ulps")

@@ -110,7 +110,8 @@ class DeComFL:
                 continue
             if count > 1:
                 for p, (g, _) in enumerate(estimates):
-                    perturb_(env.tensors, step_seed(base_seed, step, p), -zo.lr / count * g, zo.directions, scratch)
+                    perturb_(env.tensors, step_seed(base_seed, step, p), -zo.lr / count * g, zo.directions, scratch,
+                             rounding="stochastic")
             grads.extend(g for g, _ in estimates)
             losses.append(sum(loss for _, loss in estimates) / count)
         metrics = zo_metrics(env, losses, skipped, directions_per_step=count, estimator=zo.estimator)

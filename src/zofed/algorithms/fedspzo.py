@@ -175,7 +175,7 @@ class FedSPZO:
                 continue
             for (block, _, indices, _), (seed, g, _) in zip(plan, estimates):
                 perturb_(env.tensors, seed, -zo.lr / (p2 if block == BLOCK_2 else p1) * g, zo.directions, scratch,
-                         indices)
+                         indices, rounding="stochastic")
             grads.extend(g for _, g, _ in estimates)
             losses.append(sum(loss for _, _, loss in estimates) / len(estimates))
         steps = len(losses) + skipped

@@ -119,7 +119,7 @@ class FedZO:
                 continue
             if count > 1:  # the average of the b estimates, all taken at the same θ, applied together
                 for seed, (g, _) in zip(step_seeds, estimates):
-                    perturb_(env.tensors, seed, -zo.lr / count * g, zo.directions, scratch)
+                    perturb_(env.tensors, seed, -zo.lr / count * g, zo.directions, scratch, rounding="stochastic")
             grads.extend(g for g, _ in estimates)
             losses.append(sum(loss for _, loss in estimates) / count)
         metrics = zo_metrics(env, losses, skipped, directions_per_step=count, estimator=zo.estimator)

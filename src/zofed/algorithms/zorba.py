@@ -251,7 +251,7 @@ class Zorba:
                     skipped += 1
                     grads.append(0.0)
                     continue
-                perturb_(env.tensors, seed, -zo.lr * g, zo.directions, scratch, block)
+                perturb_(env.tensors, seed, -zo.lr * g, zo.directions, scratch, block, rounding="stochastic")
                 grads.append(g)
                 losses.append(loss)
         metrics = {

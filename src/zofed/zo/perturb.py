@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from zofed.lazy import lazy_import
 from zofed.zo.directions import DirectionSampler
@@ -39,6 +39,9 @@ class Scratch:
         return buffer[:numel].view(shape)
 
 
+Rounding = Literal["nearest", "stochastic"]
+
+
 @no_grad
 def perturb_(
     tensors: Sequence[torch.Tensor],
@@ -47,12 +50,23 @@ def perturb_(
     directions: DirectionSampler,
     scratch: Scratch,
     block: Sequence[int] | None = None,
+    *,
+    restore: float = 0.0,
+    rounding: Rounding = "nearest",
 ) -> None:
-    """θ_i += scale · z(seed, i) in place for every tensor i of `block` (None: every tensor).
+    """θ_i += (restore + scale) · z(seed, i) in place for every tensor i of `block` (None: every tensor).
 
     i is always the tensor's index in the full view, whatever the block, so a (seed, block) pair
-    names the same direction on a client and on the server. bf16 tensors accumulate in their dtype.
+    names the same direction on a client and on the server. float32 tensors take one add. bf16 and
+    fp16 tensors are staged through float32: `restore` (undoing the pass before, -left) is added and
+    rounded to nearest first, then `scale`, rounded to nearest (a perturbation) or stochastically
+    (`rounding="stochastic"`: an update, whose expected value survives below the format's resolution).
     """
+    stochastic = rounding == "stochastic"
     for index in range(len(tensors)) if block is None else block:
         tensor = tensors[index]
-        directions.add_(tensor, seed, index, scale, scratch.take(tensor.shape, tensor.device))
+        buffer = scratch.take(tensor.shape, tensor.device)
+        if restore == 0.0 and not stochastic:
+            directions.add_(tensor, seed, index, scale, buffer)  # a plain perturbation: any sampler's add_
+        else:
+            directions.add_(tensor, seed, index, scale, buffer, restore=restore, stochastic=stochastic)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from zofed.zo.directions import DirectionSampler
+from zofed.zo.directions import DirectionSampler, low_precision
 
 if TYPE_CHECKING:  # annotations only: importing this module (the registry does) does not import torch
     import torch
@@ -25,8 +25,13 @@ class ScaledDirections:
     def fill_(self, out: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         return self.base.fill_(out, seed, index).mul_(self.scales[index])
 
-    def add_(self, tensor: torch.Tensor, seed: int, index: int, scale: float, scratch: torch.Tensor) -> None:
-        self.base.add_(tensor, seed, index, scale * self.scales[index], scratch)
+    def add_(self, tensor: torch.Tensor, seed: int, index: int, scale: float, scratch: torch.Tensor,
+             restore: float = 0.0, stochastic: bool = False) -> None:
+        factor = self.scales[index]
+        if low_precision(tensor):  # restore and update apart, as the base sampler stages them
+            self.base.add_(tensor, seed, index, scale * factor, scratch, restore=restore * factor, stochastic=stochastic)
+        else:  # one coefficient, (restore + scale)·s_t, exactly as before restores were passed apart
+            self.base.add_(tensor, seed, index, (restore + scale) * factor, scratch)
 
     def stream_id(self, device: torch.device | str = "cpu") -> str:
         return self.base.stream_id(device)

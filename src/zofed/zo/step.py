@@ -9,7 +9,10 @@ Two estimators, options of the same step (`estimator`):
     θ += (μ - ηg)z                       θ += (-μ - ηg)z
 
 The last pass restores θ and applies the update at once: 3 passes over the trainable tensors
-(forward: 2), not 4. Forwards per direction: central 2, forward 1 plus the step's one L0, which
+(forward: 2), not 4. On bf16/fp16 tensors each pass after the first restores θ (rounded to
+nearest: θ back, bit for bit, away from powers of two) before it adds the next perturbation or the
+update, and the update is rounded stochastically, with the bits `replay_` uses
+(zo/directions.py); float32 tensors take one add per pass, as the table says. Forwards per direction: central 2, forward 1 plus the step's one L0, which
 every direction of a multi-direction step shares (`forward_passes`). Central's error is O(μ²),
 forward's O(μ): forward buys fewer forwards with bias.
 
@@ -85,10 +88,10 @@ def zo_step(
     projected_grad, loss, left_at = _estimate(tensors, loss_at, seed, mu, directions, scratch, step_loss, estimator,
                                               base_loss, block)
     if math.isnan(projected_grad):
-        perturb_(tensors, seed, -left_at, directions, scratch, block)
+        perturb_(tensors, seed, 0.0, directions, scratch, block, restore=-left_at)
         return StepResult(seed, math.nan, 0.0, math.nan, skipped=True)
     coeff = -lr * projected_grad
-    perturb_(tensors, seed, -left_at + coeff, directions, scratch, block)
+    perturb_(tensors, seed, coeff, directions, scratch, block, restore=-left_at, rounding="stochastic")
     return StepResult(seed, projected_grad, coeff, loss, skipped=False)
 
 
@@ -116,7 +119,7 @@ def two_point(
         base_loss = loss_at()
     projected_grad, loss, left_at = _estimate(tensors, loss_at, seed, mu, directions, scratch, step_loss, estimator,
                                               base_loss, block)
-    perturb_(tensors, seed, -left_at, directions, scratch, block)
+    perturb_(tensors, seed, 0.0, directions, scratch, block, restore=-left_at)
     return projected_grad, loss
 
 
@@ -136,7 +139,7 @@ def _estimate(
     if estimator == "central":
         perturb_(tensors, seed, mu, directions, scratch, block)
         loss_plus = loss_at()
-        perturb_(tensors, seed, -2.0 * mu, directions, scratch, block)
+        perturb_(tensors, seed, -mu, directions, scratch, block, restore=-mu)  # fp32: one add of -2μ, as ever
         loss_minus = loss_at()
         private = private_scalar(loss_plus, loss_minus, 2.0 * mu)  # privacy.dp: step (zo/privacy.py)
         if private is not None:
@@ -171,4 +174,4 @@ def replay_(
     blocks[k] (every tensor when `blocks` is None). A zero coefficient (a skipped step) moves nothing."""
     for k, (seed, coeff) in enumerate(records):
         if coeff != 0.0:
-            perturb_(tensors, seed, coeff, directions, scratch, None if blocks is None else blocks[k])
+            perturb_(tensors, seed, coeff, directions, scratch, None if blocks is None else blocks[k], rounding="stochastic")
