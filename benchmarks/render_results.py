@@ -152,7 +152,17 @@ def lr_auto() -> str:
     goals = document["goals"]
     header = ["method", "auto lr", "val loss, auto", "hand lr", "val loss, hand", "gap", "probe forwards / run's",
               f"goals (≤ {goals['loss_gap_at_most']:+.0%}, ≤ {goals['probe_cost_at_most']:.0%})"]
-    return block(table(header, rows), relative)
+    # rows measured in separate sessions carry their own header (rows[].measured)
+    sessions: dict[str, list[str]] = {}
+    for row in document["rows"]:
+        if "measured" in row:
+            name = row["method"] if row["task"] == "quickstart" else f"{row['task']} / {row['method']}"
+            sessions.setdefault(measured(row["measured"]), []).append(name)
+    if len(sessions) < 2:
+        return block(table(header, rows), relative)
+    lines = [f"<sub>{', '.join(names)}: {facts}.</sub>" for facts, names in sessions.items()]
+    source = f"<sub>From [`{relative}`](../benchmarks/results/{relative}), each row measured as said above.</sub>"
+    return "\n\n".join([table(header, rows), *lines, source])
 
 
 def eval_metrics() -> str:
