@@ -368,6 +368,7 @@ def _flower_register(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from zofed.algorithms import ALGORITHMS
+    from zofed.algorithms.base import official_defaults_text
     from zofed.data import PARTITIONERS, TASKS
     from zofed.data.partition import DESCRIPTIONS as PARTITIONER_DESCRIPTIONS
     from zofed.llm import BUILTIN_MODELS
@@ -381,6 +382,10 @@ def _list(args: argparse.Namespace) -> int:
             print(f"  {'':14s}   clients weighted by: {weighting.default} (default; `weighting: uniform | examples`)")
         if entry.basis:
             print(f"  {'':14s}   basis: {entry.basis}")
+        if entry.official_defaults:
+            print(f"  {'':14s}   defaults from the official code: {official_defaults_text(entry)}")
+        for line in entry.differs:
+            print(f"  {'':14s}   differs: {line}")
     print("  (docs/methods.md: what each method takes from its paper and official code, and what is ours)")
     print("models (or any local directory / hub id available offline):")
     for name, model in BUILTIN_MODELS.items():
