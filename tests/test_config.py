@@ -71,3 +71,42 @@ def test_an_override_of_a_section_the_algorithm_does_not_read_is_refused():
         parse_config({}, ["algorithm=fedavg", "fedmezo.lr=1e-3"])
     # a config file may hold several methods' sections (zofed compare reads each one)
     assert parse_config({"algorithm": "fedavg", "fedmezo": {"lr": 1e-3}}).algorithm == "fedavg"
+
+
+
+# every shipped config; benchmarks/reproduce/gamlpp.yaml holds the benchmark's presets, not a config
+SHIPPED = [path for path in sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "benchmarks" / "reproduce").glob("*.yaml"))
+           if "algorithm" in yaml.safe_load(path.read_text())]
+# The values fedkseed and decomfl ran with in the shipped configs before their defaults became their official code's
+# (lr 3e-7, mu 5e-4; lr 1e-4, mu 1e-3): kept explicit, a run of a shipped config does not change.
+FORMER_ZO_DEFAULTS = {"lr": 1e-3, "mu": 1e-2}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_every_shipped_config_loads_and_sets_lr_and_mu_of_each_zo_method_it_holds(path):
+    from zofed.algorithms import ALGORITHMS, ZOSettings
+
+    written = yaml.safe_load(path.read_text())
+    config = load_config(path)
+    zo = {name for name, entry in ALGORITHMS.items() if issubclass(entry.settings, ZOSettings)}
+    if config.algorithm in zo:
+        assert config.algorithm in written, f"{path.name}: its algorithm {config.algorithm} runs on the method defaults"
+    for name in zo & set(written):
+        assert {"lr", "mu"} <= set(written[name]), f"{path.name}: {name} without an explicit lr and mu"
+
+
+def test_the_shipped_configs_are_found():
+    assert {path.name for path in SHIPPED} >= {"quickstart.yaml", "gsm8k.yaml", "fedkseed_bytes.yaml"}
+
+
+@pytest.mark.parametrize("name", ["quickstart", "gsm8k", "alpaca", "codealpaca"])
+def test_the_task_configs_keep_fedkseeds_and_decomfls_former_values(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    for method in ("fedkseed", "decomfl"):
+        settings = config.methods[method]
+        assert {key: getattr(settings, key) for key in FORMER_ZO_DEFAULTS} == FORMER_ZO_DEFAULTS, (name, method)
+
+
+def test_reproduce_runs_fedkseed_full_parameter_as_its_official_code():
+    config = load_config(REPO / "benchmarks" / "reproduce" / "fedkseed_bytes.yaml")
+    assert config.trainable.mode == "full" and config.methods["fedkseed"].num_seeds == 4096

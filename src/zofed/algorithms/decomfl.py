@@ -4,7 +4,8 @@ In round r the server derives one seed per (local step, perturbation) from (run 
 sampled client uses exactly those seeds, so a client returns only its K×P scalars g and the
 server's update is Σ_t Σ_p (−lr/P · ḡ_{t,p}) z(seed_{t,p}), with ḡ the plain mean over clients
 (`weighting: uniform`, as the official code ZidongLiu/DeComFL averages; `examples` is an option).
-Communication is dimension-free both ways: it does not grow with the model.
+Communication is dimension-free both ways: it does not grow with the model. The defaults lr 1e-4,
+μ 1e-3 and P = 1 are the official CLI's (`zofed list` and docs/methods.md list every difference).
 
 Lagging clients catch up by replay, as in the paper and the official code, which always replays:
 `downlink: replay` is the default. The server keeps the last `max_lag` rounds of records and sends

@@ -1,7 +1,10 @@
 """FedKSeed and FedKSeed-Pro (Qin et al., ICML 2024): ZO with K candidate seeds, K scalars up.
 
 K candidate seeds are fixed at the start and shared (derived from the run seed, so only the
-base seed and K travel; the paper's K = 4096 is the default). Each local step picks one
+base seed and K travel; the paper's K = 4096 is the default). The defaults lr 3e-7 and μ 5e-4 are
+the official code's (its README's run scripts and main.py's zo_eps), for a full-parameter 1B model;
+the official code tunes every weight, zofed whatever the config's `trainable` says (`zofed list`
+and docs/methods.md list every difference). Each local step picks one
 candidate, uniformly (FedKSeed) or by probabilities from the seeds' past |g| (FedKSeed-Pro), and
 takes a two-point ZO step along its direction. A client uploads K scalars: the sum of g per
 candidate over its local steps. The server takes their mean ā weighted by each client's example
@@ -229,7 +232,8 @@ PRO_ENTRY = AlgorithmEntry(
     description="FedKSeed-Pro: candidate seeds sampled by their past |g| (Qin et al., ICML 2024)",
     settings=FedKSeedSettings,
     build=partial(FedKSeed, pro=True),
-    basis="as fedkseed; the official calculate_probabilities (min-max of mean |clip g| per seed, softmax at 1)",
+    basis="paper + official code, as fedkseed; its probabilities: the official calculate_probabilities "
+    "(min-max of mean |clip g| per seed, softmax at 1)",
     official_defaults=OFFICIAL_DEFAULTS,
     differs=DIFFERS,
 )
