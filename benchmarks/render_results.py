@@ -290,7 +290,7 @@ def trainable_part(relative: str, document: dict, run: str, config: str) -> str:
         modules = "/".join(name.removesuffix("_proj") for name in trainable.get("target_modules", []))
         return f"LoRA r={trainable['r']}" + (f" on {modules}" if modules else "")
     ran = text(recorded["trainable"])
-    now = text(yaml.safe_load((ROOT / config).read_text())["trainable"])
+    now = text(yaml.safe_load((RESULTS.parents[1] / config).read_text())["trainable"])  # the checkout's config
     return ran if ran == now else f"{ran} (the config is now {now}; not yet re-measured)"
 
 
