@@ -1,5 +1,8 @@
 """Render every results table in docs/results.md and the numbers README.md quotes from the committed JSON.
 
+docs/methods.md's list of where each method differs from its official code is rendered the same way, from the
+method registry (`zofed list` prints the same data).
+
     .venv/bin/python benchmarks/render_results.py           # rewrite the generated blocks in place
     .venv/bin/python benchmarks/render_results.py --check   # exit 1 and print a diff where a document is stale
 
@@ -19,6 +22,8 @@ import sys
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: `benchmarks` is then not importable by itself
     sys.path.insert(0, str(ROOT))
@@ -26,7 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script: `benchmarks` is then not impor
 from benchmarks import gamlpp_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = ("docs/results.md", "README.md")
+DOCUMENTS = ("docs/results.md", "README.md", "docs/methods.md")
 BLOCK = re.compile(r"<!-- generated: ([a-z0-9-]+) -->(.*?)<!-- end generated -->", re.S)  # names: lower-case
 
 
@@ -283,9 +288,35 @@ def fedmezo_lr() -> str:
     return block(table(header, rows), relative)
 
 
+# What a result ran that its JSON does not record (measured before results recorded their resolved config) and
+# that its config no longer says: from the config's history, so a table does not pass it off as today's config.
+RAN_WITH = {
+    # benchmarks/reproduce/fedkseed_bytes.yaml from d305300 until it became full-parameter (issue 26)
+    "reproduce/fedkseed-bytes/results.json": {"trainable": {"mode": "lora", "r": 8,
+                                                            "target_modules": ["q_proj", "v_proj"]}},
+}
+
+
+def trainable_part(relative: str, document: dict, run: str, config: str) -> str:
+    """'LoRA r=8 on q/v' or 'full-parameter': what `run` of a result trained, and whether the config
+    (relative to the repository) still says so."""
+    recorded = (document.get("resolved_configs") or {}).get(run) or RAN_WITH.get(relative)
+    if recorded is None:
+        raise RenderError(f"{relative}: no resolved config for '{run}' and no RAN_WITH entry: say what it trained")
+    def text(trainable: dict) -> str:
+        if trainable["mode"] == "full":
+            return "full-parameter"
+        modules = "/".join(name.removesuffix("_proj") for name in trainable.get("target_modules", []))
+        return f"LoRA r={trainable['r']}" + (f" on {modules}" if modules else "")
+    ran = text(recorded["trainable"])
+    now = text(yaml.safe_load((RESULTS.parents[1] / config).read_text())["trainable"])  # the checkout's config
+    return ran if ran == now else f"{ran} (the config is now {now}; not yet re-measured)"
+
+
 def fedkseed_bytes() -> str:
     relative = "reproduce/fedkseed-bytes/results.json"
     document = load(relative)
+    trained = trainable_part(relative, document, "fedkseed", "benchmarks/reproduce/fedkseed_bytes.yaml")
     last = document["last_round_per_client"]
     clients = document["runs"][0]["summary"]["clients"]
     scalars = document["per_round"]["fedkseed"][-1]["up_by_kind"]["records"] / clients
@@ -297,7 +328,7 @@ def fedkseed_bytes() -> str:
         rows.append([title, bold(up) + f" ({scalars:,.0f} of them the K scalars)" if name == "fedkseed" else up,
                      f"{last[name]['down']:,.0f}", "1×" if name == "fedkseed" else f"{ratio:.2g}×" if ratio < 1 else f"{ratio:.0f}×"])
     header = ["method", "uplink B / client / round", "downlink B / client / round (steady state)", "uplink vs FedKSeed"]
-    return block(table(header, rows), relative)
+    return block(f"Trained: **{trained}**.\n\n" + table(header, rows), relative)
 
 
 def _first_at_or_below(curve: list[dict], target: float) -> dict:
@@ -475,7 +506,29 @@ def pool_vs_gaussian() -> str:
     return " vs ".join(f"{name} {losses[name]['mean']:.3f} ± {losses[name]['std']:.3f}" for name in ("pool", "gaussian"))
 
 
+def method_differences() -> str:
+    """docs/methods.md: every method's official defaults and where zofed differs from its official code, from the
+    registry (`AlgorithmEntry.official_defaults`, `.differs`): the same text `zofed list` prints."""
+    from zofed.algorithms import METHODS
+    from zofed.algorithms.base import official_defaults_text
+
+    groups: list[tuple[list[str], object]] = []  # entries that say the same (FedKSeed and its Pro variant) share one
+    for entry in METHODS:
+        if groups and (groups[-1][1].official_defaults, groups[-1][1].differs) == (entry.official_defaults, entry.differs):
+            groups[-1][0].append(entry.name)
+        else:
+            groups.append(([entry.name], entry))
+    parts = []
+    for names, entry in groups:
+        head = ", ".join(f"`{name}`" for name in names)
+        defaults = (f" Defaults from the official code: {official_defaults_text(entry)}."
+                    if entry.official_defaults else "")
+        parts.append(f"**{head}**.{defaults}\n" + "\n".join(f"- {line}" for line in entry.differs))
+    return "\n\n".join(parts)
+
+
 BLOCKS = {
+    "method-differences": method_differences,
     "quickstart": quickstart,
     "lr-auto": lr_auto,
     "eval-metrics": eval_metrics,

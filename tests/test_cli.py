@@ -85,6 +85,22 @@ def test_list_says_each_methods_weighting_and_basis(capsys):
     assert "task-alignment loss is not implemented" in out
 
 
+def test_list_says_each_methods_official_defaults_and_where_it_differs(capsys):
+    from zofed.algorithms import ALGORITHMS
+    from zofed.algorithms.base import official_defaults_text
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in ALGORITHMS.items():
+        block = re.split(r"\n  \S", out.split(f"\n  {name} ", 1)[1], maxsplit=1)[0]  # up to the next method
+        for line in entry.differs:
+            assert f"differs: {line}" in block, name
+        if entry.official_defaults:
+            assert f"defaults from the official code: {official_defaults_text(entry)}" in block, name
+    assert "defaults from the official code: lr 3e-7, mu 5e-4, num_seeds 4096" in out  # fedkseed
+    assert "defaults from the official code: lr 1e-4, mu 1e-3, perturbations 1" in out  # decomfl
+
+
 HEAVY = ("torch", "transformers", "peft", "flwr", "datasets")
 
 
@@ -221,8 +237,12 @@ def test_run_lists_the_unused_sections_once_at_start(tmp_path, monkeypatch, caps
     # refused after the start (the data file is missing), so nothing trains
     assert main(["run", str(QUICKSTART), "algorithm=fedavg", "task=gsm8k", "data.path=./none.jsonl"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0] == "zofed: not used by this run (algorithm fedavg): the config's fedmezo section"
+    assert lines[0] == "zofed: not used by this run (algorithm fedavg): the config's decomfl, fedkseed, fedmezo sections"
     assert f"'{tmp_path}/none.jsonl' not found" in lines[1] and len(lines) == 2
+    # a run whose algorithm has its own section among the others reads the config as written: no note
+    for own in (["algorithm=fedkseed"], ["algorithm=fedavg", "fedavg.lr=1e-3"]):
+        assert main(["run", str(QUICKSTART), *own, "task=gsm8k", "data.path=./none.jsonl"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1, own
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):

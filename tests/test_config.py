@@ -98,3 +98,44 @@ def test_privacy_refusal_exits_2(tmp_path, capsys):
     config = write_config(tmp_path, {"algorithm": "fedavg", "privacy": {"dp": "step", "epsilon": 3}})
     assert main(["run", str(config)]) == 2
     assert "fedavg trains by backprop" in capsys.readouterr().err
+
+
+# every shipped config; benchmarks/reproduce/gamlpp.yaml holds the benchmark's presets, not a config
+SHIPPED = [path for path in sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "benchmarks" / "reproduce").glob("*.yaml"))
+           if "algorithm" in yaml.safe_load(path.read_text())]
+# The values fedkseed and decomfl ran with in the shipped configs before their defaults became their official code's
+# (lr 3e-7, mu 5e-4; lr 1e-4, mu 1e-3): kept explicit, a run of a shipped config does not change.
+FORMER_ZO_DEFAULTS = {"lr": 1e-3, "mu": 1e-2}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_every_shipped_config_loads_and_sets_lr_and_mu_where_the_defaults_are_an_official_codes(path):
+    """FedMeZO's, FedKSeed's and DeComFL's defaults are their official code's, set for billion-parameter models:
+    a shipped config running or holding one of them says which lr and mu its runs use."""
+    from zofed.algorithms import ALGORITHMS
+
+    written = yaml.safe_load(path.read_text())
+    config = load_config(path)
+    official = {name for name, entry in ALGORITHMS.items() if "lr" in entry.official_defaults}
+    assert official >= {"fedmezo", "fedkseed", "fedkseed-pro", "decomfl"}
+    if config.algorithm in official:
+        assert config.algorithm in written, f"{path.name}: its algorithm {config.algorithm} runs on the method defaults"
+    for name in official & set(written):
+        assert {"lr", "mu"} <= set(written[name]), f"{path.name}: {name} without an explicit lr and mu"
+
+
+def test_the_shipped_configs_are_found():
+    assert {path.name for path in SHIPPED} >= {"quickstart.yaml", "gsm8k.yaml", "fedkseed_bytes.yaml"}
+
+
+@pytest.mark.parametrize("name", ["quickstart", "gsm8k", "alpaca", "codealpaca"])
+def test_the_task_configs_keep_fedkseeds_and_decomfls_former_values(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    for method in ("fedkseed", "decomfl"):
+        settings = config.methods[method]
+        assert {key: getattr(settings, key) for key in FORMER_ZO_DEFAULTS} == FORMER_ZO_DEFAULTS, (name, method)
+
+
+def test_reproduce_runs_fedkseed_full_parameter_as_its_official_code():
+    config = load_config(REPO / "benchmarks" / "reproduce" / "fedkseed_bytes.yaml")
+    assert config.trainable.mode == "full" and config.methods["fedkseed"].num_seeds == 4096

@@ -243,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
     from zofed.config import load_config
 
     config = load_config(args.config, args.overrides)
-    _say_unused_sections(config)
+    _say_unused_sections(config, args)
     options = {"resume": args.resume, "overwrite": args.overwrite, "show_progress": not args.no_progress}
     if config.runtime == "flower-sim":
         from zofed.runtime.flower.simulation import run_flower_sim
@@ -263,8 +263,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_unused_sections(config) -> None:
-    if config.unused_sections:
+def _say_unused_sections(config, args: argparse.Namespace) -> None:
+    """A note where the config holds other methods' sections but none for this run's algorithm: the slip of tuning
+    fedmezo's section and running algorithm=fedavg on defaults. A config with a section of its own algorithm among
+    others (the shipped ones keep fedkseed's and decomfl's for `zofed compare`) is read as written: no note."""
+    from zofed.config import override_section, read_config_file
+
+    written = read_config_file(args.config)
+    own = (isinstance(written, dict) and config.algorithm in written) or any(
+        override_section(override) == config.algorithm for override in args.overrides)
+    if config.unused_sections and not own:
         print(f"zofed: not used by this run (algorithm {config.algorithm}): the config's "
               f"{', '.join(config.unused_sections)} section{'s' if len(config.unused_sections) > 1 else ''}",
               file=sys.stderr)
@@ -368,6 +376,7 @@ def _flower_register(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from zofed.algorithms import ALGORITHMS
+    from zofed.algorithms.base import official_defaults_text
     from zofed.data import PARTITIONERS, TASKS
     from zofed.data.partition import DESCRIPTIONS as PARTITIONER_DESCRIPTIONS
     from zofed.llm import BUILTIN_MODELS
@@ -381,6 +390,10 @@ def _list(args: argparse.Namespace) -> int:
             print(f"  {'':14s}   clients weighted by: {weighting.default} (default; `weighting: uniform | examples`)")
         if entry.basis:
             print(f"  {'':14s}   basis: {entry.basis}")
+        if entry.official_defaults:
+            print(f"  {'':14s}   defaults from the official code: {official_defaults_text(entry)}")
+        for line in entry.differs:
+            print(f"  {'':14s}   differs: {line}")
     print("  (docs/methods.md: what each method takes from its paper and official code, and what is ours)")
     print("models (or any local directory / hub id available offline):")
     for name, model in BUILTIN_MODELS.items():

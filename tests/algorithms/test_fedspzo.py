@@ -129,10 +129,11 @@ class CountingSplit:
         return self.split.suffix_loss(cache)
 
 
-@pytest.mark.parametrize("split_layer", [1, 2, 3])
-def test_layer_forwards_are_counted_exactly(split_layer):
+@pytest.mark.parametrize("split_layer, estimator", [(1, "central"), (2, "central"), (3, "central"), (2, "forward")])
+def test_layer_forwards_are_counted_exactly(split_layer, estimator):
     tiny = Tiny()
-    algorithm = build_algorithm("fedspzo", {**SETTINGS, "split_layer": split_layer, "p1": 2, "p2": 5})
+    algorithm = build_algorithm("fedspzo", {**SETTINGS, "split_layer": split_layer, "p1": 2, "p2": 5,
+                                            "estimator": estimator})
     calls = []
     for layer in tiny.model.base_model.model.model.layers:
         layer.register_forward_hook(lambda module, args, output: calls.append(1))
@@ -142,11 +143,15 @@ def test_layer_forwards_are_counted_exactly(split_layer):
     counting = CountingSplit(ModelSplit(tiny.model, tiny.tensors), tiny.tensors, block1)
     [message] = algorithm.configure(algorithm.init(tiny.weights(), seed=0), 1, [0])
     reply = train(algorithm, tiny, message, tiny.env(0, seed=3, split=counting))
-    expected = STEPS * (split_layer + 2 * 5 * (LAYERS - split_layer) + 2 * 2 * LAYERS)
+    # by hand: the cached prefix once; central 2 passes a direction; forward 1 a direction and L(θ) once
+    # from the cache (block 2's pass), which block 1's directions share
+    suffixes = 2 * 5 if estimator == "central" else 5 + 1
+    full = 2 * 2 if estimator == "central" else 2
+    expected = STEPS * (split_layer + suffixes * (LAYERS - split_layer) + full * LAYERS)
     assert reply.metrics["layer_forwards"] == len(calls) == expected
-    assert expected == STEPS * layer_forwards_per_step(LAYERS, split_layer, 2, 5)
-    assert reply.metrics["forward_passes"] == len(invocations) == STEPS * (1 + 2 * 5 + 2 * 2)
-    assert counting.prefixes == STEPS and counting.suffixes == STEPS * 2 * 5
+    assert expected == STEPS * layer_forwards_per_step(LAYERS, split_layer, 2, 5, estimator)
+    assert reply.metrics["forward_passes"] == len(invocations) == STEPS * (1 + suffixes + full)
+    assert counting.prefixes == STEPS and counting.suffixes == STEPS * suffixes
     assert reply.metrics["split_layer"] == split_layer
 
 

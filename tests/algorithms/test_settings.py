@@ -35,6 +35,10 @@ def test_published_defaults_override_the_base_and_nothing_else():
     defaults = {name: ALGORITHMS[name].settings(**REQUIRED.get(name, {})) for name in ZO}
     assert (defaults["fedmezo"].lr, defaults["fedmezo"].mu, defaults["fedmezo"].weighting) == (1e-5, 1e-3, "uniform")
     assert (defaults["decomfl"].weighting, defaults["decomfl"].downlink) == ("uniform", "replay")
+    # the official code's: FederatedScope FedKSeed's zo_eps and its README scripts' lr; DeComFL's CLI defaults
+    assert (defaults["fedkseed"].lr, defaults["fedkseed"].mu, defaults["fedkseed"].num_seeds) == (3e-7, 5e-4, 4096)
+    assert (defaults["fedkseed-pro"].lr, defaults["fedkseed-pro"].mu) == (3e-7, 5e-4)
+    assert (defaults["decomfl"].lr, defaults["decomfl"].mu, defaults["decomfl"].perturbations) == (1e-4, 1e-3, 1)
     assert defaults["zorba"].mu == 1e-3
     # FedZO's one-sided estimate and plain average over the sampled clients (Fang et al.)
     assert (defaults["fedzo"].estimator, defaults["fedzo"].weighting) == ("forward", "uniform")
@@ -58,12 +62,22 @@ def test_the_sampler_is_built_once_and_settings_stay_comparable():
     assert first == second and first.model_dump() == second.model_dump()
 
 
-@pytest.mark.parametrize("name, extra, per_step", [
+ESTIMATOR_CASES = [
     ("fedmezo", {"upload": "seeds"}, {"central": 2, "forward": 2}),
     ("fedkseed", {"num_seeds": 16}, {"central": 2, "forward": 2}),
+    ("fedkseed-pro", {"num_seeds": 16}, {"central": 2, "forward": 2}),
     ("decomfl", {"perturbations": 3}, {"central": 6, "forward": 4}),
     ("gamlpp", {}, {"central": 2, "forward": 2}),
-])
+    ("fedzo", {"directions_per_step": 4, "upload": "seeds"}, {"central": 8, "forward": 5}),
+]
+ESTIMATOR_ELSEWHERE = {"fedspzo", "zorba"}  # test_fedspzo.py (a split model), test_zorba.py (a plan of layers)
+
+
+def test_every_zo_method_has_its_estimator_and_forward_count_tested():
+    assert {name for name, _, _ in ESTIMATOR_CASES} | ESTIMATOR_ELSEWHERE == set(ZO)
+
+
+@pytest.mark.parametrize("name, extra, per_step", ESTIMATOR_CASES)
 def test_the_estimator_reaches_the_client_and_its_forwards_are_counted(name, extra, per_step):
     rows = {}
     for estimator in ("central", "forward"):

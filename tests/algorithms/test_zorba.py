@@ -80,6 +80,25 @@ def test_a_client_trains_only_its_active_blocks_with_the_rest_lowered():
     assert reply.config["layers"] == {"1": [[1, 2]]} and reply.metrics["active_blocks"] == 1.0
 
 
+def test_the_estimator_reaches_the_client_and_its_forwards_are_counted():
+    scalars = {}
+    for estimator in ("central", "forward"):
+        problem, algorithm = ToyProblem(), build_algorithm("zorba", {**SETTINGS, "estimator": estimator})
+        state = with_plan(algorithm, problem, [[0, 1], [0, 1], [0, 1]])
+        calls, make_env = [], problem.env
+
+        def counted_env(*args, **kwargs):
+            env = make_env(*args, **kwargs)
+            return dataclasses.replace(env, loss=lambda batch, loss=env.loss: calls.append(1) or loss(batch))
+
+        problem.env = counted_env
+        reply, _ = train(algorithm, problem, state, 0)
+        # one direction a step: 2 forwards either way (forward: L(θ) and L(θ+μz))
+        assert reply.metrics["forward_passes"] == len(calls) == 2 * reply.metrics["steps"] > 0
+        scalars[estimator] = reply.scalars
+    assert scalars["central"] != scalars["forward"]  # another estimate, not the same one relabelled
+
+
 def test_plans_fit_every_budget_and_cost_less_memory_than_training_everything():
     profile = {"base_mb": 400.0, "block_mb": [6.0] * 8, "block_params": [1000] * 8}
     settings = build_algorithm("zorba", {"memory_profile": profile, "num_clients": 6,

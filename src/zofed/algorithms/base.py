@@ -263,6 +263,22 @@ class AlgorithmEntry:
     build: Callable[[Any], Algorithm]
     basis: str = ""  # what follows the paper / official code and what is our design (shown by `zofed list`)
     prepare: tuple[Preparation, ...] = ()  # measured before round 1, in this order
+    # The settings' defaults taken from the official code, as {field: value}: a test holds the settings to them,
+    # and `zofed list` and docs/methods.md print them. Empty where no official code is public.
+    official_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Every place zofed differs from the official code (or, with none public, from the paper): one short line
+    # each, printed by `zofed list` and rendered into docs/methods.md (benchmarks/render_results.py).
+    differs: tuple[str, ...] = ()
+
+
+def official_defaults_text(entry: AlgorithmEntry) -> str:
+    """`lr 3e-7, mu 5e-4, num_seeds 4096`: an entry's official defaults as `zofed list` and docs/methods.md print them."""
+    def value(v: Any) -> str:
+        if isinstance(v, float) and v != 0 and not 1e-2 <= abs(v) < 1e4:
+            mantissa, exponent = f"{v:e}".split("e")
+            return f"{float(mantissa):g}e{int(exponent)}"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{key} {value(v)}" for key, v in entry.official_defaults.items())
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {}

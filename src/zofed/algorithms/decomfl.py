@@ -4,7 +4,8 @@ In round r the server derives one seed per (local step, perturbation) from (run 
 sampled client uses exactly those seeds, so a client returns only its K×P scalars g and the
 server's update is Σ_t Σ_p (−lr/P · ḡ_{t,p}) z(seed_{t,p}), with ḡ the plain mean over clients
 (`weighting: uniform`, as the official code ZidongLiu/DeComFL averages; `examples` is an option).
-Communication is dimension-free both ways: it does not grow with the model.
+Communication is dimension-free both ways: it does not grow with the model. The defaults lr 1e-4,
+μ 1e-3 and P = 1 are the official CLI's (`zofed list` and docs/methods.md list every difference).
 
 Lagging clients catch up by replay, as in the paper and the official code, which always replays:
 `downlink: replay` is the default. The server keeps the last `max_lag` rounds of records and sends
@@ -36,7 +37,7 @@ from zofed.algorithms.base import (
     zo_metrics,
 )
 from zofed.algorithms.downlink import Downlink, DownlinkSettings, apply_round, model_message, skip_round, wire_records
-from zofed.algorithms.settings import ZOClientConfig
+from zofed.algorithms.settings import OWN_DIRECTIONS, LearningRate, PositiveFloat, ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.messages import Message
 from zofed.zo import Scratch, mix_seed, perturb_, two_point, zo_step
@@ -48,6 +49,10 @@ ROUND_STREAM = 0xDEC0
 
 
 class DeComFLSettings(DownlinkSettings):
+    # The official CLI's defaults (ZidongLiu/DeComFL, experiment_helper/cli_parser.py: OptimizerSetting.lr,
+    # RGESetting.mu); its README's LLM example passes --lr=1e-5 --num-pert=5 --grad-estimate-method=rge-forward.
+    lr: LearningRate = Field(1e-4, description="η, the learning rate (official CLI default: 1e-4), or auto")
+    mu: PositiveFloat = Field(1e-3, description="μ, the perturbation scale (official CLI default: 1e-3)")
     perturbations: int = Field(1, ge=1, le=64, description="P directions per local step")
     downlink: Downlink = Field("replay", description="records since the client's version (official), or the weights")
     weighting: Weighting = Field("uniform", description=WEIGHTING_HELP)
@@ -150,5 +155,17 @@ ENTRY = AlgorithmEntry(
     description="DeComFL: server-issued shared seeds, P scalars per step both ways (Li et al., ICLR 2025)",
     settings=DeComFLSettings,
     build=DeComFL,
-    basis="paper + official code (ZidongLiu/DeComFL); ours: the weights fallback past max_lag rounds",
+    basis="paper + official code (ZidongLiu/DeComFL)",
+    official_defaults={"lr": 1e-4, "mu": 1e-3, "perturbations": 1, "estimator": "central", "weighting": "uniform",
+                       "downlink": "replay"},
+    differs=(
+        "trainable part: the config's (the shipped configs: LoRA); official: full-parameter (`--lora` off by default)",
+        "the defaults are the CLI's (`rge-central`, P 1); the README's LLM example (`rge-forward`, P 5, lr 1e-5) "
+        "is `estimator: forward`, `perturbations: 5`, `lr: 1e-5` here",
+        "the step is plain SGD; official: torch SGD (`--optim`) with `--momentum` (default 0: the same step), "
+        "no momentum option here",
+        f"directions: {OWN_DIRECTIONS}; the round's seeds come from (run seed, round)",
+        "a client never seen or more than max_lag rounds behind gets the weights once (official: always replays)",
+        "`downlink: weights` and `weighting: examples` are options (official: replay, the plain mean)",
+    ),
 )

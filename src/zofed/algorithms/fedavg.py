@@ -114,4 +114,5 @@ ENTRY = AlgorithmEntry(
     settings=FedAvgSettings,
     build=FedAvg,
     basis="standard FedAvg with local backprop (McMahan et al.); server optimisers are options",
+    differs=("the first-order baseline, not a published implementation: its optimiser and lr defaults are ours",),
 )

@@ -68,7 +68,7 @@ from zofed.algorithms.base import (
 )
 from zofed.algorithms.downlink import DownlinkSettings, apply_round, model_message, skip_round, wire_records
 from zofed.algorithms.serverstep import optimizer_step, pseudo_gradient
-from zofed.algorithms.settings import LearningRate, PositiveFloat, ZOClientConfig
+from zofed.algorithms.settings import OWN_DIRECTIONS, LearningRate, PositiveFloat, ZOClientConfig
 from zofed.algorithms.weighting import WEIGHTING_HELP, Weighting, client_shares
 from zofed.lazy import lazy_import
 from zofed.messages import Message
@@ -295,6 +295,16 @@ ENTRY = AlgorithmEntry(
     description="FedMeZO: FedAvg with MeZO local steps, personalised learning rates (Ling et al., KDD 2024)",
     settings=FedMeZOSettings,
     build=FedMeZO,
-    basis="paper + official code (FederatedScope FedMeZO); ours: any N and partial participation, "
-    "seeds upload, replay downlink, server optimiser",
+    basis="paper + official code (alibaba/FederatedScope, branch FedMeZO)",
+    official_defaults={"lr": 1e-5, "mu": 1e-3, "weighting": "uniform", "upload": "weights", "estimator": "central"},
+    differs=(
+        "trainable part: the config's (the shipped configs: LoRA r=8, alpha=16 on q/v); official: LoRA r=128, alpha=256",
+        "any number of clients and partial participation (official: exactly three clients)",
+        "local steps and batch come from the config (official: H = 30 steps of batch 1)",
+        "round-wise, five-round, model-diff: the round's signals clipped to [m/5, 5m] around their median m before "
+        "Φ (ours, for the trust model; in range the published rule)",
+        f"directions: {OWN_DIRECTIONS}",
+        "`upload: seeds`, `downlink: replay`, `server_optimizer` and `weighting: examples` are options "
+        "(official: weights both ways, the plain mean)",
+    ),
 )

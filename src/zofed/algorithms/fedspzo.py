@@ -259,4 +259,5 @@ ENTRY = AlgorithmEntry(
     build=FedSPZO,
     basis="abstract only: two blocks, more perturbations for block 2; ours: split, P1/P2, weighting; "
     "its task-alignment loss is not implemented",
+    differs=("no official code is public: beyond the abstract everything is ours, lr 1e-3 and μ 1e-2 included",),
 )

@@ -160,6 +160,10 @@ ENTRY = AlgorithmEntry(
     description="FedZO: b directions averaged per ZO local step, delta upload, FedAvg (Fang et al., IEEE TSP 2022)",
     settings=FedZOSettings,
     build=FedZO,
-    basis="paper (b2 directions per step, one-sided estimator, delta upload, uniform average over sampled clients); "
-    "ours: Gaussian/pool directions instead of the unit sphere, directions_per_step default 4, seeds upload",
+    basis="paper (b2 directions per step, one-sided estimator, delta upload, uniform average over sampled clients)",
+    differs=(
+        "no official code is public; from the paper: Gaussian/pool directions instead of the unit sphere scaled by d",
+        "directions_per_step 4, lr 1e-3 and μ 1e-2 are ours (the paper tunes them per task)",
+        "`upload: seeds`, `estimator: central` and `weighting: examples` are options",
+    ),
 )

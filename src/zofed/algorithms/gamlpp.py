@@ -236,4 +236,6 @@ ENTRY = AlgorithmEntry(
     build=GamLpp,
     basis="abstract only: per-client perturbation, seed upload, server adaptive momentum; ours: the "
     "scales, energy EMA and their settings",
+    differs=("no official code is public: beyond the abstract everything is ours, lr 1e-3, μ 1e-2 and the server's "
+             "Adam (lr 1e-2) included",),
 )

@@ -32,6 +32,10 @@ LearningRate = PositiveFloat | Literal["auto"]
 DirectionsName = Literal["gaussian", "pool"]
 
 
+# Every ZO method draws z with zofed's samplers: a line of each method's `differs` (AlgorithmEntry) with official code.
+OWN_DIRECTIONS = ("zofed's gaussian (per tensor, from the seed) or pool sampler, not the official code's torch "
+                  "generator: the same distribution, other numbers (runs are not bit-comparable)")
+
 # run by the runtime in the run's own process (runtime/prepare.py IN_PROCESS names it): algorithms never import the runtime
 LR_PROBE = Preparation(fills="lr", needed=lambda settings: settings.lr == "auto", in_process="lr_range_test")
 

@@ -407,4 +407,5 @@ ENTRY = AlgorithmEntry(
     basis="abstract only: blocks under memory budgets, seed upload; ours: memory model, proxy, solver, "
     "block-record downlink",
     prepare=(PROFILE,),
+    differs=("no official code is public: beyond the abstract everything is ours, lr 1e-3 and μ 1e-3 included",),
 )
