@@ -71,8 +71,8 @@ def fedmezo_memory(args: argparse.Namespace, out: Path) -> dict:
         **measured,
         "peak_rss_mb": {f"{a} {m}": v for (a, m), v in peaks.items()},
     }
-    figure, axis = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
-    labels = [f"{a}\n{m}" for a, m in peaks]
+    figure, axis = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
+    labels = ["\n".join([*a.split("-"), m]) for a, m in peaks]  # fedavg-adamw: one word a line, so labels fit
     colors = {"inference": "tab:gray", "fedavg-sgd": "tab:orange", "fedavg-adamw": "tab:red"}
     axis.bar(labels, list(peaks.values()), color=[colors.get(a, "tab:blue") for a, _ in peaks])
     axis.set(ylabel="peak client RSS (MB)", title="client peak RSS: ZO (fedmezo) vs backprop (fedavg SGD, AdamW)")
