@@ -74,20 +74,24 @@ def provenance(*relatives: str) -> str:
     record the same are named together."""
     grouped: dict[str, list[str]] = {}
     for relative in relatives:
-        document = load(relative)
-        commit = document.get("commit")
-        load_before, load_after = document.get("load_average_before"), document.get("load_average_after")
-        if load_before is None and "load_average_before_after" in document:
-            load_before, load_after = document["load_average_before_after"]
-        machine = document.get("machine") or {}
-        facts = [f"commit `{commit[:7]}`" if commit else "commit not recorded",
-                 f"{machine.get('cores')}-core {machine.get('cpu')}" if machine else "machine not recorded",
-                 f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after" if load_before and load_after
-                 else "load not recorded"]
-        if "resolved_configs" in document.get("not_recorded", []):
-            facts.append("resolved config not recorded")
-        grouped.setdefault(", ".join(facts), []).append(f"[`{relative}`](../benchmarks/results/{relative})")
+        grouped.setdefault(measured(load(relative)), []).append(f"[`{relative}`](../benchmarks/results/{relative})")
     return "<sub>From " + "; ".join(f"{', '.join(links)}: {facts}" for facts, links in grouped.items()) + ".</sub>"
+
+
+def measured(document: dict) -> str:
+    """What a result records of the run that measured it: commit, machine, load before and after."""
+    commit = document.get("commit")
+    load_before, load_after = document.get("load_average_before"), document.get("load_average_after")
+    if load_before is None and "load_average_before_after" in document:
+        load_before, load_after = document["load_average_before_after"]
+    machine = document.get("machine") or {}
+    facts = [f"commit `{commit[:7]}`" if commit else "commit not recorded",
+             f"{machine.get('cores')}-core {machine.get('cpu')}" if machine else "machine not recorded",
+             f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after" if load_before and load_after
+             else "load not recorded"]
+    if "resolved_configs" in document.get("not_recorded", []):
+        facts.append("resolved config not recorded")
+    return ", ".join(facts)
 
 
 def labels(*relatives: str, methods: tuple[str, ...] | None = None) -> list[str]:
@@ -163,7 +167,12 @@ def eval_metrics() -> str:
         rows.append([title, f"{summary[f'initial_test_{name}']:.4f}", f"{summary[f'final_test_{name}']:.4f}",
                      f"{summary['initial_test_loss']:.4f}", f"{summary['final_test_loss']:.4f}"])
     header = ["metric", "before", "after", "test loss before", "test loss after"]
-    return block(table(header, rows), relative)
+    # tasks measured in separate sessions carry their own header (runs.<task>.measured)
+    separately = [f"<sub>{task}: {measured(run['measured'])}.</sub>" for task, run in document["runs"].items()
+                  if "measured" in run]
+    source = (f"<sub>From [`{relative}`](../benchmarks/results/{relative}), each task's run measured as said above.</sub>"
+              if separately else provenance(relative))
+    return "\n\n".join([table(header, rows), *separately, source])
 
 
 def gamlpp() -> str:
