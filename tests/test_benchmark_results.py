@@ -51,3 +51,19 @@ def test_the_results_header_finds_the_run_directories_of_a_compare_result():
     document = {"runs": [{"algorithm": "fedmezo", "seed": 0, "run_dir": "runs/c/fedmezo-seed0"}]}
     assert results_header.run_dirs(document) == {"fedmezo-seed0": "runs/c/fedmezo-seed0"}
     assert results_header.run_dirs({"runs": {"frozen": {"run_dir": "runs/f"}}}) == {"frozen": "runs/f"}
+
+
+def test_the_memory_claim_is_measured_against_backprop_fedavg_with_sgd_and_with_adamw():
+    # FedMeZO's paper compares with backprop FedAvg using SGD; AdamW (two moments more) is measured beside it.
+    for relative in ("client_memory.json", "reproduce/fedmezo-memory/results.json"):
+        document = json.loads((REPO / "benchmarks" / "results" / relative).read_text())
+        cases = {(case["algorithm"], case["mode"]): case for case in document["cases"]}
+        for mode in ("lora", "full"):
+            assert {"inference", "fedmezo", "fedavg-sgd", "fedavg-adamw"} <= {a for a, m in cases if m == mode}, relative
+            batches = {(case["batch_size"], case["local_steps"], case["model"]) for (_, m), case in cases.items() if m == mode}
+            assert len(batches) == 1, relative  # same model, batch and steps in every case of a mode
+            for name, optimizer in (("fedavg-sgd", "sgd"), ("fedavg-adamw", "adamw")):
+                config = document["resolved_configs"][f"{name} {mode}"]
+                assert (config["algorithm"], config["trainable"]["mode"], config["fedavg"]["optimizer"]) == (
+                    "fedavg", mode, optimizer), relative
+            assert document["resolved_configs"][f"fedavg-sgd {mode}"]["fedavg"]["momentum"] == 0.0  # plain SGD, no state
