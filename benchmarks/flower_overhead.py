@@ -42,12 +42,12 @@ SUPERNODE_IDLE_SLEEP_S = 3.0
 def run_all(config_path: str, rounds: int, overrides: list[str], root: Path,
             runtimes: tuple[str, ...] = ("local", "flower-sim", "flower")) -> dict:
     from zofed.config import load_config
-    from zofed.runtime.flower.deployment import flower_env, run_flower
+    from zofed.runtime.flower.deployment import flower_env, run_flower, threads_per_node
     from zofed.runtime.flower.loopback import LoopbackFederation
     from zofed.runtime.flower.simulation import run_flower_sim
     from zofed.runtime.driver import round_rows, run_experiment
 
-    results, weights = {}, {}
+    results, weights, node_threads = {}, {}, None
     header = results_header.begin()  # commit, machine, load average before
     for runtime in runtimes:
         engine = "flower" if runtime == "flower-cold" else runtime
@@ -60,9 +60,12 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path,
             federation = LoopbackFederation(root / f"federation-{runtime}")
             try:
                 federation.start_superlink()
+                # the nodes share this machine's cores, as `zofed flower up` splits them
+                node_threads = threads_per_node(config.clients)
+                threads = str(node_threads)
                 for client in range(config.clients):
                     federation.start_supernode(client, "--state-dir", str(root / f"federation-{runtime}" / f"node-{client}"),
-                                               *(["--cold"] if runtime == "flower-cold" else []))
+                                               "--threads", threads, *(["--cold"] if runtime == "flower-cold" else []))
                 config = config.model_copy(update={"superlink": federation.superlink})
                 summary = run_flower(config, show_progress=False)
             finally:
@@ -85,6 +88,7 @@ def run_all(config_path: str, rounds: int, overrides: list[str], root: Path,
         # How often a SuperExec looks for a message to launch (zofed's default, see deployment.TASK_POLL_S),
         # and how long an idle SuperNode sleeps before it asks the SuperLink again (Flower's, not settable).
         "superexec_task_poll_interval_s": float(flower_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]),
+        "supernode_threads": node_threads,  # torch threads each SuperNode trains with (cores / nodes)
         "supernode_idle_pull_sleep_s": SUPERNODE_IDLE_SLEEP_S,
         "bit_identical_final_weights": identical, "runtimes": results})
 

@@ -201,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="load the model in a fresh process for every message (default: a warm worker keeps it loaded)")
     supernode.add_argument("--worker-idle-s", type=float, default=600.0, help="a warm worker exits after this many idle seconds")
     supernode.add_argument("--worker-dir", default=None, help="where the warm worker's private folder goes (default: the temp dir)")
+    supernode.add_argument("--threads", type=int, default=None,
+                           help="CPU threads for this node's training (default: every core); give cores / nodes when "
+                                "several SuperNodes share a machine (`zofed flower up` does)")
     supernode.set_defaults(handler=_flower_supernode)
     keys = flower_commands.add_parser("keys", help="a new key pair for one SuperNode (SuperNode authentication)")
     keys.add_argument("directory", help="where to write NAME (private, mode 600) and NAME.pub")
@@ -336,7 +339,7 @@ def _flower_superlink(args: argparse.Namespace) -> int:
 
 
 def _flower_supernode(args: argparse.Namespace) -> int:
-    from zofed.runtime.flower.deployment import flower_env, supernode_command
+    from zofed.runtime.flower.deployment import supernode_command, supernode_env
 
     private_key = str(Path(args.auth_private_key).resolve()) if args.auth_private_key else None
     node_config = {"model": args.model, "data-path": args.data_path, "state-dir": args.state_dir,
@@ -346,7 +349,7 @@ def _flower_supernode(args: argparse.Namespace) -> int:
                    for key, value in node_config.items() if value is not None}
     command = supernode_command(args.partition_id, args.superlink, args.port, node_config, args.root_certificates, private_key,
                                 args.insecure, worker_idle_s=None if args.cold else args.worker_idle_s)
-    os.execve(command[0], command, flower_env())
+    os.execve(command[0], command, supernode_env(args.threads))
 
 
 def _flower_up(args: argparse.Namespace) -> int:

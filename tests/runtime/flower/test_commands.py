@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from zofed.config import parse_config
 from zofed.errors import ZofedError
 from zofed.runtime.flower.deployment import (TASK_POLL_S, flower_env, is_loopback, run_flower, superlink_command,
-                                             supernode_command)
+                                             supernode_command, supernode_env, threads_per_node)
 
 
 def test_superlink_is_insecure_without_certificates_and_tls_with_all_three(tmp_path):
@@ -79,3 +81,13 @@ def test_flower_env_polls_for_tasks_at_zofeds_interval_unless_the_user_chose_one
     assert flower_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == TASK_POLL_S
     monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "2.5")
     assert flower_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "2.5"
+
+
+def test_supernodes_sharing_a_machine_split_its_cores_for_training(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [threads_per_node(nodes) for nodes in (1, 2, 3, 8, 32)] == [8, 4, 2, 1, 1]
+    env = supernode_env(3)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in supernode_env(None) or supernode_env(None)["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS")
+    with pytest.raises(ZofedError, match="--threads 0: give at least 1"):
+        supernode_env(0)

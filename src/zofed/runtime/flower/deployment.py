@@ -100,6 +100,23 @@ def flower_env() -> dict[str, str]:
     return env
 
 
+def supernode_env(threads: int | None = None) -> dict[str, str]:
+    """`flower_env()` for a SuperNode, whose ClientApps and warm worker inherit it; with `threads`, torch's
+    intra-op threads for its training. SuperNodes sharing a machine must split its cores: two side by side,
+    each with every core, spent the quickstart round's compute 3x over (docs/deployment.md)."""
+    env = flower_env()
+    if threads is not None:
+        if threads < 1:
+            raise ZofedError(f"--threads {threads}: give at least 1 (the cores this node may use for training)")
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def threads_per_node(nodes: int) -> int:
+    """Each of `nodes` SuperNodes on this machine gets an equal share of its cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, nodes))
+
+
 def superlink_command(
     host: str = "127.0.0.1",
     port: int = 9093,

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from zofed.errors import ZofedError
-from zofed.runtime.flower.deployment import flwr_connection, register_supernode, write_supernode_keys
+from zofed.runtime.flower.deployment import (flwr_connection, register_supernode, threads_per_node,
+                                             write_supernode_keys)
 from zofed.runtime.flower.loopback import LoopbackFederation, free_port, self_signed_certificates
 
 JOIN_TIMEOUT_S = 300.0  # a SuperNode's start and first contact with the SuperLink on a loaded 2-core machine
@@ -53,13 +54,15 @@ def flower_up(nodes: int, folder: Path | None = None, port: int | None = None, n
         federation.start_superlink("--ssl-certfile", str(certificates["server.crt"]), "--ssl-keyfile",
                                    str(certificates["server.key"]), "--ssl-ca-certfile", ca, "--enable-supernode-auth")
         supernodes = []
+        # the nodes share this machine's cores (a --threads in node_args wins)
+        threads = () if "--threads" in node_args else ("--threads", str(threads_per_node(nodes)))
         for partition in range(nodes):
             private, public = write_supernode_keys(folder / "keys", f"node-{partition}")
             register_supernode(str(public), federation.superlink, ca)
             supernodes.append(federation.zofed(
                 "supernode", "--partition-id", str(partition), "--superlink", federation.superlink, "--port", str(free_port()),
                 "--root-certificates", ca, "--auth-private-key", str(private), "--state-dir", str(folder / f"node-{partition}"),
-                *node_args, log=f"supernode-{partition}.log"))
+                *threads, *node_args, log=f"supernode-{partition}.log"))
         _wait_until_joined(federation, folder, nodes)
         flwr_home = folder / "flwr"
         flwr_home.mkdir()
