@@ -474,6 +474,20 @@ def zorba_family() -> str:
     return block(table(header, rows), *ZORBA_FAMILY, methods=("zorba", "fedmezo"))
 
 
+def step_bf16_rounding() -> str:
+    relative = "step_bf16_rounding.json"
+    document = load(relative)
+    goal = document["goal"]["bf16_full_pool_step_over_two_forwards_at_most"]
+    rows = []
+    for name, run in document["runs"].items():
+        for row in run["results"]:
+            ratio = row["ratio_pool_to_two_forwards"]
+            rows.append([run["what"], f"`{document['commits'][name][:7]}`", row["dtype"], f"{2 * row['forward_s']:.2f} s",
+                         bold(times(ratio), row["dtype"] != "fp32" and ratio <= goal)])
+    header = ["update", "commit", "dtype", "2 forwards", f"pool step / 2 forwards (bf16 goal ≤ {goal}×)"]
+    return block(table(header, rows), relative)
+
+
 def flower_overhead() -> str:
     """Generic: one column per part of the round that any runtime reports, so new fields add columns."""
     relative = "flower_overhead.json"
@@ -560,6 +574,7 @@ BLOCKS = {
     "zorba-loss": zorba_loss,
     "zorba-family": zorba_family,
     "flower-overhead": flower_overhead,
+    "step-bf16-rounding": step_bf16_rounding,
     "quickstart-short": lambda: quickstart(short=True),
     "hardware": hardware,
     "pool-vs-gaussian": pool_vs_gaussian,
