@@ -489,22 +489,28 @@ def step_bf16_rounding() -> str:
 
 
 def flower_overhead() -> str:
-    """Generic: one column per part of the round that any runtime reports, so new fields add columns."""
+    """Generic: one column per part of the round that any runtime reports, so new fields add columns; the rounds
+    after the first, then the first round (start-up: Ray's, a warm node's worker start and model load) apart."""
     relative = "flower_overhead.json"
     runtimes = load(relative)["runtimes"]
-    parts = []
-    for row in runtimes.values():
-        parts += [key for key in row.get("breakdown_after_first", {}) if key not in parts and key != "round_s"]
-    rows = []
-    for name, row in runtimes.items():
-        breakdown = row.get("breakdown_after_first", {})
-        overhead = row.get("overhead_vs_local")
-        rows.append([name, f"{row['round_s_median_after_first']:.2f}",
-                     *(f"{breakdown[key]:.2f}" if isinstance(breakdown.get(key), (int, float)) else "–" for key in parts),
-                     f"{overhead:+.0%}" if isinstance(overhead, (int, float)) else "–"])
-    header = ["runtime", "round s (median after the first)", *(key.removesuffix("_s").replace("_", " ") + " s" for key in parts),
-              "vs local"]
-    return block(table(header, rows), relative)
+    tables = []
+    for breakdown_key, round_key, title in (("breakdown_after_first", "round_s_median_after_first", "round s (median after the first)"),
+                                            ("breakdown_first_round", "first_round_s", "first round s")):
+        parts = []
+        for row in runtimes.values():
+            parts += [key for key in row.get(breakdown_key, {}) if key not in parts and key != "round_s"]
+        rows = []
+        for name, row in runtimes.items():
+            breakdown = row.get(breakdown_key, {})
+            overhead = row.get("overhead_vs_local") if breakdown_key == "breakdown_after_first" else None
+            rows.append([name, f"{row[round_key]:.2f}",
+                         *(f"{breakdown[key]:.2f}" if isinstance(breakdown.get(key), (int, float)) else "–" for key in parts),
+                         *([f"{overhead:+.0%}" if isinstance(overhead, (int, float)) else "–"]
+                           if breakdown_key == "breakdown_after_first" else [])])
+        header = ["runtime", title, *(key.removesuffix("_s").replace("_", " ") + " s" for key in parts),
+                  *(["vs local"] if breakdown_key == "breakdown_after_first" else [])]
+        tables.append(table(header, rows))
+    return block("\n\n".join(tables), relative)
 
 
 README_STEPS = (("step_smollm2_avx2.json", "SmolLM2-135M", ("lora", "full")),
