@@ -20,7 +20,6 @@ budget; the JSON records every override.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -135,8 +134,7 @@ def write(out: Path, rows: list[dict], shared: list[str], load_before, started: 
         "all_meet_loss_goal": all(row["meets_loss_goal"] for row in rows),
         "all_meet_cost_goal": all(row["meets_cost_goal"] for row in rows),
     })
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2) + "\n")
+    results_header.write(out, document)  # paths relative to the repository, as every committed result
     return document
 
 
