@@ -16,8 +16,10 @@ FEWER_STEPS = {"decomfl": 10, "fedavg": 10, "fedkseed": 10, "fedkseed-pro": 10, 
 
 
 def conformance_config(path, algorithm: str):
+    # 2 rounds: the resume check needs a round before the kill and one after; a third cost every method a
+    # round of CI time and checked nothing more
     steps = FEWER_STEPS.get(algorithm)
-    return tiny_config(path, algorithm, *([f"local.local_steps={steps}"] if steps else []))
+    return tiny_config(path, algorithm, "rounds=2", *([f"local.local_steps={steps}"] if steps else []))
 
 
 def test_every_algorithm_has_conformance_settings():
@@ -41,8 +43,8 @@ def test_loss_falls_and_a_killed_run_resumes_to_identical_weights(algorithm, tmp
     assert second["final_eval_loss"] == first["final_eval_loss"]
     a, b = final_weights(uninterrupted), final_weights(interrupted)
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
-    assert second["rounds"] == 3
-    assert [row["round"] for row in round_rows(interrupted.run_dir)] == [1, 2, 3]
+    assert second["rounds"] == 2
+    assert [row["round"] for row in round_rows(interrupted.run_dir)] == [1, 2]
 
 
 
