@@ -115,6 +115,19 @@ def block(body: str, *relatives: str, methods: tuple[str, ...] | None = None) ->
     return "\n\n".join([body, *labels(*relatives, methods=methods), provenance(*relatives)])
 
 
+def by_session(body: str, relative: str, each: str, headers: list[tuple[str, dict]]) -> str:
+    """`block` for a result whose parts (`headers`: a name and the header it was measured under) were measured in
+    separate sessions: each session's commit, machine and load under the table, the parts it measured named."""
+    sessions: dict[str, list[str]] = {}
+    for name, header in headers:
+        sessions.setdefault(measured(header), []).append(name)
+    if len(sessions) < 2:
+        return block(body, relative)
+    lines = [f"<sub>{', '.join(names)}: {facts}.</sub>" for facts, names in sessions.items()]
+    return "\n\n".join([body, *lines,
+                        f"<sub>From [`{relative}`](../benchmarks/results/{relative}), {each} measured as said above.</sub>"])
+
+
 # --- the blocks ---
 
 def quickstart(short: bool = False) -> str:
@@ -158,16 +171,9 @@ def lr_auto() -> str:
     header = ["method", "auto lr", "val loss, auto", "hand lr", "val loss, hand", "gap", "probe forwards / run's",
               f"goals (≤ {goals['loss_gap_at_most']:+.0%}, ≤ {goals['probe_cost_at_most']:.0%})"]
     # rows measured in separate sessions carry their own header (rows[].measured)
-    sessions: dict[str, list[str]] = {}
-    for row in document["rows"]:
-        if "measured" in row:
-            name = row["method"] if row["task"] == "quickstart" else f"{row['task']} / {row['method']}"
-            sessions.setdefault(measured(row["measured"]), []).append(name)
-    if len(sessions) < 2:
-        return block(table(header, rows), relative)
-    lines = [f"<sub>{', '.join(names)}: {facts}.</sub>" for facts, names in sessions.items()]
-    source = f"<sub>From [`{relative}`](../benchmarks/results/{relative}), each row measured as said above.</sub>"
-    return "\n\n".join([table(header, rows), *lines, source])
+    return by_session(table(header, rows), relative, "each row",
+                      [(row["method"] if row["task"] == "quickstart" else f"{row['task']} / {row['method']}", row["measured"])
+                       for row in document["rows"] if "measured" in row])
 
 
 def eval_metrics() -> str:
@@ -183,11 +189,8 @@ def eval_metrics() -> str:
                      f"{summary['initial_test_loss']:.4f}", f"{summary['final_test_loss']:.4f}"])
     header = ["metric", "before", "after", "test loss before", "test loss after"]
     # tasks measured in separate sessions carry their own header (runs.<task>.measured)
-    separately = [f"<sub>{task}: {measured(run['measured'])}.</sub>" for task, run in document["runs"].items()
-                  if "measured" in run]
-    source = (f"<sub>From [`{relative}`](../benchmarks/results/{relative}), each task's run measured as said above.</sub>"
-              if separately else provenance(relative))
-    return "\n\n".join([table(header, rows), *separately, source])
+    return by_session(table(header, rows), relative, "each task's run",
+                      [(task, run["measured"]) for task, run in document["runs"].items() if "measured" in run])
 
 
 def gamlpp() -> str:
@@ -493,22 +496,21 @@ def flower_overhead() -> str:
     after the first, then the first round (start-up: Ray's, a warm node's worker start and model load) apart."""
     relative = "flower_overhead.json"
     runtimes = load(relative)["runtimes"]
+    def number(value, form: str) -> str:
+        return format(value, form) if isinstance(value, (int, float)) else "–"
+
     tables = []
-    for breakdown_key, round_key, title in (("breakdown_after_first", "round_s_median_after_first", "round s (median after the first)"),
-                                            ("breakdown_first_round", "first_round_s", "first round s")):
+    for breakdown_key, round_key, title, against_local in (
+            ("breakdown_after_first", "round_s_median_after_first", "round s (median after the first)", True),
+            ("breakdown_first_round", "first_round_s", "first round s", False)):
         parts = []
         for row in runtimes.values():
             parts += [key for key in row.get(breakdown_key, {}) if key not in parts and key != "round_s"]
-        rows = []
-        for name, row in runtimes.items():
-            breakdown = row.get(breakdown_key, {})
-            overhead = row.get("overhead_vs_local") if breakdown_key == "breakdown_after_first" else None
-            rows.append([name, f"{row[round_key]:.2f}",
-                         *(f"{breakdown[key]:.2f}" if isinstance(breakdown.get(key), (int, float)) else "–" for key in parts),
-                         *([f"{overhead:+.0%}" if isinstance(overhead, (int, float)) else "–"]
-                           if breakdown_key == "breakdown_after_first" else [])])
+        rows = [[name, f"{row[round_key]:.2f}", *(number(row.get(breakdown_key, {}).get(key), ".2f") for key in parts),
+                 *([number(row.get("overhead_vs_local"), "+.0%")] if against_local else [])]
+                for name, row in runtimes.items()]
         header = ["runtime", title, *(key.removesuffix("_s").replace("_", " ") + " s" for key in parts),
-                  *(["vs local"] if breakdown_key == "breakdown_after_first" else [])]
+                  *(["vs local"] if against_local else [])]
         tables.append(table(header, rows))
     return block("\n\n".join(tables), relative)
 
